@@ -1,0 +1,38 @@
+"""Terminal output helpers for the CLI layer: one console, progress bars, tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar; yields a ``callback(done, total)`` for the work to call."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
+    """A rich table with the first column left-aligned and the others right-aligned."""
+    result = Table(title=title, title_justify="left")
+    for number, column in enumerate(columns):
+        result.add_column(column, justify="left" if number == 0 else "right")
+    for row in rows:
+        result.add_row(*(str(cell) for cell in row))
+    return result

@@ -1,0 +1,1 @@
+"""Data: archive layout, image readers, preprocessing cache, splits, augmentation."""

@@ -1,0 +1,317 @@
+"""The Kermany archive layout: find it, label its files, and organize it into three classes.
+
+The archive ships ``chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/`` (sometimes nested as
+``chest_xray/chest_xray/`` with ``__MACOSX/`` litter, sometimes as a ``.zip``). ``organize``
+turns it into the original study's three-class layout plus a ``manifest.csv``, without
+ever changing the source.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from pneumo.errors import DataLayoutError, ImageReadError
+from pneumo.labels import CLASSES, LabelError, class_from_name, class_index, patient_id
+from pneumo.data.readers import probe
+
+SPLITS = ("train", "val", "test")
+ARCHIVE_CLASS_FOLDERS = ("NORMAL", "PNEUMONIA")
+MANIFEST = "manifest.csv"
+MANIFEST_FIELDS = ("path", "split", "class", "patient", "sha256", "width", "height", "source")
+_TMP_SUFFIX = ".pneumo-tmp"
+_MAX_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file found in the archive layout, before it is read."""
+
+    split: str
+    folder: str  # NORMAL or PNEUMONIA
+    name: str
+    source: str  # a path, or "<zip>::<member>"
+    read: Callable[[], bytes] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of the dataset, as written in ``manifest.csv``."""
+
+    path: str  # relative to the data root, posix separators
+    split: str
+    label: int
+    patient: str
+    sha256: str
+    width: int
+    height: int
+    source: str
+
+    def row(self) -> dict[str, str | int]:
+        return {
+            "path": self.path, "split": self.split, "class": CLASSES[self.label], "patient": self.patient,
+            "sha256": self.sha256, "width": self.width, "height": self.height, "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file or folder that could not be placed, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class OrganizeResult:
+    records: list[Record]
+    problems: list[Problem]
+    linked: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    ignored_roots: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, Counter]:
+        """Images per split and class index."""
+        table: dict[str, Counter] = defaultdict(Counter)
+        for record in self.records:
+            table[record.split][record.label] += 1
+        return dict(table)
+
+    @property
+    def duplicate_groups(self) -> list[list[Record]]:
+        return duplicate_groups(self.records)
+
+
+def duplicate_groups(records: Iterable[Record]) -> list[list[Record]]:
+    """Groups of byte-identical files (same sha256), largest first."""
+    by_hash: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        by_hash[record.sha256].append(record)
+    groups = [group for group in by_hash.values() if len(group) > 1]
+    return sorted(groups, key=lambda group: (-len(group), group[0].path))
+
+
+def _is_litter(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _find_split_dirs(root: Path) -> tuple[dict[str, Path], list[str]]:
+    """Shallowest ``train/``, ``val/``, ``test/`` folders under root; deeper copies are ignored."""
+    found: dict[str, Path] = {}
+    ignored: list[str] = []
+    frontier = [root]
+    for _ in range(_MAX_DEPTH):
+        next_frontier = []
+        for folder in frontier:
+            for child in sorted(folder.iterdir()):
+                if not child.is_dir() or _is_litter(child.name):
+                    continue
+                if child.name.lower() in SPLITS and any((child / c).is_dir() for c in ARCHIVE_CLASS_FOLDERS):
+                    split = child.name.lower()
+                    if split in found:
+                        ignored.append(str(child))
+                    else:
+                        found[split] = child
+                else:
+                    next_frontier.append(child)
+        frontier = next_frontier
+    return found, ignored
+
+
+def iter_archive_dir(root: Path) -> tuple[list[SourceFile], list[Problem], list[str]]:
+    """Files of an unpacked archive folder, plus layout problems and ignored nested copies."""
+    if not root.is_dir():
+        raise DataLayoutError(f"{root}: not a folder or .zip file")
+    splits, ignored = _find_split_dirs(root)
+    if not splits:
+        raise DataLayoutError(
+            f"{root}: no train/, val/ or test/ folder holding NORMAL/ and PNEUMONIA/ was found; "
+            "point to the unpacked 'chest_xray' folder of the archive or to its .zip"
+        )
+    files: list[SourceFile] = []
+    problems: list[Problem] = []
+    for split, split_dir in splits.items():
+        for folder in ARCHIVE_CLASS_FOLDERS:
+            class_dir = split_dir / folder
+            if not class_dir.is_dir():
+                problems.append(Problem(str(class_dir), f"missing class folder {folder}/ in {split}/"))
+                continue
+            for path in sorted(class_dir.iterdir()):
+                if path.is_file() and not _is_litter(path.name):
+                    files.append(SourceFile(split, folder, path.name, str(path), path.read_bytes))
+    return files, problems, ignored
+
+
+def iter_archive_zip(zip_path: Path) -> tuple[list[SourceFile], list[Problem], list[str]]:
+    """Files of the archive's ``.zip``, read from the zip without unpacking it."""
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as error:
+        raise DataLayoutError(f"{zip_path}: not a readable zip file ({error})") from None
+    # split -> split-folder prefix -> class folder -> members; the shallowest prefix wins.
+    by_split: dict[str, dict[str, dict[str, list[zipfile.ZipInfo]]]] = defaultdict(lambda: defaultdict(dict))
+    for info in archive.infolist():
+        parts = PurePosixPath(info.filename).parts
+        if info.is_dir() or len(parts) < 3 or any(_is_litter(p) for p in parts):
+            continue
+        split, folder = parts[-3].lower(), parts[-2].upper()
+        if split in SPLITS and folder in ARCHIVE_CLASS_FOLDERS:
+            by_split[split]["/".join(parts[:-2])].setdefault(folder, []).append(info)
+    ignored: list[str] = []
+    chosen: dict[str, dict[str, list[zipfile.ZipInfo]]] = {}
+    for split, prefixes in by_split.items():
+        shallowest, *others = sorted(prefixes, key=lambda prefix: (prefix.count("/"), prefix))
+        chosen[split] = prefixes[shallowest]
+        ignored += others
+    if not chosen:
+        raise DataLayoutError(f"{zip_path}: the zip holds no train/, val/ or test/ folder with NORMAL/ and PNEUMONIA/")
+    files: list[SourceFile] = []
+    problems: list[Problem] = []
+    for split, folders in chosen.items():
+        for folder in ARCHIVE_CLASS_FOLDERS:
+            if folder not in folders:
+                problems.append(Problem(f"{zip_path}::{split}/{folder}", f"missing class folder {folder}/ in {split}/"))
+                continue
+            for info in sorted(folders[folder], key=lambda i: i.filename):
+                name = PurePosixPath(info.filename).name
+                files.append(SourceFile(split, folder, name, f"{zip_path}::{info.filename}",
+                                        lambda info=info: archive.read(info)))
+    return files, problems, ignored
+
+
+def iter_archive(src: Path) -> tuple[list[SourceFile], list[Problem], list[str]]:
+    if src.is_file() and src.suffix.lower() == ".zip":
+        return iter_archive_zip(src)
+    if not src.exists():
+        raise DataLayoutError(f"{src}: no such folder or .zip file")
+    return iter_archive_dir(src)
+
+
+def _classify(file: SourceFile) -> tuple[int, bytes, tuple[int, int]]:
+    """Label, bytes and size of one source file; raises LabelError or ImageReadError."""
+    label = class_from_name(file.folder, file.name)
+    data = file.read()
+    return label, data, probe(data, file.source)
+
+
+def scan(src: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
+    """Read an archive-layout folder in place: records whose path is relative to ``src``."""
+    files, problems, _ = iter_archive(src)
+    records: list[Record] = []
+    for number, file in enumerate(files, 1):
+        try:
+            label, data, (width, height) = _classify(file)
+        except (LabelError, ImageReadError) as error:
+            problems.append(Problem(file.source, getattr(error, "reason", str(error))))
+            continue
+        relative = Path(file.source).relative_to(src).as_posix() if src.is_dir() else file.source
+        records.append(Record(relative, file.split, label, patient_id(file.name),
+                              hashlib.sha256(data).hexdigest(), width, height, file.source))
+        if progress:
+            progress(number, len(files))
+    return records, problems
+
+
+def _place(file: SourceFile, data: bytes, digest: str, target: Path) -> str:
+    """Put one file at target atomically; returns 'linked', 'copied' or 'unchanged'.
+
+    Raises:
+        FileExistsError: target exists with other content (it is never overwritten).
+    """
+    if target.exists():
+        if hashlib.sha256(target.read_bytes()).hexdigest() == digest:
+            return "unchanged"
+        raise FileExistsError(f"{target} already exists with different content; it was left as it is")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}{_TMP_SUFFIX}")
+    temporary.unlink(missing_ok=True)
+    how = "copied"
+    if "::" not in file.source:
+        try:
+            os.link(file.source, temporary)
+            how = "linked"
+        except OSError:  # other file system, or links not allowed
+            shutil.copyfile(file.source, temporary)
+    else:
+        temporary.write_bytes(data)
+    os.replace(temporary, target)  # atomic: DEST never holds a half-written image
+    return how
+
+
+def organize(src: Path, dest: Path, progress: Callable[[int, int], None] | None = None) -> OrganizeResult:
+    """Build ``dest/<split>/<class>/`` and ``dest/manifest.csv`` from the archive at ``src``.
+
+    Hard-links where possible, else copies; never touches ``src``. Idempotent, and a run
+    killed halfway is finished by running it again.
+
+    Raises:
+        DataLayoutError: src has no archive layout, or dest lies inside src.
+    """
+    src, dest = Path(src).resolve(), Path(dest).resolve()
+    if src.is_dir() and (dest == src or src in dest.parents):
+        raise DataLayoutError(f"DEST {dest} lies inside SRC {src}; choose a folder outside the archive")
+    files, problems, ignored = iter_archive(src)
+    result = OrganizeResult(records=[], problems=problems, ignored_roots=ignored)
+    for number, file in enumerate(files, 1):
+        try:
+            label, data, (width, height) = _classify(file)
+            digest = hashlib.sha256(data).hexdigest()
+            relative = PurePosixPath(file.split, CLASSES[label], file.name)
+            how = _place(file, data, digest, dest / relative)
+        except (LabelError, ImageReadError, FileExistsError) as error:
+            result.problems.append(Problem(file.source, getattr(error, "reason", str(error))))
+        else:
+            setattr(result, how, getattr(result, how) + 1)
+            result.records.append(Record(str(relative), file.split, label, patient_id(file.name),
+                                         digest, width, height, file.source))
+        if progress:
+            progress(number, len(files))
+    write_manifest(dest / MANIFEST, result.records)
+    return result
+
+
+def write_manifest(path: Path, records: Iterable[Record]) -> None:
+    """Write the manifest atomically (a killed run leaves the old one or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}{_TMP_SUFFIX}")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(record.row() for record in records)
+    os.replace(temporary, path)
+
+
+def read_manifest(path: Path) -> list[Record]:
+    """Records of a ``manifest.csv`` written by ``organize``; paths stay relative to its folder."""
+    try:
+        with Path(path).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise DataLayoutError(f"{path}: manifest not found; run 'pneumo organize' first") from None
+    missing = set(MANIFEST_FIELDS) - set(rows[0] if rows else MANIFEST_FIELDS)
+    if missing:
+        raise DataLayoutError(f"{path}: not a pneumo manifest (missing columns {sorted(missing)})")
+    return [
+        Record(row["path"], row["split"], class_index(row["class"]), row["patient"], row["sha256"],
+               int(row["width"]), int(row["height"]), row["source"])
+        for row in rows
+    ]
+
+
+def load_records(data: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
+    """Records of a data folder: an organized folder (its manifest) or the archive layout."""
+    data = Path(data)
+    if (data / MANIFEST).is_file():
+        return read_manifest(data / MANIFEST), []
+    if data.is_file() and data.name.endswith(".csv"):
+        return read_manifest(data), []
+    return scan(data, progress)
