@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,6 +29,15 @@ SizeOption = Annotated[int, typer.Option("--size", help="Image side in pixels af
 def fail(message: str, code: int = 2) -> typer.Exit:
     errors.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
+
+
+def quiet_lightning() -> None:
+    """Lightning's info lines (tips, "GPU available: False") would drown the CLI's own output.
+
+    Called after lightning is imported, since importing it sets its loggers to INFO.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _problems(problems, limit: int = 50) -> None:
@@ -182,6 +192,80 @@ def show_augment(
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
     console.print(f"wrote {written}")
+
+
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option(help="Registered model: cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="ImageNet weights: a state_dict file, or 'imagenet' to download (online only).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (study: 100 for cnn, 50 for mobilenet_v2).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam (default), adamw or sgd.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default 0).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="LR schedule: none (default), cosine or onecycle.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing (default 0).")] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help="none (default) or balanced.")] = None,
+    freeze_epochs: Annotated[Optional[int], typer.Option(help="Epochs with a frozen backbone first (pretrained models).")] = None,
+    backbone_lr_scale: Annotated[Optional[float], typer.Option(help="Backbone LR as a fraction of --lr.")] = None,
+    early_stopping: Annotated[Optional[int], typer.Option(help="Patience in epochs on validation loss; 0 = off (default).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of split, initialization, shuffling and augmentation.")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default 128).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="grouped (by patient, default) or random (the study's).")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share of the training images (default 0.2).")] = None,
+    holdout: Annotated[Optional[float], typer.Option(help="Internal test share when the archive's test/ is absent.")] = None,
+    split_file: Annotated[Optional[str], typer.Option(help="A saved split CSV to use (e.g. splits/internal-test.csv).")] = None,
+    rotation: Annotated[Optional[float], typer.Option(help="Augmentation: maximum rotation in degrees (default 10).")] = None,
+    shift: Annotated[Optional[float], typer.Option(help="Augmentation: maximum shift fraction (default 0.1).")] = None,
+    zoom: Annotated[Optional[float], typer.Option(help="Augmentation: maximum zoom fraction (default 0.1).")] = None,
+    max_train_images: Annotated[Optional[int], typer.Option(help="Use only this many training images (smoke runs).")] = None,
+    accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="Devices per node: auto or a number.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="auto or ddp (several GPUs or nodes).")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option(help="Nodes for DDP.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed (GPU) or 16-mixed.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data folder; default $PNEUMO_DATA or data/chest_xray.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Preprocessing cache; default $PNEUMO_CACHE or cache/.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A YAML preset; flags override it.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (default <model>-<time>).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run folder from its last checkpoint.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a model (defaults: the study's protocol) into runs/<name>/."""
+    from pneumo.config import TrainConfig
+    from pneumo.training.train import CONFIG_NAME, train as run
+
+    quiet_lightning()
+
+    flags = dict(
+        model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing, class_weights=class_weights,
+        freeze_epochs=freeze_epochs, backbone_lr_scale=backbone_lr_scale, early_stopping=early_stopping, seed=seed,
+        size=size, split=split, val_fraction=val_fraction, holdout=holdout, split_file=split_file, rotation=rotation,
+        shift=shift, zoom=zoom, max_train_images=max_train_images, accelerator=accelerator, devices=devices,
+        strategy=strategy, num_nodes=num_nodes, precision=precision,
+        data=str(data) if data else None, cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    try:
+        if resume:
+            if not (resume / CONFIG_NAME).is_file():
+                raise PneumoError(f"{resume}: not a run folder (no {CONFIG_NAME})")
+            base = TrainConfig.from_yaml(resume / CONFIG_NAME)
+            run_dir = resume
+        else:
+            base = TrainConfig.from_yaml(config) if config else TrainConfig(
+                data=str(paths.data_dir()), cache_dir=str(paths.cache_dir()))
+            chosen = base.replace(**{k: v for k, v in flags.items() if k == "model"})
+            run_dir = runs_dir / (name or f"{chosen.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        resolved = base.replace(**flags)
+        result = run(resolved, run_dir, resume=resume is not None, progress_bar=not quiet)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    console.print(table(f"run {result.run_dir}", ["epochs", "best epoch", "best val loss", "val acc", "seconds"], [[
+        result.epochs_run, result.best_epoch, f"{result.best_val_loss:.4f}", f"{result.best_val_acc:.4f}",
+        f"{result.seconds:.1f}"]]))
+    console.print(f"model bundle: {result.bundle}")
 
 
 if __name__ == "__main__":

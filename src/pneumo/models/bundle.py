@@ -1,0 +1,143 @@
+"""The model bundle ``model.pt``: weights plus everything needed to use them, as data.
+
+A bundle is a plain dict of tensors and strings that loads with
+``torch.load(path, weights_only=True)`` (no arbitrary unpickling):
+
+    {"format": "pneumo-bundle", "version": 1, "metadata": "<JSON>", "state_dict": {name: tensor}}
+
+The metadata holds the model name, class names, preprocessing (size, grayscale, scaling,
+normalization), the training summary, the calibration temperature, the operating point and
+the sha256 of the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pneumo.errors import ModelFileError
+from pneumo.labels import CLASSES
+from pneumo.models.registry import create_model
+
+FORMAT = "pneumo-bundle"
+VERSION = 1
+BUNDLE_NAME = "model.pt"
+
+
+@dataclass
+class Bundle:
+    """A loaded model with its metadata."""
+
+    model: nn.Module
+    metadata: dict[str, Any]
+    path: Path | None = None
+    file_sha256: str = field(default="")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    @property
+    def size(self) -> int:
+        return int(self.metadata["preprocessing"]["size"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.metadata.get("temperature", 1.0))
+
+    @property
+    def model_id(self) -> str:
+        return str(self.metadata.get("id") or self.metadata["model_name"])
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights themselves (names, shapes, values), independent of the file format."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def preprocessing(size: int) -> dict[str, Any]:
+    return {
+        "size": size,
+        "grayscale": True,
+        "resize": "cv2.resize to size x size (INTER_AREA when shrinking), aspect ratio not kept",
+        "scale": "1/255",
+        "normalization": "inside the model (ImageNet mean/std for pretrained backbones)",
+        "input": "float32 (B, 1, size, size) in [0, 1]",
+    }
+
+
+def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: int, **extra: Any) -> dict[str, Any]:
+    """Write ``model`` and its metadata atomically; returns the metadata.
+
+    Args:
+        path: the ``.pt`` file to write.
+        model: a model built by ``create_model(model_name)``.
+        model_name: its registry name.
+        size: input side in pixels.
+        **extra: further metadata (``id``, ``training``, ``temperature``, ``operating_point``, ...).
+    """
+    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    metadata = {
+        "model_name": model_name,
+        "classes": list(CLASSES),
+        "preprocessing": preprocessing(size),
+        "weights_sha256": weights_sha256(state),
+        "temperature": 1.0,
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": FORMAT, "version": VERSION, "metadata": json.dumps(metadata), "state_dict": state}, temporary)
+    os.replace(temporary, path)
+    return metadata
+
+
+def resolve_bundle_path(path: str | Path) -> Path:
+    """A bundle file from a path to it, to a run folder, or to a shipped model folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BUNDLE_NAME
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no model bundle here; pass a model.pt file, a run folder or a models/ folder")
+    return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle (or run folder) safely, rebuild the model and load its weights strictly.
+
+    Raises:
+        ModelFileError: missing file, not a pneumo bundle, or weights that do not fit.
+    """
+    path = resolve_bundle_path(path)
+    raw = path.read_bytes()
+    try:
+        import io
+
+        content = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelFileError(f"{path}: not a loadable pneumo bundle ({type(error).__name__}: {error})") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a pneumo model bundle (no 'format: {FORMAT}' entry)")
+    if content.get("version", 0) > VERSION:
+        raise ModelFileError(f"{path}: bundle version {content['version']} is newer than this pneumo ({VERSION}); upgrade")
+    metadata = json.loads(content["metadata"])
+    try:
+        model = create_model(metadata["model_name"], num_classes=len(metadata["classes"]))
+        model.load_state_dict(content["state_dict"], strict=True)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ModelFileError(f"{path}: weights do not fit model {metadata.get('model_name')!r} ({error})") from None
+    model.eval()
+    return Bundle(model, metadata, path, hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,1 @@
+"""Training on Lightning: CPU, one GPU, or many (DDP)."""

@@ -1,0 +1,79 @@
+"""Run-folder callbacks: per-epoch history (kept inside checkpoints) and atomic checkpoint files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it, so kill -9 never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, temporary, storage_options)
+        os.replace(temporary, path)
+
+
+class History(L.Callback):
+    """Records one row per finished epoch into ``history.csv`` and ``curves.png``.
+
+    The rows are also part of every checkpoint (``state_dict``), so a resumed run rewrites the
+    history from the checkpoint it resumes: no gap and no duplicate epoch, whenever it was killed.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict[str, float]] = []
+        self._started = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self._write()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch + 1}
+        for name in HISTORY_FIELDS[1:5]:
+            row[name] = round(float(metrics[name]), 6) if name in metrics else float("nan")
+        row["lr"] = float(trainer.optimizers[0].param_groups[-1]["lr"])
+        row["seconds"] = round(time.perf_counter() - self._started, 3)
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            self._write()
+
+    def _write(self) -> None:
+        from pneumo.training.curves import plot_curves
+
+        path = self.run_dir / "history.csv"
+        temporary = path.with_name(".history.csv.tmp")
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(temporary, path)
+        if self.rows:
+            plot_curves(self.rows, self.run_dir / "curves.png")
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    with (Path(run_dir) / "history.csv").open(newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]

@@ -1,0 +1,152 @@
+"""The LightningModule and DataModule: uint8 batches in memory, augmented on the device."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from pneumo.config import TrainConfig
+from pneumo.data.augment import AugmentConfig, random_affine
+from pneumo.data.cache import PreparedData
+from pneumo.labels import CLASSES
+from pneumo.models import create_model, get_spec
+
+
+def to_tensors(data: PreparedData, indices: np.ndarray) -> TensorDataset:
+    """uint8 images (N, 1, S, S) and labels, held in memory; scaling happens per batch."""
+    images = torch.from_numpy(np.ascontiguousarray(data.images[indices]))[:, None]
+    return TensorDataset(images, torch.from_numpy(data.labels[indices]))
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
+
+    Lightning calls ``set_epoch`` before each epoch; under DDP it swaps in a
+    DistributedSampler, which does the same across processes.
+    """
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
+class XrayDataModule(L.LightningDataModule):
+    """Train and validation sets from prepared data and a split."""
+
+    def __init__(self, data: PreparedData, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.train_set = to_tensors(data, train_idx)
+        self.val_set = to_tensors(data, val_idx)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochShuffle(len(self.train_set), self.seed),
+                          drop_last=len(self.train_set) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=max(self.batch_size, 128))
+
+
+def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
+    """'balanced' weights n / (k * count_c), as scikit-learn's compute_class_weight; None for 'none'."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
+    return torch.tensor(len(labels) / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+class Classifier(L.LightningModule):
+    """A registered model trained with cross-entropy; batches arrive as uint8 and are scaled here."""
+
+    def __init__(self, config: dict, weights: list[float] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = TrainConfig.from_dict(config)
+        self.model = create_model(self.config.model, num_classes=len(CLASSES), pretrained=self.config.pretrained)
+        self.classifier_prefix = "model." + get_spec(self.config.model).classifier
+        self.augment = AugmentConfig(self.config.rotation, self.config.shift, self.config.zoom)
+        self.register_buffer("class_weight", torch.tensor(weights) if weights else torch.ones(len(CLASSES)))
+        self._generator: torch.Generator | None = None
+        self._epoch_started = 0.0
+        self._epoch_images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, S, S) in [0, 1]
+        return self.model(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        images = images.float().div_(255.0)  # the study's 1/255 rescaling
+        if self.trainer.training and self.augment.enabled:
+            if self._generator is None or self._generator.device != images.device:
+                seed = self.config.seed * 1000 + self.global_rank + 7919 * self.current_epoch
+                self._generator = torch.Generator(device=images.device).manual_seed(seed)
+            images = random_affine(images, self.augment, self._generator)
+        return images.contiguous(memory_format=torch.channels_last), labels
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=smoothing)
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.config.freeze_epochs
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(not frozen or name.startswith(self.classifier_prefix))
+        # Fresh streams per epoch (augmentation, and dropout through torch's global generator)
+        # make a run resumed after a kill train exactly like an uninterrupted one.
+        self._generator = None
+        torch.manual_seed(self.config.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
+        self._epoch_started, self._epoch_images = time.perf_counter(), 0
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self._loss(logits, labels, self.config.label_smoothing)
+        self._epoch_images += len(labels)
+        throughput = self._epoch_images / max(time.perf_counter() - self._epoch_started, 1e-9)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("train_acc", (logits.argmax(1) == labels).float().mean(), on_epoch=True, on_step=False, sync_dist=True)
+        self.log("img_s", throughput, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        # Validation loss is the plain categorical cross-entropy the study reports.
+        loss = F.cross_entropy(logits, labels)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("val_acc", (logits.argmax(1) == labels).float().mean(), on_epoch=True, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        config = self.config
+        head = [p for n, p in self.named_parameters() if n.startswith(self.classifier_prefix)]
+        body = [p for n, p in self.named_parameters() if not n.startswith(self.classifier_prefix)]
+        groups = [{"params": body, "lr": config.lr * config.backbone_lr_scale}, {"params": head, "lr": config.lr}]
+        if config.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        elif config.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+        if config.schedule == "none":
+            return optimizer
+        if config.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        steps = self.trainer.estimated_stepping_batches
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in groups], total_steps=int(steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,152 @@
+"""``train(config, run_dir)``: seed -> data -> split -> model -> trainer -> fit -> bundle."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+from pneumo.config import TrainConfig
+from pneumo.data.cache import PreparedData, prepare_folder
+from pneumo.data.splits import Split, load_split, make_split, save_split
+from pneumo.errors import PneumoError
+from pneumo.models.bundle import BUNDLE_NAME, save_bundle
+from pneumo.training.callbacks import AtomicCheckpointIO, History
+from pneumo.training.module import Classifier, XrayDataModule, class_weights
+
+CONFIG_NAME = "config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    bundle: Path
+    best_epoch: int
+    best_val_loss: float
+    best_val_acc: float
+    epochs_run: int
+    seconds: float
+
+
+def environment() -> dict[str, str]:
+    """Versions, device and git commit, written into every run folder."""
+    import cv2
+    import lightning
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        "python": platform.python_version(), "torch": str(torch.__version__), "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
+        "device": device, "gpus": str(torch.cuda.device_count()), "cpu_threads": str(torch.get_num_threads()),
+        "platform": platform.platform(), "git_commit": commit,
+    }
+
+
+def choose_split(config: TrainConfig, data: PreparedData) -> Split:
+    if config.split_file:
+        return load_split(Path(config.split_file), data, seed=config.seed)
+    return make_split(data, method=config.split, val_fraction=config.val_fraction, holdout=config.holdout,
+                      seed=config.seed)
+
+
+def _limit(indices: np.ndarray, labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A class-balanced random subset of ``count`` indices (all when count is 0 or larger)."""
+    if count <= 0 or count >= len(indices):
+        return indices
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(indices[labels[indices] == c]) for c in np.unique(labels[indices])]
+    interleaved = [i for group in zip(*per_class) for i in group] + [i for g in per_class for i in g]
+    return np.array(list(dict.fromkeys(interleaved))[:count])
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if str(value).isdigit() else value
+
+
+def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_bar: bool = True) -> TrainResult:
+    """Train one model into ``run_dir``; with ``resume``, continue from its ``last.ckpt``.
+
+    Raises:
+        PneumoError: run_dir exists and is not being resumed, or the data cannot be used.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / "last.ckpt"
+    if run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise PneumoError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, or choose another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / CONFIG_NAME)
+    (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    prepared = prepare_folder(Path(config.data), size=config.size, cache_dir=Path(config.cache_dir)).data
+    split = choose_split(config, prepared)
+    save_split(run_dir / "split.csv", split, prepared)
+    train_idx = _limit(split.indices("train"), prepared.labels, config.max_train_images, config.seed)
+    val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4 or 0, config.seed)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise PneumoError(f"the split leaves {len(train_idx)} training and {len(val_idx)} validation images")
+
+    weights = class_weights(prepared.labels[train_idx], config.class_weights)
+    module = Classifier(config.to_dict(), weights.tolist() if weights is not None else None)
+    datamodule = XrayDataModule(prepared, train_idx, val_idx, config.batch_size, config.seed)
+
+    history = History(run_dir)
+    best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                           save_last=True, enable_version_counter=False)
+    callbacks: list[L.Callback] = [history, best]
+    if config.early_stopping > 0:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping))
+    if progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    trainer = L.Trainer(
+        max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
+        strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
+        deterministic="warn", callbacks=callbacks, logger=False, default_root_dir=run_dir,
+        num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], enable_progress_bar=progress_bar,
+        enable_model_summary=False, log_every_n_steps=1,
+    )
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # Lightning suggests DataLoader workers; batches are in-memory uint8 tensors, workers would only add IPC.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        if resume:
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+    seconds = time.perf_counter() - started
+
+    rows = history.rows
+    best_row = min(rows, key=lambda row: row["val_loss"])
+    result = TrainResult(run_dir, run_dir / BUNDLE_NAME, int(best_row["epoch"]), best_row["val_loss"],
+                         best_row["val_acc"], len(rows), seconds)
+    if trainer.is_global_zero:
+        best_state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(best_state)
+        summary = {
+            "run": run_dir.name, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+            "best_val_acc": result.best_val_acc, "epochs_run": result.epochs_run,
+            "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
+            "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
+            "split": split.method, "config": config.to_dict(),
+        }
+        save_bundle(result.bundle, module.model, model_name=config.model, size=config.size,
+                    id=f"{config.model}-{run_dir.name}", training=summary)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return result
