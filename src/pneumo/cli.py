@@ -209,7 +209,8 @@ def train(
     freeze_epochs: Annotated[Optional[int], typer.Option(help="Epochs with a frozen backbone first (pretrained models).")] = None,
     backbone_lr_scale: Annotated[Optional[float], typer.Option(help="Backbone LR as a fraction of --lr.")] = None,
     early_stopping: Annotated[Optional[int], typer.Option(help="Patience in epochs on validation loss; 0 = off (default).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of split, initialization, shuffling and augmentation.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initialization, shuffling and augmentation.")] = None,
+    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/validation split (default 42).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default 128).")] = None,
     split: Annotated[Optional[str], typer.Option(help="grouped (by patient, default) or random (the study's).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Validation share of the training images (default 0.2).")] = None,
@@ -241,7 +242,7 @@ def train(
     flags = dict(
         model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing, class_weights=class_weights,
-        freeze_epochs=freeze_epochs, backbone_lr_scale=backbone_lr_scale, early_stopping=early_stopping, seed=seed,
+        freeze_epochs=freeze_epochs, backbone_lr_scale=backbone_lr_scale, early_stopping=early_stopping, seed=seed, split_seed=split_seed,
         size=size, split=split, val_fraction=val_fraction, holdout=holdout, split_file=split_file, rotation=rotation,
         shift=shift, zoom=zoom, max_train_images=max_train_images, accelerator=accelerator, devices=devices,
         strategy=strategy, num_nodes=num_nodes, precision=precision,
@@ -266,6 +267,112 @@ def train(
         result.epochs_run, result.best_epoch, f"{result.best_val_loss:.4f}", f"{result.best_val_acc:.4f}",
         f"{result.seconds:.1f}"]]))
     console.print(f"model bundle: {result.bundle}")
+
+
+ModelArgument = Annotated[Path, typer.Argument(help="A run folder, a model.pt bundle or a shipped models/ folder.")]
+RoleOption = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
+SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving the roles (default: the run's split.csv, else the archive's folders).")]
+
+
+def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path,
+                         resamples: int, seed: int, adapt: bool):
+    from pneumo.evaluation.evaluate import evaluate as run, select_images
+    from pneumo.models.bundle import load_bundle
+
+    bundle = load_bundle(model)
+    if split_file is None and Path(model).is_dir() and (Path(model) / "split.csv").is_file():
+        split_file = Path(model) / "split.csv"
+    images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=role, split_file=split_file)
+    return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source)
+
+
+def _metrics_table(metrics: dict) -> None:
+    ci = metrics["ci95"]
+    names = [("accuracy", "accuracy"), ("loss", "cross-entropy loss"), ("macro_f1", "macro F1"),
+             ("recall_normal", "sensitivity normal"), ("recall_bacterial", "sensitivity bacterial"),
+             ("recall_viral", "sensitivity viral"), ("macro_auc", "macro AUC (one-vs-rest)"),
+             ("pneumonia_sensitivity", "pneumonia vs normal: sensitivity"),
+             ("pneumonia_specificity", "pneumonia vs normal: specificity"), ("pneumonia_auc", "pneumonia vs normal: AUC"),
+             ("bacterial_viral_auc", "bacterial vs viral: AUC"), ("ece", "ECE (15 bins)")]
+    rows = [[label, f"{metrics[key]:.4f}", f"{ci[key]['low']:.4f} - {ci[key]['high']:.4f}"] for key, label in names]
+    rows.append(["Brier score", f"{metrics['brier']:.4f}", ""])
+    rows.append(["pneumonia called normal (bacterial / viral)",
+                 f"{metrics['missed_as_normal']['bacterial']} / {metrics['missed_as_normal']['viral']}", ""])
+    console.print(table(f"{metrics['model_id']} on {metrics['images']} images of {metrics['patients']} patients",
+                        ["metric", "value", "95% CI (patient bootstrap)"], rows))
+    console.print(metrics["classification_report_text"])
+    console.print(f"[dim]{metrics['data']}. {DISCLAIMER}[/dim]")
+
+
+@app.command()
+def evaluate(
+    model: ModelArgument = paths.default_model(),
+    data: DataOption = paths.data_dir(),
+    split: RoleOption = "test",
+    split_file: SplitFileOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and figures (default out/evaluate-<model>).")] = None,
+    cache_dir: CacheOption = paths.cache_dir(),
+    resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on these images (EM, Saerens 2002).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json instead of tables.")] = False,
+) -> None:
+    """Test accuracy and loss, confusion matrices, classification report, AUCs and calibration, with 95% CIs."""
+    import json
+
+    from pneumo.evaluation.evaluate import write_evaluation
+
+    try:
+        metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, seed,
+                                                    adapt_priors)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    out = out or Path("out") / f"evaluate-{metrics['model_id']}"
+    written = write_evaluation(out, metrics, predictions)
+    if as_json:
+        print(json.dumps(metrics, indent=1))
+        return
+    _metrics_table(metrics)
+    console.print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+@app.command()
+def compare(
+    models: Annotated[list[Path], typer.Argument(help="Two or more run folders or model bundles.")],
+    data: DataOption = paths.data_dir(),
+    split: RoleOption = "test",
+    split_file: SplitFileOption = None,
+    out: Annotated[Path, typer.Option(help="Folder for comparison.md/.html/.json.")] = Path("out/compare"),
+    cache_dir: CacheOption = paths.cache_dir(),
+    resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Compare models on the same images: the study's table plus recall, ECE and McNemar's test."""
+    import json
+
+    from pneumo.evaluation.compare import compare as run, to_html, to_markdown
+    from pneumo.evaluation.evaluate import write_evaluation
+
+    if split_file is None:
+        runs = [m / "split.csv" for m in models if Path(m).is_dir() and (m / "split.csv").is_file()]
+        split_file = runs[0] if runs else None
+    try:
+        results = [_load_for_evaluation(m, data, split, split_file, cache_dir, resamples, seed, False) for m in models]
+        comparison = run(results)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    for metrics, predictions in results:
+        write_evaluation(out / metrics["model_id"], metrics, predictions)
+    (out / "comparison.md").write_text(to_markdown(comparison))
+    (out / "comparison.html").write_text(to_html(comparison))
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=1))
+    # The terminal is narrow: point estimates only; the Markdown and HTML files carry the intervals.
+    short = [[cell.split(" (")[0] for cell in row] for row in comparison["rows"]]
+    console.print(table(f"comparison on {comparison['images']} images", comparison["columns"], short))
+    for sentence in comparison["sentences"]:
+        console.print(f"- {sentence}")
+    console.print(f"[dim]{DISCLAIMER}[/dim]\nwrote {out}/comparison.md, .html, .json")
 
 
 if __name__ == "__main__":

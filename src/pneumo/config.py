@@ -35,7 +35,8 @@ class TrainConfig:
     freeze_epochs: int = 0
     backbone_lr_scale: float = 1.0
     early_stopping: int = 0  # patience in epochs on validation loss; 0 = off (as in the study)
-    seed: int = 42
+    seed: int = 42  # initialization, shuffling, augmentation
+    split_seed: int = 42  # the split alone, so that seeds can vary with the split fixed
     size: int = 128
     split: str = "grouped"
     val_fraction: float = 0.2

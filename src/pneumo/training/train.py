@@ -60,9 +60,9 @@ def environment() -> dict[str, str]:
 
 def choose_split(config: TrainConfig, data: PreparedData) -> Split:
     if config.split_file:
-        return load_split(Path(config.split_file), data, seed=config.seed)
+        return load_split(Path(config.split_file), data, seed=config.split_seed)
     return make_split(data, method=config.split, val_fraction=config.val_fraction, holdout=config.holdout,
-                      seed=config.seed)
+                      seed=config.split_seed)
 
 
 def _limit(indices: np.ndarray, labels: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -144,6 +144,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "best_val_acc": result.best_val_acc, "epochs_run": result.epochs_run,
             "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
             "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
+            "train_class_counts": np.bincount(prepared.labels[train_idx], minlength=3).tolist(),
             "split": split.method, "config": config.to_dict(),
         }
         save_bundle(result.bundle, module.model, model_name=config.model, size=config.size,

@@ -1,0 +1,123 @@
+"""``evaluate``: a model bundle on a set of prepared images -> metrics, intervals, figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import DISCLAIMER
+from pneumo.data.cache import PreparedData, prepare_folder
+from pneumo.data.splits import load_split
+from pneumo.errors import DataLayoutError
+from pneumo.evaluation import plots
+from pneumo.evaluation.calibration import adapt_priors
+from pneumo.evaluation.metrics import bootstrap, summarize
+from pneumo.inference import predict_logits, softmax
+from pneumo.labels import CLASSES, SHORT_NAMES
+from pneumo.models.bundle import Bundle
+
+ROLES = ("test", "val", "train")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-image outputs of one model on one image set, in the same order as the data."""
+
+    paths: np.ndarray
+    patients: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray  # (N, K), after temperature (and prior adaptation when asked)
+
+    def write_csv(self, path: Path) -> None:
+        with Path(path).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "patient", "label", *[f"p_{name}" for name in SHORT_NAMES]])
+            for row in zip(self.paths, self.patients, self.labels, self.probs):
+                writer.writerow([row[0], row[1], CLASSES[row[2]], *[f"{p:.6f}" for p in row[3]]])
+
+
+def select_images(data_dir: Path, *, size: int, cache_dir: Path, role: str, split_file: Path | None) -> tuple[PreparedData, str]:
+    """The prepared images of one role, and a sentence saying where the roles came from.
+
+    Roles come from ``split_file`` when given (e.g. a run's split.csv or the shipped internal
+    test split), else from the archive's own folders (``test/`` is the archive's test split).
+    """
+    if role not in ROLES:
+        raise ValueError(f"The 'split' must be one of {ROLES}. Got {role!r} instead.")
+    data = prepare_folder(data_dir, size=size, cache_dir=cache_dir).data
+    if split_file:
+        roles = load_split(split_file, data).roles
+        source = f"role '{role}' of {split_file}"
+    else:
+        roles = data.splits
+        source = f"the archive's {role}/ folder of {data_dir}"
+    chosen = np.flatnonzero(roles == role)
+    if len(chosen) == 0:
+        hint = ("pass --split-file (a run's split.csv, or splits/internal-test.csv)" if not split_file
+                else "check that the split file belongs to this data")
+        raise DataLayoutError(f"no '{role}' images in {source}; {hint}")
+    return data.subset(chosen), source
+
+
+def predict_set(bundle: Bundle, data: PreparedData, *, adapt: bool = False) -> tuple[Predictions, dict]:
+    """Probabilities for every image; with ``adapt``, re-estimate class priors on this set (EM)."""
+    if data.size != bundle.size:
+        raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
+    probs = softmax(predict_logits(bundle.model, data.images), bundle.temperature)
+    info: dict = {"temperature": bundle.temperature, "adapt_priors": adapt}
+    if adapt:
+        counts = np.array(bundle.metadata.get("training", {}).get("train_class_counts") or [1, 1, 1], float)
+        probs, priors = adapt_priors(probs, counts / counts.sum())
+        info["estimated_priors"] = dict(zip(SHORT_NAMES, priors.round(4).tolist()))
+    return Predictions(data.paths, data.patients, data.labels, probs), info
+
+
+def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed: int = 0, adapt: bool = False,
+             source: str = "") -> tuple[dict, Predictions]:
+    """Point metrics, patient-bootstrap 95% CIs and calibration of ``bundle`` on ``data``."""
+    started = time.perf_counter()
+    predictions, info = predict_set(bundle, data, adapt=adapt)
+    threshold = (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+    metrics = summarize(predictions.labels, predictions.probs, threshold)
+    metrics["ci95"] = bootstrap(predictions.labels, predictions.probs, predictions.patients, resamples=resamples,
+                                seed=seed, threshold=threshold)
+    metrics.update(
+        model_id=bundle.model_id, model_name=bundle.metadata["model_name"], model_sha256=bundle.file_sha256,
+        data=source, patients=int(len(set(predictions.patients))), bootstrap={"resamples": resamples, "seed": seed,
+        "unit": "patient", "level": 0.95}, seconds=round(time.perf_counter() - started, 3), disclaimer=DISCLAIMER,
+        **info,
+    )
+    return metrics, predictions
+
+
+def write_evaluation(out: Path, metrics: dict, predictions: Predictions) -> list[Path]:
+    """metrics.json, predictions.csv, classification_report.txt and the three figures."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = metrics["model_id"]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "classification_report.txt").write_text(metrics["classification_report_text"])
+    predictions.write_csv(out / "predictions.csv")
+    return [
+        out / "metrics.json", out / "predictions.csv",
+        plots.confusion_figure(metrics, out / "confusion.png", title),
+        plots.roc_figure(predictions.labels, predictions.probs, out / "roc.png", title),
+        plots.reliability_figure(metrics, out / "reliability.png"),
+    ]
+
+
+def read_predictions(path: Path) -> Predictions:
+    from pneumo.labels import class_index
+
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return Predictions(
+        np.array([r["path"] for r in rows]), np.array([r["patient"] for r in rows]),
+        np.array([class_index(r["label"]) for r in rows]),
+        np.array([[float(r[f"p_{name}"]) for name in SHORT_NAMES] for r in rows]),
+    )
