@@ -263,8 +263,8 @@ def train(
         result = run(resolved, run_dir, resume=resume is not None, progress_bar=not quiet)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
-    console.print(table(f"run {result.run_dir}", ["epochs", "best epoch", "best val loss", "val acc", "seconds"], [[
-        result.epochs_run, result.best_epoch, f"{result.best_val_loss:.4f}", f"{result.best_val_acc:.4f}",
+    console.print(table(f"run {result.run_dir}", ["epochs", "bundled epoch", "val loss", "val acc", "seconds"], [[
+        result.epochs_run, result.epoch, f"{result.val_loss:.4f}", f"{result.val_acc:.4f}",
         f"{result.seconds:.1f}"]]))
     console.print(f"model bundle: {result.bundle}")
 
@@ -373,6 +373,102 @@ def compare(
     for sentence in comparison["sentences"]:
         console.print(f"- {sentence}")
     console.print(f"[dim]{DISCLAIMER}[/dim]\nwrote {out}/comparison.md, .html, .json")
+
+
+@app.command()
+def report(
+    models: Annotated[list[Path], typer.Argument(help="Run folders or model bundles.")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("out/report.html"),
+    data: DataOption = paths.data_dir(),
+    split: RoleOption = "test",
+    split_file: SplitFileOption = None,
+    experiment: Annotated[Optional[Path], typer.Option(help="An epoch-study folder (with summary.json) to include.")] = None,
+    cache_dir: CacheOption = paths.cache_dir(),
+    resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
+) -> None:
+    """One self-contained HTML report: data, curves, metrics with CIs, figures, comparison, epoch study."""
+    from pneumo.data.splits import load_split
+    from pneumo.evaluation.report import build_report
+
+    if split_file is None:
+        runs = [m / "split.csv" for m in models if Path(m).is_dir() and (m / "split.csv").is_file()]
+        split_file = runs[0] if runs else None
+    summary = None
+    if experiment is not None:
+        summary = experiment / "summary.json"
+        if not summary.is_file():
+            raise fail(f"{experiment}: no summary.json; run 'pneumo experiment epochs' first")
+    try:
+        results = []
+        for model in models:
+            metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, 0, False)
+            results.append((metrics, predictions, Path(model) if Path(model).is_dir() else None))
+        prepared = prepare_data(data, results[0][0]["size"], cache_dir).data
+        roles = load_split(split_file, prepared).roles if split_file else prepared.splits
+        written = build_report(out, data=prepared, roles=roles, results=results, epoch_summary=summary)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+experiment_app = typer.Typer(help="Repeated experiments over seeds.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("epochs")
+def experiment_epochs(
+    model: Annotated[str, typer.Option(help="Registered model.")] = "cnn",
+    epochs: Annotated[list[int], typer.Option(help="Epoch counts to compare (repeat the option or list them).")] = [25, 50, 100],
+    seeds: Annotated[int, typer.Option(help="Seeds per epoch count.")] = 3,
+    config: Annotated[Optional[Path], typer.Option(help="A YAML preset for every run.")] = None,
+    data: DataOption = paths.data_dir(),
+    cache_dir: CacheOption = paths.cache_dir(),
+    holdout: Annotated[float, typer.Option(help="Internal test share when the data has no test/ folder.")] = 0.2,
+    split_file: Annotated[Optional[str], typer.Option(help="A saved split CSV with train/val/test roles.")] = None,
+    max_train_images: Annotated[int, typer.Option(help="Use only this many training images (smoke runs).")] = 0,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="32-true or bf16-mixed (GPU).")] = "32-true",
+    root: Annotated[Optional[Path], typer.Option(help="Folder of the runs (default runs/experiments/epochs-<model>).")] = None,
+    resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples per run.")] = 1000,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
+) -> None:
+    """The study's epoch study (25/50/100) repeated over seeds: mean ± sd per epoch count."""
+    import json
+
+    from pneumo.config import TrainConfig
+    from pneumo.evaluation import experiment
+
+    root = root or Path("runs/experiments") / f"epochs-{model}"
+    planned = experiment.plan(root, sorted(set(epochs)), seeds)
+    console.print(table(f"plan: {len(planned)} runs in {root}", ["epochs", "seed", "run", "status"],
+                        [[r.epochs, r.seed, r.run_dir, "done" if r.done else "to run"] for r in planned]))
+    if dry_run:
+        return
+    try:
+        base = TrainConfig.from_yaml(config) if config else TrainConfig()
+        has_test = (Path(data) / "test").is_dir() or (Path(data) / "chest_xray" / "test").is_dir()
+        base = base.replace(model=model, data=str(data), cache_dir=str(cache_dir), split_file=split_file,
+                            holdout=0.0 if (has_test or split_file) else holdout,
+                            max_train_images=max_train_images, accelerator=accelerator, precision=precision)
+        from pneumo.training.train import train as _  # noqa: F401  (imports lightning before quieting it)
+
+        quiet_lightning()
+        for number, run in enumerate(planned, 1):
+            if run.done:
+                continue
+            console.print(f"[bold]run {number}/{len(planned)}[/bold]: {run.epochs} epochs, seed {run.seed}")
+            metrics = experiment.run_planned(run, base, resamples=resamples)
+            console.print(f"  accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+                          f"macro-F1 {metrics['macro_f1']:.4f}")
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    summary = experiment.summarize_runs(planned)
+    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    (root / "summary.md").write_text(experiment.to_markdown(summary, model))
+    rows = [[row["epochs"], row["runs"], *[f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in
+                                            ("accuracy", "loss", "macro_f1")]] for row in summary["rows"]]
+    console.print(table("epoch study (mean ± sd over seeds)", ["epochs", "runs", "accuracy", "loss", "macro-F1"], rows))
+    console.print(f"wrote {root}/summary.md and summary.json")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class TrainConfig:
     freeze_epochs: int = 0
     backbone_lr_scale: float = 1.0
     early_stopping: int = 0  # patience in epochs on validation loss; 0 = off (as in the study)
+    bundle_weights: str = "best"  # model.pt from the lowest validation loss ("best") or the final epoch ("last")
     seed: int = 42  # initialization, shuffling, augmentation
     split_seed: int = 42  # the split alone, so that seeds can vary with the split fixed
     size: int = 128
@@ -62,6 +63,7 @@ class TrainConfig:
             ("class_weights", self.class_weights in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
             ("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}"),
             ("split", self.split in ("grouped", "random"), "'grouped' or 'random'"),
+            ("bundle_weights", self.bundle_weights in ("best", "last"), "'best' or 'last'"),
             ("epochs", self.epochs >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),

@@ -29,11 +29,13 @@ CONFIG_NAME = "config.yaml"
 
 @dataclass(frozen=True)
 class TrainResult:
+    """A finished run; ``epoch``, ``val_loss`` and ``val_acc`` describe the weights in the bundle."""
+
     run_dir: Path
     bundle: Path
-    best_epoch: int
-    best_val_loss: float
-    best_val_acc: float
+    epoch: int
+    val_loss: float
+    val_acc: float
     epochs_run: int
     seconds: float
 
@@ -127,21 +129,24 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        if resume:
-            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        # The run folder holds config.yaml and the history before the first checkpoint.
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
     seconds = time.perf_counter() - started
 
     rows = history.rows
-    best_row = min(rows, key=lambda row: row["val_loss"])
+    best_row = min(rows, key=lambda row: row["val_loss"]) if config.bundle_weights == "best" else rows[-1]
     result = TrainResult(run_dir, run_dir / BUNDLE_NAME, int(best_row["epoch"]), best_row["val_loss"],
                          best_row["val_acc"], len(rows), seconds)
     if trainer.is_global_zero:
-        best_state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(best_state)
+        if config.bundle_weights == "best":
+            # Lightning checkpoints hold more than tensors (loop state), so they are not loaded weights-only;
+            # they are our own files, written moments ago.
+            best_state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)["state_dict"]
+            module.load_state_dict(best_state)
         summary = {
-            "run": run_dir.name, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-            "best_val_acc": result.best_val_acc, "epochs_run": result.epochs_run,
+            "run": run_dir.name, "weights": config.bundle_weights, "epoch": result.epoch, "val_loss": result.val_loss,
+            "val_acc": result.val_acc, "epochs_run": result.epochs_run,
             "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
             "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
             "train_class_counts": np.bincount(prepared.labels[train_idx], minlength=3).tolist(),

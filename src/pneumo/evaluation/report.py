@@ -1,0 +1,112 @@
+"""One self-contained HTML report: data, training curves, test metrics with CIs, figures,
+comparison and epoch study. Every figure is embedded as a data URI, so the file travels alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from pathlib import Path
+
+from pneumo import DISCLAIMER
+from pneumo.data.augment import AugmentConfig
+from pneumo.data.cache import PreparedData
+from pneumo.data.figures import ATTRIBUTION, augment_grid, sample_grid
+from pneumo.evaluation import compare as comparing
+from pneumo.evaluation.evaluate import Predictions, write_evaluation
+from pneumo.labels import CLASSES
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:4px 0}
+.note{background:#fff3cd;border:1px solid #e0c36c;padding:0.6em 1em}pre{background:#f6f6f6;padding:0.6em}
+h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}
+"""
+KEY_METRICS = (("accuracy", "Accuracy"), ("loss", "Cross-entropy loss"), ("macro_f1", "Macro F1"),
+               ("recall_normal", "Sensitivity normal"), ("recall_bacterial", "Sensitivity bacterial"),
+               ("recall_viral", "Sensitivity viral"), ("macro_auc", "Macro AUC"),
+               ("pneumonia_sensitivity", "Pneumonia vs normal sensitivity"),
+               ("pneumonia_specificity", "Pneumonia vs normal specificity"), ("pneumonia_auc", "Pneumonia vs normal AUC"),
+               ("bacterial_viral_auc", "Bacterial vs viral AUC"), ("ece", "ECE"))
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(columns: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _data_section(data: PreparedData, roles, work: Path) -> str:
+    counts = [[role, *[int(((roles == role) & (data.labels == c)).sum()) for c in range(len(CLASSES))],
+               int((roles == role).sum()), len(set(data.patients[roles == role]))]
+              for role in ("train", "val", "test") if (roles == role).any()]
+    return (
+        "<h2>Data</h2>" + _table(["role", *CLASSES, "images", "patients"], counts)
+        + _image(sample_grid(data, work / "data.png"), "sample images per class")
+        + _image(augment_grid(data, work / "augment.png", AugmentConfig()), "augmentation of one image")
+    )
+
+
+def _model_section(metrics: dict, predictions: Predictions, run_dir: Path | None, work: Path) -> str:
+    folder = work / metrics["model_id"]
+    write_evaluation(folder, metrics, predictions)
+    ci = metrics["ci95"]
+    rows = [[label, f"{metrics[key]:.4f}", f"{ci[key]['low']:.4f} – {ci[key]['high']:.4f}"] for key, label in KEY_METRICS]
+    rows.append(["Brier score", f"{metrics['brier']:.4f}", ""])
+    missed = metrics["missed_as_normal"]
+    rows.append(["Pneumonia called normal (bacterial / viral)", f"{missed['bacterial']} / {missed['viral']}", ""])
+    parts = [f"<h2>Model {html.escape(metrics['model_id'])}</h2>",
+             f"<p>{metrics['images']} images of {metrics['patients']} patients: {html.escape(metrics['data'])}. "
+             f"sha256 {metrics['model_sha256'][:16]}…; temperature {metrics['temperature']:.3f}.</p>"]
+    if run_dir is not None and (run_dir / "curves.png").is_file():
+        parts += ["<h3>Training curves</h3>", _image(run_dir / "curves.png", "training curves")]
+    parts += ["<h3>Test metrics (95% patient-bootstrap CI)</h3>",
+              _table(["metric", "value", "95% CI"], rows),
+              "<h3>Confusion matrix</h3>", _image(folder / "confusion.png", "confusion matrix"),
+              "<h3>Classification report</h3>", f"<pre>{html.escape(metrics['classification_report_text'])}</pre>",
+              "<h3>ROC curves</h3>", _image(folder / "roc.png", "ROC curves"),
+              "<h3>Calibration</h3>", _image(folder / "reliability.png", "reliability diagram")]
+    return "".join(parts)
+
+
+def _epoch_section(summary: dict) -> str:
+    rows = [[row["epochs"], row["runs"], *[f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in
+                                           ("accuracy", "loss", "macro_f1", "recall_bacterial", "recall_viral")]]
+            for row in summary["rows"]]
+    runs = [[r["epochs"], r["seed"], f"{r['accuracy']:.4f}", f"{r['loss']:.4f}", f"{r['macro_f1']:.4f}"]
+            for r in summary["runs"]]
+    return ("<h2>Epoch study</h2><p>Mean ± sd over seeds.</p>"
+            + _table(["epochs", "runs", "accuracy", "loss", "macro-F1", "recall bacterial", "recall viral"], rows)
+            + "<h3>Individual runs</h3>" + _table(["epochs", "seed", "accuracy", "loss", "macro-F1"], runs))
+
+
+def build_report(out: Path, *, data: PreparedData, roles, results: list[tuple[dict, Predictions, Path | None]],
+                 epoch_summary: Path | None = None, title: str = "pneumo report") -> Path:
+    """Write the report to ``out`` and return its path."""
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(temporary)
+        sections = [_data_section(data, roles, work)]
+        sections += [_model_section(m, p, run, work) for m, p, run in results]
+        if len(results) > 1:
+            comparison = comparing.compare([(m, p) for m, p, _ in results])
+            sections.append("<h2>Comparison</h2>" + comparing.to_html(comparison))
+        if epoch_summary is not None:
+            sections.append(_epoch_section(json.loads(Path(epoch_summary).read_text())))
+    document = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class='note'><strong>{html.escape(DISCLAIMER)}</strong></p>"
+        + "".join(sections)
+        + f"<hr><p>{html.escape(ATTRIBUTION)}. Made by pneumo.</p></body></html>"
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(document)
+    return out
