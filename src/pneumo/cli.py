@@ -411,6 +411,130 @@ def report(
     console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
 
 
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx (default: the shipped pneumo-mobilenet).")] = paths.default_model(),
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM).")] = False,
+) -> None:
+    """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays."""
+    import csv
+    import json
+    import sys
+
+    from pneumo.predict import Predictor, expand_inputs
+
+    try:
+        predictor = Predictor(model, backend=backend)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    files = expand_inputs(inputs)
+    if not files:
+        raise fail(f"no image files found in {' '.join(inputs)}")
+    predictions = predictor.predict_files(files, adapt=adapt_priors)
+    overlays: dict[str, str] = {}
+    if gradcam is not None:
+        from pneumo.explain.gradcam import png_bytes
+
+        gradcam.mkdir(parents=True, exist_ok=True)
+        ok = [p for p in predictions if p.ok]
+        for number, (prediction, picture) in enumerate(zip(ok, predictor.explain(ok))):
+            target = gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png"
+            target.write_bytes(png_bytes(picture))
+            overlays[prediction.source] = str(target)
+    failed = [p for p in predictions if not p.ok]
+    if as_json:
+        rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
+        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "disclaimer": DISCLAIMER,
+                          "predictions": rows}, indent=1))
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "error"])
+        for p in predictions:
+            probs = [f"{p.probabilities[k]:.6f}" for k in ("normal", "bacterial", "viral")] if p.ok else ["", "", ""]
+            writer.writerow([p.source, p.label, *probs, p.error])
+        print(f"# {DISCLAIMER}")
+    else:
+        rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")]]
+                for p in predictions if p.ok]
+        console.print(table(f"{predictor.model_id} ({predictor.backend})", ["file", "class", "P(normal)",
+                                                                          "P(bacterial)", "P(viral)"], rows))
+        if overlays:
+            console.print(f"Grad-CAM overlays in {gradcam}")
+        console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
+    for p in failed:
+        errors.print(f"[red]error:[/red] {p.source}: {p.error}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    model: ModelArgument,
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: model.onnx beside the bundle).")] = None,
+) -> None:
+    """Export a model bundle to ONNX (dynamic batch axis, metadata inside)."""
+    from pneumo.export.onnx import export_onnx
+    from pneumo.models.bundle import load_bundle
+
+    if format != "onnx":
+        raise fail(f"unknown --format {format!r}; the supported format is onnx")
+    try:
+        bundle = load_bundle(model)
+        written = export_onnx(bundle, out or bundle.path.with_suffix(".onnx"))
+    except PneumoError as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle or models/ folder (default: the shipped pneumo-mobilenet).")] = paths.default_model(),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.")] = 20.0,
+) -> None:
+    """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
+    import uvicorn
+
+    from pneumo.serving.app import create_app
+
+    try:
+        application = create_app(model, backend=backend, max_bytes=int(max_mb * 1024 * 1024))
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def card(
+    model: ModelArgument = paths.default_model(),
+    metrics: Annotated[Optional[Path], typer.Option(help="A metrics.json from 'pneumo evaluate' to include.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Markdown file (default: MODEL_CARD.md beside the bundle).")] = None,
+) -> None:
+    """Write a Markdown model card: intended use, data, preprocessing, metrics with CIs, limitations."""
+    import json
+
+    from pneumo.card import model_card
+    from pneumo.models.bundle import load_bundle
+
+    try:
+        bundle = load_bundle(model)
+        evaluation = json.loads(metrics.read_text()) if metrics else None
+    except (PneumoError, OSError, ValueError) as error:
+        raise fail(str(error)) from None
+    target = out or bundle.path.parent / "MODEL_CARD.md"
+    target.write_text(model_card(bundle.metadata, sha256=bundle.file_sha256, evaluation=evaluation))
+    console.print(f"wrote {target}")
+
+
 experiment_app = typer.Typer(help="Repeated experiments over seeds.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 

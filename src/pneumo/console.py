@@ -32,7 +32,9 @@ def table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
     """A rich table with the first column left-aligned and the others right-aligned."""
     result = Table(title=title, title_justify="left")
     for number, column in enumerate(columns):
-        result.add_column(column, justify="left" if number == 0 else "right")
+        # The first column holds names and paths: fold them rather than cut them.
+        result.add_column(column, justify="left" if number == 0 else "right",
+                          overflow="fold" if number == 0 else "ellipsis")
     for row in rows:
         result.add_row(*(str(cell) for cell in row))
     return result

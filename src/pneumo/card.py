@@ -1,0 +1,102 @@
+"""Model cards (Mitchell et al. 2019) in Markdown, from a bundle's metadata and its evaluation."""
+
+from __future__ import annotations
+
+from pneumo import DISCLAIMER
+from pneumo.models import get_spec
+
+LIMITATIONS = [
+    "Bacterial versus viral labels come from the archive's file names, set by radiologists' reading; they are "
+    "not laboratory-confirmed, so the model learns radiologists' judgement, errors included.",
+    "Training data are pediatric (1-5 years) anterior-posterior chest X-rays from one centre (Guangzhou Women and "
+    "Children's Medical Center). Adults, other centres, other scanners and lateral views are untested.",
+    "Shortcut risk: markers, text, devices, positioning and image borders can correlate with the class in this "
+    "archive; Grad-CAM overlays help spot this but do not rule it out.",
+    "The shared copy of the training split was re-encoded at 224x224; full-resolution images from the original "
+    "archive are resized the same way but were not seen in training.",
+    "The archive's test split has 37.5% normal images against 25.7% in training: the class balance at deployment "
+    "changes the error rates (see the prior-shift adaptation option).",
+    "Figures are measured on an internal patient-grouped test split of the training folder, not on the archive's "
+    "test split, which is scored blind.",
+]
+
+
+def _metric_rows(evaluation: dict) -> list[str]:
+    names = [("accuracy", "Accuracy"), ("macro_f1", "Macro F1"), ("loss", "Cross-entropy loss"),
+             ("recall_normal", "Sensitivity normal"), ("recall_bacterial", "Sensitivity bacterial"),
+             ("recall_viral", "Sensitivity viral"), ("macro_auc", "Macro AUC"),
+             ("pneumonia_sensitivity", "Pneumonia vs normal: sensitivity"),
+             ("pneumonia_specificity", "Pneumonia vs normal: specificity"),
+             ("pneumonia_auc", "Pneumonia vs normal: AUC"), ("bacterial_viral_auc", "Bacterial vs viral: AUC"),
+             ("ece", "ECE (15 bins)")]
+    ci = evaluation.get("ci95", {})
+    rows = ["| Metric | Value | 95% CI (patient bootstrap) |", "|---|---|---|"]
+    for key, label in names:
+        if key in evaluation:
+            interval = f"{ci[key]['low']:.4f} – {ci[key]['high']:.4f}" if key in ci else ""
+            rows.append(f"| {label} | {evaluation[key]:.4f} | {interval} |")
+    return rows
+
+
+def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = None) -> str:
+    """The Markdown card of a model bundle."""
+    evaluation = evaluation if evaluation is not None else metadata.get("evaluation")
+    training = metadata.get("training", {})
+    config = training.get("config", {})
+    name = metadata.get("id") or metadata["model_name"]
+    spec = get_spec(metadata["model_name"])
+    lines = [
+        f"# Model card: {name}", "",
+        f"> **{DISCLAIMER}**", "",
+        "## Model details", "",
+        f"- Architecture: `{metadata['model_name']}` — {spec.description}.",
+        f"- Classes (output order): {', '.join(metadata['classes'])}.",
+        f"- Weights sha256: `{metadata.get('weights_sha256', '')}`" + (f"; bundle file sha256 `{sha256}`." if sha256 else "."),
+        f"- Made with pneumo; bundle format `model.pt` (loads with `torch.load(weights_only=True)`), ONNX export beside it.",
+        "", "## Intended use", "",
+        "Research on pediatric chest X-ray classification into normal, bacterial pneumonia and viral pneumonia: "
+        "benchmarking, teaching and studying model behaviour. Not for diagnosis, triage or any clinical decision, "
+        "and not a medical device.",
+        "", "## Data", "",
+        "Kermany, Zhang & Goldbaum, *Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for "
+        "Classification*, Mendeley Data v2 (doi:10.17632/rscbjbr9sj.2); Kermany et al., Cell 172(5), 2018. "
+        "License CC BY 4.0. Pediatric patients aged one to five, one centre.",
+        f"- Training images: {training.get('train_images', '?')} (per class {training.get('train_class_counts', '?')}), "
+        f"validation images: {training.get('val_images', '?')}; split: {training.get('split', '?')} "
+        f"({config.get('split_file') or 'made by pneumo'}), grouped by patient.",
+        "", "## Preprocessing", "",
+        *[f"- {key}: {value}" for key, value in metadata["preprocessing"].items()],
+        "", "## Training", "",
+        f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
+        f"({training.get('weights', 'best')}: lowest validation loss) with validation loss "
+        f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
+        f"- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
+            "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
+            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "pretrained") if k in config) + ".",
+        f"- Training time: {training.get('train_seconds_total', '?')} s.",
+    ]
+    if metadata.get("seeds"):
+        lines += ["", "## Seed spread (validation)", "", metadata["seeds"]]
+    lines += ["", "## Calibration and operating point", "",
+              f"- Temperature (fitted on validation, Guo et al. 2017): {metadata.get('temperature', 1.0):.4f}."]
+    point = metadata.get("operating_point")
+    if point:
+        lines.append(f"- Operating point: pneumonia when P(bacterial)+P(viral) >= {point['pneumonia_threshold']:.4f}, "
+                     f"chosen on validation for a pneumonia sensitivity of at least {point.get('target_sensitivity', '?')}"
+                     f" (validation sensitivity {point.get('val_sensitivity', float('nan')):.4f}, specificity "
+                     f"{point.get('val_specificity', float('nan')):.4f}).")
+    else:
+        lines.append("- Operating point: the most probable class (no threshold set).")
+    lines += ["", "## Metrics", ""]
+    if evaluation:
+        lines += [f"Measured on {evaluation.get('images', '?')} images of {evaluation.get('patients', '?')} patients: "
+                  f"{evaluation.get('data', '')}.", "", *_metric_rows(evaluation)]
+        if evaluation.get("missed_as_normal"):
+            missed = evaluation["missed_as_normal"]
+            lines += ["", f"Pneumonia images called normal: {missed['bacterial']} bacterial, {missed['viral']} viral."]
+    else:
+        lines.append("Not evaluated yet: run `pneumo evaluate` and `pneumo card` with `--metrics`.")
+    if metadata.get("targets"):
+        lines += ["", "## Targets", "", metadata["targets"]]
+    lines += ["", "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Explanations of predictions (Grad-CAM)."""

@@ -1,0 +1,50 @@
+"""Grad-CAM heatmaps (Selvaraju et al. 2017) through the ``grad-cam`` package."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from pneumo.models import get_spec
+
+
+def gradcam(model: nn.Module, model_name: str, images: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Heatmaps in [0, 1] of where ``model`` looked for ``classes``.
+
+    Args:
+        model: a model built by ``create_model(model_name)``.
+        model_name: its registry name (tells which layer to look at).
+        images: (N, S, S) uint8 images as the model sees them.
+        classes: the class to explain for each image.
+
+    Returns:
+        (N, S, S) float32 heatmaps.
+    """
+    layer = model.get_submodule(get_spec(model_name).cam_layer)
+    inputs = torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0)[:, None]  # (N, 1, S, S)
+    model.eval()
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        heatmaps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(c) for c in classes])
+    return heatmaps.astype(np.float32)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, side: int = 384) -> np.ndarray:
+    """An RGB uint8 picture: the original (left) beside the heatmap over it (right)."""
+    gray = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_LINEAR)
+    rgb = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32) / 255.0
+    heat = cv2.resize(heatmap, (side, side), interpolation=cv2.INTER_LINEAR)
+    blended = show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.6)
+    gap = np.full((side, 8, 3), 255, np.uint8)
+    return np.concatenate([(rgb * 255).astype(np.uint8), gap, blended], axis=1)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return encoded.tobytes()

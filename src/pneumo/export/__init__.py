@@ -1,0 +1,1 @@
+"""Exports of model bundles to other runtimes."""

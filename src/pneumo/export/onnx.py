@@ -1,0 +1,61 @@
+"""Export a model bundle to ONNX, with the bundle's metadata inside the file.
+
+The graph takes ``image``: float32 (batch, 1, S, S) in [0, 1] and returns ``logits``
+(batch, classes); the batch axis is dynamic. The metadata (classes, preprocessing,
+temperature, operating point, weights hash) is stored as the ``pneumo`` metadata property,
+so an ``.onnx`` file is usable on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from pneumo.models.bundle import Bundle
+
+OPSET = 17
+METADATA_KEY = "pneumo"
+
+
+def export_onnx(bundle: Bundle, out: str | Path) -> Path:
+    """Write ``bundle`` as ONNX to ``out`` (atomically) and return the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = bundle.model.eval()
+    example = torch.rand(2, 1, bundle.size, bundle.size)
+    temporary = out.with_name(f".{out.name}.tmp")
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but needs no onnxscript and handles these CNNs exactly.
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        torch.onnx.export(
+            model, (example,), str(temporary), input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+        )
+    graph = onnx.load(str(temporary))
+    metadata = dict(bundle.metadata, source_bundle_sha256=bundle.file_sha256)
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    graph.doc_string = f"pneumo {metadata['model_name']}: research software, not a diagnostic device"
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(temporary))
+    os.replace(temporary, out)
+    return out
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """The pneumo metadata stored in an exported ONNX file."""
+    from pneumo.errors import ModelFileError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise ModelFileError(f"{path}: not a readable ONNX file ({error})") from None
+    for entry in graph.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    raise ModelFileError(f"{path}: an ONNX file without pneumo metadata; export it with 'pneumo export'")

@@ -1,0 +1,184 @@
+"""``Predictor``: files or bytes in, class probabilities (and Grad-CAM) out.
+
+Two backends with the same answers: ``torch`` (the bundle's model) and ``onnx``
+(onnxruntime on the exported graph, faster on CPU). Both apply the bundle's temperature and
+operating point. Decoding runs in threads (OpenCV releases the GIL).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import DISCLAIMER
+from pneumo.data.readers import decode_gray, read_gray, resize
+from pneumo.errors import ImageReadError, ModelFileError
+from pneumo.evaluation.calibration import adapt_priors
+from pneumo.evaluation.metrics import decide
+from pneumo.inference import predict_logits, softmax
+from pneumo.labels import SHORT_NAMES
+
+BACKENDS = ("torch", "onnx")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+
+
+@dataclass
+class Prediction:
+    """The answer for one image."""
+
+    source: str
+    label: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    image: np.ndarray | None = field(default=None, repr=False)  # (S, S) uint8, as the model saw it
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def as_dict(self) -> dict:
+        if not self.ok:
+            return {"file": self.source, "error": self.error}
+        return {"file": self.source, "class": self.label, "probabilities": self.probabilities}
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files, folders (searched recursively for image files) and glob patterns -> file list.
+
+    A path that matches nothing is kept, so that it is reported as 'file not found'.
+    """
+    files: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in item for ch in "*?[") and not path.exists():
+            files += sorted(glob.glob(item, recursive=True))
+        else:
+            files.append(item)
+    return files
+
+
+class Predictor:
+    """A loaded model and its metadata, ready to classify images.
+
+    Args:
+        model: a run folder, a ``model.pt`` bundle, a folder holding ``model.pt`` / ``model.onnx``,
+            or an ``.onnx`` file exported by pneumo.
+        backend: ``torch`` or ``onnx``.
+    """
+
+    def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
+        self.backend = backend
+        self.bundle = None
+        path = Path(model)
+        self._folder = path if path.is_dir() else path.parent
+        if backend == "onnx":
+            self._load_onnx(path, threads)
+        else:
+            from pneumo.models.bundle import load_bundle
+
+            self.bundle = load_bundle(path)
+            self.metadata = self.bundle.metadata
+            self.sha256 = self.bundle.file_sha256
+        self.size = int(self.metadata["preprocessing"]["size"])
+        self.temperature = float(self.metadata.get("temperature", 1.0))
+        self.threshold = (self.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+        self.model_id = str(self.metadata.get("id") or self.metadata["model_name"])
+
+    def _load_onnx(self, path: Path, threads: int | None) -> None:
+        import onnxruntime
+
+        from pneumo.export.onnx import read_onnx_metadata
+
+        onnx_path = path / "model.onnx" if path.is_dir() else path
+        if not onnx_path.is_file():
+            raise ModelFileError(f"{onnx_path}: no ONNX model; run 'pneumo export {path} --format onnx' first")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.metadata = read_onnx_metadata(onnx_path)
+        self.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, K) logits for (N, S, S) uint8 images."""
+        if self.backend == "torch":
+            return predict_logits(self.bundle.model, images, batch_size=batch_size)
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size].astype(np.float32)[:, None] / 255.0
+            outputs.append(self.session.run(["logits"], {"image": batch})[0])
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+
+    def probabilities(self, images: np.ndarray, *, adapt: bool = False) -> np.ndarray:
+        """Calibrated probabilities; with ``adapt``, adjusted to the priors of this batch (EM)."""
+        probs = softmax(self.logits(images), self.temperature)
+        if adapt and len(probs):
+            counts = np.array(self.metadata.get("training", {}).get("train_class_counts") or [1] * probs.shape[1], float)
+            probs, _ = adapt_priors(probs, counts / counts.sum())
+        return probs
+
+    def load(self, source: str, data: bytes | None = None) -> np.ndarray:
+        """Read (or decode given bytes) and resize one image; raises ImageReadError."""
+        image = decode_gray(data, source) if data is not None else read_gray(source)
+        return resize(image, self.size)
+
+    def predict_images(self, sources: list[str], images: list[np.ndarray], *, adapt: bool = False) -> list[Prediction]:
+        if not images:
+            return []
+        stack = np.stack(images)
+        probs = self.probabilities(stack, adapt=adapt)
+        labels = decide(probs, self.threshold)
+        return [
+            Prediction(source, self.classes[label], dict(zip(SHORT_NAMES, map(float, p.round(6)))), image=image)
+            for source, label, p, image in zip(sources, labels, probs, images)
+        ]
+
+    def predict_files(self, files: list[str], *, adapt: bool = False, workers: int = 4) -> list[Prediction]:
+        """Predictions in the order of ``files``; a bad file gets ``error`` and the rest go on."""
+
+        def load(source: str) -> np.ndarray | str:
+            try:
+                return self.load(source)
+            except ImageReadError as error:
+                return error.reason
+
+        with ThreadPoolExecutor(workers) as pool:
+            loaded = list(pool.map(load, files))
+        good = [(s, image) for s, image in zip(files, loaded) if not isinstance(image, str)]
+        answered = iter(self.predict_images([s for s, _ in good], [i for _, i in good], adapt=adapt))
+        return [Prediction(s, error=image) if isinstance(image, str) else next(answered)
+                for s, image in zip(files, loaded)]
+
+    def explain(self, predictions: list[Prediction]) -> list[np.ndarray]:
+        """Grad-CAM overlays (original beside heatmap, RGB uint8) for successful predictions."""
+        from pneumo.explain.gradcam import gradcam, overlay
+
+        if self.bundle is None:  # ONNX backend: gradients need the PyTorch bundle beside the .onnx file
+            from pneumo.models.bundle import load_bundle
+
+            try:
+                self.bundle = load_bundle(self._folder)
+            except ModelFileError as error:
+                raise ModelFileError(f"Grad-CAM needs the PyTorch bundle next to the ONNX file: {error}") from None
+        ok = [p for p in predictions if p.ok]
+        if not ok:
+            return []
+        classes = [self.classes.index(p.label) for p in ok]
+        heatmaps = gradcam(self.bundle.model, self.metadata["model_name"], np.stack([p.image for p in ok]), classes)
+        return [overlay(p.image, heat) for p, heat in zip(ok, heatmaps)]
+
+
+__all__ = ["Predictor", "Prediction", "expand_inputs", "DISCLAIMER"]

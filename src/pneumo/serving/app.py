@@ -1,0 +1,87 @@
+"""FastAPI app: a web page to drop an X-ray on, and a JSON API.
+
+Bad input never yields a 500: an oversized body gets 413, an unsupported type 415, an
+undecodable image 422, each with a message, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from pneumo import DISCLAIMER, __version__
+from pneumo.errors import ImageReadError
+from pneumo.predict import Predictor
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "disclaimer": DISCLAIMER}, status_code=status)
+
+
+def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
+    """Build the app around one model (loaded once, here)."""
+    predictor = Predictor(model, backend=backend)
+    # One inference at a time: the model already uses every core, and Grad-CAM hooks are not thread-safe.
+    lock = threading.Lock()
+    app = FastAPI(title="pneumo", version=__version__,
+                  description=f"Pediatric chest X-ray classification. {DISCLAIMER}")
+    page = resources.files("pneumo.serving").joinpath("static/index.html").read_text()
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            return _error(413, f"request body of {int(length):,} bytes is over the limit of {max_bytes:,} bytes")
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "model": predictor.model_id}
+
+    @app.get("/v1/model")
+    def model_card() -> dict:
+        metadata = predictor.metadata
+        return {
+            "id": predictor.model_id, "sha256": predictor.sha256, "backend": predictor.backend,
+            "model_name": metadata["model_name"], "classes": predictor.classes,
+            "preprocessing": metadata["preprocessing"], "temperature": predictor.temperature,
+            "operating_point": metadata.get("operating_point"), "training": metadata.get("training", {}),
+            "evaluation": metadata.get("evaluation", {}), "intended_use": DISCLAIMER,
+        }
+
+    @app.post("/v1/predict")
+    def predict(file: UploadFile = File(..., description="An X-ray image: JPEG, PNG, BMP, TIFF or DICOM."),
+                gradcam: bool = Query(False, description="Also return a Grad-CAM overlay as base64 PNG.")):
+        name = file.filename or "upload"
+        data = file.file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return _error(413, f"{name}: file is over the limit of {max_bytes:,} bytes")
+        try:
+            image = predictor.load(name, data)
+        except ImageReadError as error:
+            return _error(error.status, str(error))
+        with lock:
+            prediction = predictor.predict_images([name], [image])[0]
+            overlay = predictor.explain([prediction])[0] if gradcam else None
+        body = {
+            "file": name, "class": prediction.label, "probabilities": prediction.probabilities,
+            "model": {"id": predictor.model_id, "sha256": predictor.sha256}, "disclaimer": DISCLAIMER,
+        }
+        if overlay is not None:
+            from pneumo.explain.gradcam import png_bytes
+
+            body["gradcam_png"] = base64.b64encode(png_bytes(overlay)).decode()
+        return body
+
+    return app
