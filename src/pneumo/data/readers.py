@@ -77,7 +77,7 @@ def probe(data: bytes, name: str) -> tuple[int, int]:
     except UnidentifiedImageError:
         raise ImageReadError(name, f"not a recognised image (expected {SUPPORTED})", status=415) from None
     except Image.DecompressionBombError:
-        raise ImageReadError(name, f"image is too large (over {MAX_PIXELS:,} pixels)", status=413) from None
+        raise ImageReadError(name, f"image is too large (over the limit of {MAX_PIXELS:,} pixels)", status=413) from None
     except Exception as error:  # PIL raises many types for broken headers
         raise ImageReadError(name, f"broken image header ({error})") from None
     if width * height > MAX_PIXELS:

@@ -182,11 +182,16 @@ def bootstrap(y: np.ndarray, probs: np.ndarray, patients: np.ndarray, *, resampl
         for name, value in _core(y, probs, weight, threshold).items():
             draws[name].append(value)
     tail = (1 - level) / 2 * 100
-    return {
-        name: {"low": float(np.nanpercentile(v, tail)), "high": float(np.nanpercentile(v, 100 - tail)),
-               "sd": float(np.nanstd(v))}
-        for name, v in draws.items()
-    }
+    intervals = {}
+    for name, values in draws.items():
+        values = np.asarray(values)
+        values = values[~np.isnan(values)]  # an AUC is undefined in a resample holding one class only
+        if len(values) == 0:
+            intervals[name] = {"low": float("nan"), "high": float("nan"), "sd": float("nan")}
+        else:
+            low, high = np.percentile(values, [tail, 100 - tail])
+            intervals[name] = {"low": float(low), "high": float(high), "sd": float(values.std())}
+    return intervals
 
 
 @dataclass(frozen=True)

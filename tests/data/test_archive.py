@@ -1,0 +1,152 @@
+import csv
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pneumo.cli import app
+from pneumo.data.archive import organize, read_manifest
+from pneumo.errors import DataLayoutError
+from pneumo.labels import BACTERIAL, NORMAL, VIRAL, LabelError, class_from_name, patient_id
+from tests.conftest import write_archive
+
+runner = CliRunner()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("folder, name, expected", [
+    ("NORMAL", "IM-0115-0001.jpeg", NORMAL),
+    ("PNEUMONIA", "person1_bacteria_1.jpeg", BACTERIAL),
+    ("PNEUMONIA", "person1_virus_6.jpeg", VIRAL),
+])
+def test_class_from_name(folder, name, expected):
+    assert class_from_name(folder, name) == expected
+
+
+def test_unknown_pneumonia_name_is_refused():
+    with pytest.raises(LabelError, match="neither 'bacteria' nor 'virus'"):
+        class_from_name("PNEUMONIA", "person1_fungus_1.jpeg")
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("person1000_bacteria_2931.jpeg", "person1000"),
+    ("IM-0115-0001.jpeg", "IM-0115"),
+    ("NORMAL2-IM-0587-0001-0002.jpeg", "NORMAL2-IM-0587"),
+    ("scan.png", "scan"),
+])
+def test_patient_id(name, patient):
+    assert patient_id(name) == patient
+
+
+def test_organize_makes_three_classes_and_manifest(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    before = tree_digest(src)
+    result = organize(src, tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out" / "train").iterdir()} == {"NORMAL", "Bacterial Pneumonia", "Viral Pneumonia"}
+    assert result.counts["train"] == {NORMAL: 4, BACTERIAL: 4, VIRAL: 4}
+    records = read_manifest(tmp_path / "out" / "manifest.csv")
+    assert len(records) == 12 and all(r.sha256 and r.width == 96 for r in records)
+    with (tmp_path / "out" / "manifest.csv").open() as handle:
+        assert next(csv.reader(handle)) == ["path", "split", "class", "patient", "sha256", "width", "height", "source"]
+    assert tree_digest(src) == before  # nothing in SRC changed
+    assert result.linked == 12  # same file system: hard links
+
+
+def test_organize_twice_changes_nothing(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    organize(src, tmp_path / "out")
+    again = organize(src, tmp_path / "out")
+    assert (again.linked, again.copied, again.unchanged) == (0, 0, 12)
+
+
+def test_organize_finishes_a_killed_run(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    dest = tmp_path / "out"
+    organize(src, dest)
+    # Simulate a kill: some files never placed, a temporary left behind, no manifest.
+    victim = dest / "train" / "NORMAL" / "IM-0000-0000.jpeg"
+    victim.unlink()
+    (victim.parent / ".IM-0000-0000.jpeg.pneumo-tmp").write_bytes(b"half")
+    (dest / "manifest.csv").unlink()
+    result = organize(src, dest)
+    assert result.linked == 1 and result.unchanged == 11
+    assert victim.read_bytes() == (src / "train" / "NORMAL" / "IM-0000-0000.jpeg").read_bytes()
+    assert not any(p.name.endswith(".pneumo-tmp") for p in dest.rglob("*"))
+    assert len(read_manifest(dest / "manifest.csv")) == 12
+
+
+def test_organize_never_overwrites_a_different_file(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    dest = tmp_path / "out"
+    mine = dest / "train" / "NORMAL" / "IM-0000-0000.jpeg"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own file")
+    result = organize(src, dest)
+    assert mine.read_bytes() == b"the user's own file"
+    assert any("already exists with different content" in p.reason for p in result.problems)
+
+
+def test_organize_reports_bad_files_and_exits_nonzero(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    (src / "train" / "PNEUMONIA" / "person9_fungus_1.jpeg").write_bytes(b"x")
+    (src / "train" / "NORMAL" / "IM-0099-0001.jpeg").write_text("not an image")
+    (src / "train" / "NORMAL" / "IM-0098-0001.jpeg").write_bytes(b"")
+    result = runner.invoke(app, ["organize", str(src), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert "person9_fungus_1.jpeg: PNEUMONIA file name says neither 'bacteria' nor 'virus'" in output
+    assert "IM-0099-0001.jpeg: not a recognised image" in output
+    assert "IM-0098-0001.jpeg: file is empty (0 bytes)" in output
+    assert runner.invoke(app, ["organize", str(src), str(tmp_path / "out"), "--skip-bad"]).exit_code == 0
+
+
+def test_organize_tolerates_nesting_litter_and_missing_class(tmp_path):
+    root = tmp_path / "download"
+    write_archive(root / "chest_xray", split="train")
+    write_archive(root / "chest_xray" / "chest_xray", split="train")  # the archive's nested copy
+    (root / "__MACOSX" / "chest_xray" / "train" / "NORMAL").mkdir(parents=True)
+    (root / "__MACOSX" / "chest_xray" / "train" / "NORMAL" / "._IM-0000-0000.jpeg").write_bytes(b"\x00")
+    (root / "chest_xray" / "test" / "NORMAL").mkdir(parents=True)  # test/ without PNEUMONIA/
+    result = organize(root, tmp_path / "out")
+    assert result.counts["train"][NORMAL] == 4
+    assert any("nested" in str(r) or "chest_xray/chest_xray" in str(r) for r in result.ignored_roots)
+    assert any("missing class folder PNEUMONIA/" in p.reason for p in result.problems)
+
+
+def test_organize_reads_the_zip(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    archive = tmp_path / "chest-xray-pneumonia.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in src.rglob("*.jpeg"):
+            handle.write(path, Path("chest_xray") / path.relative_to(src))
+    result = organize(archive, tmp_path / "out")
+    assert result.copied == 12 and len(result.problems) == 0
+
+
+def test_empty_source_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataLayoutError, match="no train/, val/ or test/ folder"):
+        organize(tmp_path / "empty", tmp_path / "out")
+    result = runner.invoke(app, ["organize", str(tmp_path / "empty"), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no train/, val/ or test/ folder" in " ".join(result.output.split())
+
+
+def test_dest_inside_src_is_refused(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    with pytest.raises(DataLayoutError, match="lies inside SRC"):
+        organize(src, src / "organized")
+
+
+def test_duplicates_are_grouped(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    first = src / "train" / "NORMAL" / "IM-0000-0000.jpeg"
+    os.link(first, src / "train" / "NORMAL" / "IM-0000-0009.jpeg")  # a byte-identical file
+    result = organize(src, tmp_path / "out")
+    assert [len(g) for g in result.duplicate_groups] == [2]

@@ -1,0 +1,112 @@
+import cv2
+import numpy as np
+import pytest
+
+from pneumo.data.readers import MAX_PIXELS, decode_gray, load_for_model, probe, read_gray
+from pneumo.errors import ImageReadError
+from tests.conftest import dicom_bytes, jpeg_bytes, png_with_size, xray_like
+
+
+def test_jpeg_is_read_as_gray_uint8(tmp_path):
+    path = tmp_path / "a.jpeg"
+    path.write_bytes(jpeg_bytes(xray_like(0, 80)))
+    image = read_gray(path)
+    assert image.dtype == np.uint8 and image.shape == (80, 80)
+    assert abs(float(image.mean()) - float(xray_like(0, 80).mean())) < 2
+
+
+def test_rgb_jpeg_becomes_gray(tmp_path):
+    color = np.zeros((40, 60, 3), np.uint8)
+    color[..., 2] = 200  # red in BGR
+    path = tmp_path / "rgb.jpg"
+    path.write_bytes(cv2.imencode(".jpg", color)[1].tobytes())
+    image = read_gray(path)
+    assert image.shape == (40, 60)
+    # OpenCV's gray weights: 0.299 R -> about 60
+    assert 55 <= int(np.median(image)) <= 65
+
+
+def test_16_bit_png_is_scaled_to_8_bit(tmp_path):
+    pixels = np.full((32, 48), 65535, np.uint16)
+    pixels[:, :24] = 257 * 100  # exactly 100 after /257
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), pixels)
+    image = read_gray(path)
+    assert image.dtype == np.uint8
+    assert image[0, 0] == 100 and image[0, -1] == 255
+
+
+def test_rgba_png_drops_alpha(tmp_path):
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[..., :3] = 90
+    rgba[..., 3] = 10  # nearly transparent: alpha must not darken the image
+    path = tmp_path / "rgba.png"
+    cv2.imwrite(str(path), rgba)
+    assert int(read_gray(path)[5, 5]) == 90
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_dicom_monochrome(tmp_path, photometric):
+    pixels = np.zeros((16, 16), np.uint16)
+    pixels[:, 8:] = 4000  # right half bright in stored values
+    path = tmp_path / "x.dcm"
+    path.write_bytes(dicom_bytes(pixels, photometric))
+    image = read_gray(path)
+    left, right = int(image[0, 0]), int(image[0, -1])
+    if photometric == "MONOCHROME2":
+        assert (left, right) == (0, 255)
+    else:  # MONOCHROME1: high values are dark, so they are inverted to the usual look
+        assert (left, right) == (255, 0)
+
+
+def test_dicom_without_suffix_is_recognised_by_preamble(tmp_path):
+    path = tmp_path / "scan"
+    path.write_bytes(dicom_bytes(np.full((8, 8), 7, np.uint16)))
+    assert read_gray(path).shape == (8, 8)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    path = tmp_path / "cut.jpeg"
+    path.write_bytes(jpeg_bytes(xray_like(1, 128))[:600])
+    with pytest.raises(ImageReadError, match=r"cut\.jpeg: truncated JPEG"):
+        read_gray(path)
+
+
+def test_text_file_named_jpeg_is_refused_with_415(tmp_path):
+    path = tmp_path / "notes.jpeg"
+    path.write_text("this is not an image")
+    with pytest.raises(ImageReadError, match=r"notes\.jpeg: not a recognised image") as caught:
+        read_gray(path)
+    assert caught.value.status == 415
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"empty\.png: file is empty \(0 bytes\)"):
+        read_gray(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match="file not found"):
+        read_gray(tmp_path / "nope.png")
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    data = png_with_size(50_000, 50_000)
+    assert len(data) < 200  # nothing big is ever allocated
+    with pytest.raises(ImageReadError, match=r"over the limit of") as caught:
+        decode_gray(data, "bomb.png")
+    assert caught.value.status == 413
+    assert 50_000 * 50_000 > MAX_PIXELS
+
+
+def test_probe_reports_size_without_decoding():
+    assert probe(jpeg_bytes(xray_like(0, 64)), "a.jpeg") == (64, 64)
+
+
+@pytest.mark.parametrize("size", [128, 224])
+def test_load_for_model_resizes(tmp_path, size):
+    path = tmp_path / "a.jpeg"
+    path.write_bytes(jpeg_bytes(xray_like(0, 200)))
+    assert load_for_model(path, size).shape == (size, size)

@@ -1,0 +1,97 @@
+"""evaluate, compare, experiment epochs and report, end to end on tiny models trained on real images."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pneumo.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args) -> str:
+    """Run a command, check it succeeded, and return its output with line wrapping undone."""
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def test_evaluate_writes_metrics_and_figures(tiny_run, shared_data, cache_dir, tmp_path):
+    result = invoke("evaluate", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+                    "--resamples", 200)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    split_rows = (tiny_run / "split.csv").read_text().splitlines()[1:]
+    assert metrics["images"] == sum(",test," in row for row in split_rows)  # the run's internal test set
+    for name in ("accuracy", "loss", "macro_f1", "macro_auc", "pneumonia_auc", "bacterial_viral_auc", "ece"):
+        low, high = metrics["ci95"][name]["low"], metrics["ci95"][name]["high"]
+        assert low <= metrics[name] + 1e-9 and metrics[name] <= high + 1e-9
+    assert metrics["bootstrap"]["unit"] == "patient"
+    for figure in ("confusion.png", "roc.png", "reliability.png"):
+        assert (tmp_path / figure).stat().st_size > 5000
+    assert "95% CI" in result and "Research software, not a diagnostic device" in result
+
+
+def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path):
+    result = invoke("evaluate", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+                    "--resamples", 50, "--json", "--adapt-priors")
+    metrics = json.loads(result)
+    assert metrics["adapt_priors"] is True and sum(metrics["estimated_priors"].values()) == pytest.approx(1, abs=1e-3)
+    failed = runner.invoke(app, ["evaluate", str(tiny_run / "model.pt"), "--data", str(shared_data), "--cache-dir",
+                                 str(cache_dir), "--out", str(tmp_path)])
+    assert failed.exit_code == 2
+    assert "no 'test' images in the archive's test/ folder" in failed.output and "--split-file" in failed.output
+
+
+def test_compare_two_models(tiny_run, tiny_run_b, shared_data, cache_dir, tmp_path):
+    result = invoke("compare", tiny_run, tiny_run_b, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+                    "--resamples", 100)
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert markdown.startswith("| Model | Accuracy | Loss | Macro-F1 |")
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert len(comparison["pairs"]) == 1 and 0 <= comparison["pairs"][0]["accuracy"]["p_value"] <= 1
+    assert "McNemar p =" in result
+    assert any("sensitivity for viral pneumonia" in s for s in comparison["sentences"])
+
+
+def test_experiment_epochs_dry_run_and_tiny_run(shared_data, cache_dir, tmp_path):
+    dry = invoke("experiment", "epochs", "--model", "cnn", "--epochs", 1, "--epochs", 2, "--seeds", 2, "--root",
+                 tmp_path, "--dry-run", "--data", shared_data)
+    assert dry.count("to run") == 4 and not any(tmp_path.iterdir())
+    args = ["experiment", "epochs", "--model", "cnn", "--epochs", 1, "--seeds", 2, "--root", tmp_path,
+            "--data", shared_data, "--cache-dir", cache_dir, "--max-train-images", 48, "--resamples", 50,
+            "--holdout", 0.15, "--accelerator", "cpu"]
+    invoke(*args)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows"][0]["epochs"] == 1 and summary["rows"][0]["runs"] == 2
+    assert "±" in (tmp_path / "summary.md").read_text()
+    again = invoke(*args)
+    assert "run 1/2" not in again  # finished runs are skipped
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(tiny_run, tiny_run_b, shared_data, cache_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import CHROMIUM_ARGS, chromium_or_skip
+
+    executable = chromium_or_skip()
+    out = tmp_path / "report.html"
+    invoke("report", tiny_run, tiny_run_b, "--data", shared_data, "--cache-dir", cache_dir, "--out", out,
+           "--resamples", 100)
+    metrics = json.loads(runner.invoke(app, ["evaluate", str(tiny_run), "--data", str(shared_data), "--cache-dir",
+                                             str(cache_dir), "--out", str(tmp_path / "ev"), "--resamples", "100",
+                                             "--json"]).output)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(out.as_uri())
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth > 0])")
+        text = page.inner_text("body")
+        browser.close()
+    # data grid + augmentation + per model (curves, confusion, ROC, reliability)
+    assert len(images) == 2 + 2 * 4
+    assert all(ok for _, ok in images), images
+    assert "Research software, not a diagnostic device" in text
+    assert f"{metrics['accuracy']:.4f}" in text and "Comparison" in text and "McNemar" in text

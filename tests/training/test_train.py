@@ -1,0 +1,87 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pneumo.cli import app
+from pneumo.config import TrainConfig
+from pneumo.models.bundle import load_bundle
+from pneumo.training.train import train
+
+runner = CliRunner()
+RUN_FILES = {"config.yaml", "environment.yaml", "history.csv", "curves.png", "best.ckpt", "last.ckpt", "model.pt",
+             "split.csv", "summary.json"}
+
+
+def history(run_dir: Path) -> list[dict]:
+    with (run_dir / "history.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_study_cnn_command_end_to_end(shared_data, cache_dir, tmp_path):
+    result = runner.invoke(app, [
+        "train", "--model", "cnn", "--epochs", "2", "--max-train-images", "96", "--data", str(shared_data),
+        "--cache-dir", str(cache_dir), "--runs-dir", str(tmp_path), "--name", "cnn", "--accelerator", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "cnn"
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    rows = history(run_dir)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    bundle = load_bundle(run_dir)
+    assert bundle.metadata["model_name"] == "cnn" and bundle.metadata["training"]["epochs_run"] == 2
+    assert TrainConfig.from_yaml(run_dir / "config.yaml").lr == 1e-3  # the study's defaults
+    # Refuses to overwrite an existing run.
+    again = runner.invoke(app, ["train", "--model", "cnn", "--data", str(shared_data), "--cache-dir", str(cache_dir),
+                                "--runs-dir", str(tmp_path), "--name", "cnn"])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_study_mobilenet_command_with_shared_weights(shared_data, shared_weights, cache_dir, tmp_path):
+    result = runner.invoke(app, [
+        "train", "--model", "mobilenet_v2", "--pretrained", str(shared_weights), "--epochs", "2", "--freeze-epochs", "1",
+        "--max-train-images", "64", "--data", str(shared_data), "--cache-dir", str(cache_dir), "--runs-dir",
+        str(tmp_path), "--name", "mnv2", "--accelerator", "cpu", "--quiet", "--schedule", "cosine",
+        "--class-weights", "balanced", "--label-smoothing", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert len(history(tmp_path / "mnv2")) == 2
+
+
+def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):
+    config = TrainConfig(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
+                         accelerator="cpu", seed=7)
+    first = train(config, tmp_path / "a", progress_bar=False)
+    second = train(config, tmp_path / "b", progress_bar=False)
+    assert (first.val_loss, first.val_acc) == (second.val_loss, second.val_acc)
+
+
+def test_resume_after_kill_9(shared_data, cache_dir, tmp_path):
+    """A real training process is killed with SIGKILL after its first checkpoint, then resumed."""
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "pneumo.cli", "train", "--model", "cnn", "--epochs", "4", "--max-train-images",
+               "96", "--data", str(shared_data), "--cache-dir", str(cache_dir), "--runs-dir", str(tmp_path),
+               "--name", "killed", "--accelerator", "cpu", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "last.ckpt").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (run_dir / "last.ckpt").exists()
+    resumed = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [row["epoch"] for row in history(run_dir)] == ["1", "2", "3", "4"]
+    checkpoint = torch.load(run_dir / "last.ckpt", weights_only=False, map_location="cpu")
+    assert [row["epoch"] for row in checkpoint["callbacks"]["History"]["rows"]] == [1, 2, 3, 4]
+
+
+def test_bad_option_is_refused(shared_data):
+    result = runner.invoke(app, ["train", "--schedule", "linear", "--data", str(shared_data)])
+    assert result.exit_code == 2
+    assert "The 'schedule' option must be one of ('none', 'cosine', 'onecycle'). Got 'linear' instead." in " ".join(result.output.split())
