@@ -1,0 +1,129 @@
+"""The API through FastAPI's test client, a real uvicorn server under load, and the page in Chromium."""
+
+import base64
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pneumo.serving.app import create_app
+from tests.conftest import dicom_bytes, jpeg_bytes, png_with_size, xray_like
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    return TestClient(create_app(tiny_run, max_bytes=2_000_000))
+
+
+def test_predict_with_gradcam(client, shared_images):
+    response = client.post("/v1/predict?gradcam=true", files={"file": ("x.jpeg", shared_images[0].read_bytes())})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["class"] in ("NORMAL", "Bacterial Pneumonia", "Viral Pneumonia")
+    assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert len(body["model"]["sha256"]) == 64 and "not a diagnostic device" in body["disclaimer"]
+    assert base64.b64decode(body["gradcam_png"])[:4] == b"\x89PNG"
+
+
+def test_dicom_upload(client):
+    import numpy as np
+
+    response = client.post("/v1/predict", files={"file": ("scan.dcm", dicom_bytes(np.arange(64 * 64).reshape(64, 64)))})
+    assert response.status_code == 200 and "gradcam_png" not in response.json()
+
+
+@pytest.mark.parametrize("name, payload, status, message", [
+    ("notes.txt", b"hello", 415, "notes.txt: not a recognised image"),
+    ("cut.jpeg", jpeg_bytes(xray_like(0, 128))[:600], 422, "cut.jpeg: truncated JPEG"),
+    ("bomb.png", png_with_size(40_000, 40_000), 413, "over the limit"),
+    ("empty.png", b"", 422, "file is empty"),
+])
+def test_bad_uploads_get_clear_errors(client, name, payload, status, message):
+    response = client.post("/v1/predict", files={"file": (name, payload)})
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_body_over_the_limit_is_413_and_server_keeps_serving(client, shared_images):
+    response = client.post("/v1/predict", files={"file": ("big.jpeg", b"\x00" * 2_100_000)})
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.post("/v1/predict", files={"file": ("x.jpeg", shared_images[0].read_bytes())}).status_code == 200
+
+
+def test_model_card_page_and_docs(client):
+    card = client.get("/v1/model").json()
+    assert card["classes"] == ["NORMAL", "Bacterial Pneumonia", "Viral Pneumonia"] and "diagnostic" in card["intended_use"]
+    assert "Research software, not a diagnostic device" in client.get("/").text
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "pneumo.cli", "serve", "--model", str(tiny_run), "--port",
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_load_on_a_real_server(server, shared_images):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from serve_load import run_load
+
+    result = run_load(server, [p.read_bytes() for p in shared_images], requests=40, concurrency=4)
+    assert result["errors"] == 0 and result["requests"] == 40
+
+
+@pytest.mark.browser
+def test_page_in_chromium(server, shared_images, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import CHROMIUM_ARGS, chromium_or_skip
+
+    executable = chromium_or_skip()
+    bad = tmp_path / "notes.jpeg"
+    bad.write_text("not an image")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(server)
+        assert "not a diagnostic device" in page.inner_text(".note")
+        page.set_input_files("#file", str(shared_images[-1]))
+        page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+        predicted = page.inner_text("#class")
+        assert predicted in ("NORMAL", "Bacterial Pneumonia", "Viral Pneumonia")
+        assert len(page.query_selector_all(".bar")) == 3
+        page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=10_000)
+        page.screenshot(path=str(tmp_path / "page.png"))
+        page.set_input_files("#file", str(bad))
+        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
+        assert "not a recognised image" in page.inner_text("#error")
+        browser.close()

@@ -1,0 +1,82 @@
+"""predict and export, on a tiny model trained on real images."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pneumo.cli import app
+from pneumo.predict import Predictor, expand_inputs
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run):
+    result = runner.invoke(app, ["export", str(tiny_run), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    return tiny_run / "model.onnx"
+
+
+def test_onnx_and_torch_agree_on_real_images(tiny_run, exported, shared_images):
+    files = [str(p) for p in shared_images]
+    torch_probs = np.array([list(p.probabilities.values()) for p in Predictor(tiny_run).predict_files(files)])
+    onnx_probs = np.array([list(p.probabilities.values())
+                           for p in Predictor(tiny_run, backend="onnx").predict_files(files)])
+    assert np.abs(torch_probs - onnx_probs).max() < 1e-4
+
+
+def test_onnx_file_carries_the_metadata(tiny_run, exported):
+    predictor = Predictor(exported, backend="onnx")
+    assert predictor.classes == ["NORMAL", "Bacterial Pneumonia", "Viral Pneumonia"]
+    assert predictor.size == 128 and predictor.model_id == "cnn-tiny-cnn"
+
+
+def test_predict_json_with_bad_file_and_gradcam(tiny_run, shared_images, tmp_path):
+    bad = tmp_path / "broken.jpeg"
+    bad.write_text("not an image")
+    args = ["predict", "--model", str(tiny_run), "--json", "--gradcam", str(tmp_path / "cam"),
+            str(shared_images[0]), str(bad), str(shared_images[-1])]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1  # one file failed
+    answer = json.loads(result.stdout)
+    assert "not a diagnostic device" in answer["disclaimer"]
+    rows = answer["predictions"]
+    assert [("error" in row) for row in rows] == [False, True, False]
+    assert rows[1]["error"] == "not a recognised image (expected JPEG, PNG, BMP, TIFF or DICOM)"
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    overlays = sorted((tmp_path / "cam").iterdir())
+    assert len(overlays) == 2 and overlays[0].read_bytes()[:4] == b"\x89PNG"
+    assert "broken.jpeg: not a recognised image" in " ".join(result.stderr.split())
+
+
+def test_predict_folder_csv_onnx(tiny_run, exported, shared_data):
+    folder = shared_data / "train" / "NORMAL"
+    pattern = str(folder / "IM-011*.jpeg")
+    result = runner.invoke(app, ["predict", "--model", str(tiny_run), "--backend", "onnx", "--csv", pattern])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    rows = list(csv.DictReader(io.StringIO("\n".join(l for l in lines if not l.startswith("#")))))
+    assert len(rows) == len(expand_inputs([pattern])) > 0
+    assert lines[-1].startswith("# Research software, not a diagnostic device")
+
+
+def test_predict_table_says_research_only(tiny_run, shared_images):
+    result = runner.invoke(app, ["predict", "--model", str(tiny_run), str(shared_images[0])])
+    assert result.exit_code == 0
+    assert "Research software, not a diagnostic device" in " ".join(result.output.split())
+
+
+def test_predict_with_missing_model(tmp_path, shared_images):
+    result = runner.invoke(app, ["predict", "--model", str(tmp_path), str(shared_images[0])])
+    assert result.exit_code == 2 and "no model bundle here" in result.output
+
+
+def test_expand_inputs_walks_folders(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.png").write_bytes(b"")
+    (tmp_path / "a" / "notes.txt").write_text("")
+    assert expand_inputs([str(tmp_path / "a")]) == [str(tmp_path / "a" / "b" / "x.png")]
