@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -29,15 +28,6 @@ SizeOption = Annotated[int, typer.Option("--size", help="Image side in pixels af
 def fail(message: str, code: int = 2) -> typer.Exit:
     errors.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
-
-
-def quiet_lightning() -> None:
-    """Lightning's info lines (tips, "GPU available: False") would drown the CLI's own output.
-
-    Called after lightning is imported, since importing it sets its loggers to INFO.
-    """
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _problems(problems, limit: int = 50) -> None:
@@ -235,7 +225,7 @@ def train(
 ) -> None:
     """Train a model (defaults: the study's protocol) into runs/<name>/."""
     from pneumo.config import TrainConfig
-    from pneumo.training.train import CONFIG_NAME, train as run
+    from pneumo.training.train import CONFIG_NAME, quiet_lightning, train as run
 
     quiet_lightning()
 
@@ -574,7 +564,7 @@ def experiment_epochs(
         base = base.replace(model=model, data=str(data), cache_dir=str(cache_dir), split_file=split_file,
                             holdout=0.0 if (has_test or split_file) else holdout,
                             max_train_images=max_train_images, accelerator=accelerator, precision=precision)
-        from pneumo.training.train import train as _  # noqa: F401  (imports lightning before quieting it)
+        from pneumo.training.train import quiet_lightning
 
         quiet_lightning()
         for number, run in enumerate(planned, 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 import time
@@ -38,6 +39,15 @@ class TrainResult:
     val_acc: float
     epochs_run: int
     seconds: float
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's info lines (tips, "GPU available: False"), which drown a tool's own output.
+
+    Lightning sets its loggers to INFO when imported, which this module has done by now.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def environment() -> dict[str, str]:

@@ -1,0 +1,172 @@
+"""Select, calibrate, evaluate and package a shipped model from its seed runs.
+
+    python scripts/finalize_shipped.py mobilenet      # runs/ship/pneumo-mobilenet-s*/ -> models/pneumo-mobilenet/
+
+Every choice uses the validation role of splits/internal.csv only:
+  1. the seed with the lowest validation loss is shipped (the spread over seeds is reported);
+  2. a temperature is fitted on its validation logits (Guo et al. 2017);
+  3. the operating point is the highest P(pneumonia) threshold whose validation pneumonia
+     sensitivity is still >= TARGET_SENSITIVITY.
+The internal test role is then evaluated once, for the card and the README, and never fed back.
+Post-hoc levers (temperature, operating point, seed ensemble, test-time augmentation, prior
+adaptation under a simulated prior shift) are measured on validation and written to
+models/pneumo-<kind>/levers.json for benchmarks/accuracy.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumo.card import model_card
+from pneumo.data.augment import AugmentConfig, random_affine
+from pneumo.evaluation.calibration import adapt_priors, fit_temperature
+from pneumo.evaluation.evaluate import evaluate, select_images
+from pneumo.evaluation.metrics import bootstrap, summarize
+from pneumo.export.onnx import export_onnx
+from pneumo.inference import predict_logits, softmax
+from pneumo.models.bundle import load_bundle, save_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = REPO / "splits" / "internal.csv"
+TARGET_SENSITIVITY = 0.97
+# Class shares of the archive's test split as published with the archive (234/242/148 images):
+# used only to simulate a prior shift on validation, never to tune anything.
+SHIFTED_PRIORS = np.array([234, 242, 148]) / 624
+KEYS = ("accuracy", "macro_f1", "loss", "ece", "pneumonia_sensitivity", "pneumonia_specificity", "macro_auc")
+
+
+def scores(y, probs, patients, threshold=None, resamples=1000):
+    point = summarize(y, probs, threshold)
+    ci = bootstrap(y, probs, patients, resamples=resamples, seed=0, threshold=threshold)
+    return {k: {"value": point[k], "low": ci[k]["low"], "high": ci[k]["high"]} for k in KEYS}
+
+
+def operating_point(y, probs, target):
+    """Highest threshold on P(pneumonia) with sensitivity >= target on (y, probs)."""
+    pneumonia = 1 - probs[:, 0]
+    sick = y != 0
+    candidates = np.sort(np.unique(pneumonia[sick]))[::-1]
+    for threshold in candidates:
+        if (pneumonia[sick] >= threshold).mean() >= target:
+            return float(threshold)
+    return float(candidates[-1])
+
+
+def tta_logits(model, images, passes=8, seed=0):
+    """Mean logits over the image and ``passes - 1`` mild random affine copies."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0)[:, None]
+    outputs = [predict_logits(model, images)]
+    config = AugmentConfig(rotation=5, shift=0.05, zoom=0.05)
+    for _ in range(passes - 1):
+        moved = random_affine(base, config, generator)
+        outputs.append(predict_logits(model, (moved[:, 0] * 255).round().clamp(0, 255).byte().numpy()))
+    return np.mean(outputs, axis=0)
+
+
+def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
+    runs = sorted((REPO / "runs" / "ship").glob(f"pneumo-{kind}-s*"))
+    runs = [r for r in runs if (r / "model.pt").is_file()]
+    if not runs:
+        sys.exit(f"no finished runs/ship/pneumo-{kind}-s*/ runs; run scripts/train_shipped.sh {kind} first")
+    bundles = [load_bundle(r) for r in runs]
+    size = bundles[0].size
+    val, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="val", split_file=SPLIT)
+    test, test_source = select_images(Path(data), size=size, cache_dir=Path(cache), role="test", split_file=SPLIT)
+
+    per_seed = []
+    val_logits = [predict_logits(b.model, val.images) for b in bundles]
+    test_logits = [predict_logits(b.model, test.images) for b in bundles]
+    for run, vl, tl in zip(runs, val_logits, test_logits):
+        v, t = summarize(val.labels, softmax(vl)), summarize(test.labels, softmax(tl))
+        per_seed.append({"run": run.name, "val": {k: v[k] for k in KEYS}, "test": {k: t[k] for k in KEYS}})
+    chosen = int(np.argmin([s["val"]["loss"] for s in per_seed]))
+    bundle, vl = bundles[chosen], val_logits[chosen]
+
+    temperature = fit_temperature(vl, val.labels)
+    val_probs = softmax(vl, temperature)
+    threshold = operating_point(val.labels, val_probs, TARGET_SENSITIVITY)
+    val_point = summarize(val.labels, val_probs, threshold)
+
+    levers = {"raw": scores(val.labels, softmax(vl), val.patients),
+              "temperature": scores(val.labels, val_probs, val.patients),
+              "temperature+operating_point": scores(val.labels, val_probs, val.patients, threshold)}
+    ensemble = softmax(np.mean(val_logits, axis=0), temperature)
+    levers[f"seed_ensemble_{len(bundles)}"] = scores(val.labels, ensemble, val.patients)
+    levers["tta_8"] = scores(val.labels, softmax(tta_logits(bundle.model, val.images), temperature), val.patients)
+    # Simulated prior shift: resample validation images to the shifted class shares.
+    rng = np.random.default_rng(0)
+    counts = np.bincount(val.labels, minlength=3)
+    n = int(min(counts / SHIFTED_PRIORS))
+    take = np.concatenate([rng.choice(np.flatnonzero(val.labels == c), int(n * SHIFTED_PRIORS[c]), replace=False)
+                           for c in range(3)])
+    train_counts = np.array(bundle.metadata["training"].get("train_class_counts"), float)
+    shifted = val_probs[take]
+    adapted, estimated = adapt_priors(shifted, train_counts / train_counts.sum())
+    levers["prior_shift_without_adaptation"] = scores(val.labels[take], shifted, val.patients[take])
+    levers["prior_shift_with_adaptation"] = scores(val.labels[take], adapted, val.patients[take])
+    levers["prior_shift_estimated_priors"] = estimated.round(4).tolist()
+
+    out = REPO / "models" / f"pneumo-{kind}"
+    out.mkdir(parents=True, exist_ok=True)
+    seeds_text = _seed_table(per_seed, chosen)
+    metadata = {key: bundle.metadata[key] for key in ("training",)}
+    extra = dict(
+        id=f"pneumo-{kind}", temperature=temperature, training=metadata["training"],
+        operating_point={"pneumonia_threshold": threshold, "target_sensitivity": TARGET_SENSITIVITY,
+                         "val_sensitivity": val_point["pneumonia_sensitivity"],
+                         "val_specificity": val_point["pneumonia_specificity"]},
+        seeds=seeds_text,
+    )
+    save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)
+    shipped = load_bundle(out)
+    metrics, _ = evaluate(shipped, test, resamples=1000, source=f"internal test split ({test_source})")
+    extra["evaluation"] = {k: v for k, v in metrics.items() if k not in ("reliability", "classification_report")}
+    extra["targets"] = _targets(metrics)
+    save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)
+    shipped = load_bundle(out)
+    export_onnx(shipped, out / "model.onnx")
+    (out / "MODEL_CARD.md").write_text(model_card(shipped.metadata, sha256=shipped.file_sha256))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "levers.json").write_text(json.dumps({"per_seed": per_seed, "chosen": runs[chosen].name,
+                                                 "temperature": temperature, "threshold": threshold,
+                                                 "levers_on_validation": levers}, indent=1))
+    print(json.dumps({"chosen": runs[chosen].name, "temperature": temperature, "threshold": threshold,
+                      "test": {k: metrics[k] for k in KEYS}}, indent=1))
+
+
+def _seed_table(per_seed, chosen) -> str:
+    lines = ["| Run | Val loss | Val accuracy | Val macro-F1 | Test accuracy | Test macro-F1 |", "|---|---|---|---|---|---|"]
+    for number, s in enumerate(per_seed):
+        mark = " (shipped)" if number == chosen else ""
+        lines.append(f"| {s['run']}{mark} | {s['val']['loss']:.4f} | {s['val']['accuracy']:.4f} | "
+                     f"{s['val']['macro_f1']:.4f} | {s['test']['accuracy']:.4f} | {s['test']['macro_f1']:.4f} |")
+    for role in ("val", "test"):
+        acc = np.array([s[role]["accuracy"] for s in per_seed])
+        f1 = np.array([s[role]["macro_f1"] for s in per_seed])
+        sd = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
+        lines.append(f"| mean ± sd ({role}) | | {acc.mean():.4f} ± {sd(acc):.4f} | {f1.mean():.4f} ± {sd(f1):.4f} | | |"
+                     if role == "val" else
+                     f"| mean ± sd ({role}) | | | | {acc.mean():.4f} ± {sd(acc):.4f} | {f1.mean():.4f} ± {sd(f1):.4f} |")
+    return "Uncalibrated, most-probable-class decisions, per seed (test = internal test split, reported only):\n\n" + "\n".join(lines)
+
+
+def _targets(metrics) -> str:
+    rows = [("Three-class accuracy", metrics["accuracy"], 0.92, ">="), ("Macro F1", metrics["macro_f1"], 0.91, ">="),
+            ("Pneumonia sensitivity at the operating point", metrics["pneumonia_sensitivity"], 0.97, ">="),
+            ("ECE after temperature scaling", metrics["ece"], 0.03, "<=")]
+    lines = ["| Target | Measured (internal test) | Goal | Met |", "|---|---|---|---|"]
+    for name, value, goal, sense in rows:
+        met = value >= goal if sense == ">=" else value <= goal
+        lines.append(f"| {name} | {value:.4f} | {sense} {goal} | {'yes' if met else f'no, by {abs(value - goal):.4f}'} |")
+    lines.append(f"\nPneumonia specificity at that operating point: {metrics['pneumonia_specificity']:.4f}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
