@@ -1,0 +1,54 @@
+"""One small run of each remaining command: prepare, show-data, show-augment, card."""
+
+import json
+
+from typer.testing import CliRunner
+
+from pneumo.cli import app
+from tests.conftest import write_archive
+
+runner = CliRunner()
+
+
+def flat(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_prepare_prints_counts_and_saves_the_split(tmp_path):
+    src = write_archive(tmp_path / "chest_xray", normal=8, bacteria=8, virus=8)
+    result = runner.invoke(app, ["prepare", "--data", str(src), "--cache-dir", str(tmp_path / "c"), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "24 decoded" in flat(result) and "patients on both sides" in flat(result)
+    again = runner.invoke(app, ["prepare", "--data", str(src), "--cache-dir", str(tmp_path / "c"), "--size", "32",
+                                "--split", "random"])
+    assert "0 decoded, 24 reused" in flat(again)
+    assert list((tmp_path / "c").rglob("split-random-seed42.csv"))
+
+
+def test_prepare_missing_data(tmp_path):
+    result = runner.invoke(app, ["prepare", "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such data folder" in result.output
+
+
+def test_data_figures(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    for command in ("show-data", "show-augment"):
+        out = tmp_path / f"{command}.png"
+        result = runner.invoke(app, [command, "--data", str(src), "--cache-dir", str(tmp_path / "c"), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
+    bad = runner.invoke(app, ["show-augment", "--data", str(src), "--cache-dir", str(tmp_path / "c"), "--index", "99"])
+    assert bad.exit_code == 2 and "The image 'index' must be in [0, 11]. Got 99 instead." in flat(bad)
+
+
+def test_model_card(tiny_run, shared_data, cache_dir, tmp_path):
+    runner.invoke(app, ["evaluate", str(tiny_run), "--data", str(shared_data), "--cache-dir", str(cache_dir),
+                        "--out", str(tmp_path / "ev"), "--resamples", "100"])
+    result = runner.invoke(app, ["card", str(tiny_run), "--metrics", str(tmp_path / "ev" / "metrics.json"),
+                                 "--out", str(tmp_path / "CARD.md")])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "CARD.md").read_text()
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert "Research software, not a diagnostic device" in card
+    assert "CC BY 4.0" in card and "not laboratory-confirmed" in card and "Adults" in card
+    assert f"| Accuracy | {metrics['accuracy']:.4f} |" in card
