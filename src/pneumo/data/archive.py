@@ -212,10 +212,10 @@ def scan(src: Path, progress: Callable[[int, int], None] | None = None) -> tuple
             label, data, (width, height) = _classify(file)
         except (LabelError, ImageReadError) as error:
             problems.append(Problem(file.source, getattr(error, "reason", str(error))))
-            continue
-        relative = Path(file.source).relative_to(src).as_posix() if src.is_dir() else file.source
-        records.append(Record(relative, file.split, label, patient_id(file.name),
-                              hashlib.sha256(data).hexdigest(), width, height, file.source))
+        else:
+            relative = Path(file.source).relative_to(src).as_posix() if src.is_dir() else file.source
+            records.append(Record(relative, file.split, label, patient_id(file.name),
+                                  hashlib.sha256(data).hexdigest(), width, height, file.source))
         if progress:
             progress(number, len(files))
     return records, problems

@@ -122,7 +122,3 @@ def load_split(path: Path, data: PreparedData, *, seed: int = -1) -> Split:
         raise DataLayoutError(f"{path}: none of its images is in the prepared data; is it the right split file?")
     return Split(roles, f"file:{Path(path).name}", seed)
 
-
-def leaked_patients(split: Split, patients: np.ndarray) -> int:
-    """Patients with images in both train and val (what a random image-level split leaks)."""
-    return split.patient_overlap(patients)["train/val"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import itertools
 
@@ -12,7 +13,7 @@ from pneumo.evaluation.metrics import decide, mcnemar
 from pneumo.labels import BACTERIAL, SHORT_NAMES, VIRAL
 
 COLUMNS = ("Model", "Accuracy", "Loss", "Macro-F1", "Recall normal", "Recall bacterial", "Recall viral",
-           "FN bacterial", "FN viral", "ECE")
+           "FN bacterial", "FN viral", "ECE", "Train time (s)")
 
 
 def _interval(metrics: dict, name: str, percent: bool = True) -> str:
@@ -42,14 +43,14 @@ def compare(results: list[tuple[dict, Predictions]]) -> dict:
             _interval(metrics, "macro_f1", percent=False), _interval(metrics, "recall_normal"),
             _interval(metrics, "recall_bacterial"), _interval(metrics, "recall_viral"),
             str(metrics["false_negatives"]["bacterial"]), str(metrics["false_negatives"]["viral"]),
-            f"{metrics['ece']:.3f}",
+            f"{metrics['ece']:.3f}", str(metrics.get("training", {}).get("train_seconds_total", "")),
         ])
     pairs, sentences = [], []
     decisions = [decide(p.probs, (m.get("operating_point"))) for m, p in results]
     y = reference.labels
     for (i, (ma, _)), (j, (mb, _)) in itertools.combinations(enumerate(results), 2):
         overall = mcnemar(decisions[i] == y, decisions[j] == y)
-        pair = {"a": ma["model_id"], "b": mb["model_id"], "accuracy": overall.__dict__ | {"p_value": overall.p_value}}
+        pair = {"a": ma["model_id"], "b": mb["model_id"], "accuracy": dataclasses.asdict(overall)}
         for c in (BACTERIAL, VIRAL):
             members = y == c
             test = mcnemar(decisions[i][members] == c, decisions[j][members] == c)

@@ -88,7 +88,8 @@ def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed:
                                 seed=seed, threshold=threshold)
     metrics.update(
         model_id=bundle.model_id, model_name=bundle.metadata["model_name"], model_sha256=bundle.file_sha256,
-        size=bundle.size,
+        size=bundle.size, training={key: bundle.metadata.get("training", {}).get(key)
+                                    for key in ("epochs_run", "epoch", "train_seconds_total", "train_images")},
         data=source, patients=int(len(set(predictions.patients))), bootstrap={"resamples": resamples, "seed": seed,
         "unit": "patient", "level": 0.95}, seconds=round(time.perf_counter() - started, 3), disclaimer=DISCLAIMER,
         **info,
@@ -110,15 +111,3 @@ def write_evaluation(out: Path, metrics: dict, predictions: Predictions) -> list
         plots.roc_figure(predictions.labels, predictions.probs, out / "roc.png", title),
         plots.reliability_figure(metrics, out / "reliability.png"),
     ]
-
-
-def read_predictions(path: Path) -> Predictions:
-    from pneumo.labels import class_index
-
-    with Path(path).open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return Predictions(
-        np.array([r["path"] for r in rows]), np.array([r["patient"] for r in rows]),
-        np.array([class_index(r["label"]) for r in rows]),
-        np.array([[float(r[f"p_{name}"]) for name in SHORT_NAMES] for r in rows]),
-    )

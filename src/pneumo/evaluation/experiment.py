@@ -49,6 +49,7 @@ def run_planned(run: PlannedRun, base: TrainConfig, *, resamples: int = 1000, pr
                                    role="test", split_file=run.run_dir / "split.csv")
     metrics, predictions = evaluate(bundle, images, resamples=resamples, source=source)
     metrics["epochs"], metrics["seed"] = run.epochs, run.seed
+    metrics["train_seconds"] = bundle.metadata["training"]["train_seconds_total"]
     write_evaluation(run.run_dir / "eval", metrics, predictions)
     return metrics
 
@@ -82,9 +83,9 @@ def to_markdown(summary: dict, model: str) -> str:
     for row in summary["rows"]:
         cells = [f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in REPORTED]
         lines.append(f"| {row['epochs']} | {row['runs']} | " + " | ".join(cells) + " |")
-    lines += ["", "| Epochs | Seed | Accuracy (95% CI) | Loss | Macro-F1 |", "|---|---|---|---|---|"]
+    lines += ["", "| Epochs | Seed | Accuracy (95% CI) | Loss | Macro-F1 | Train time (s) |", "|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         low, high = run["accuracy_ci95"]
         lines.append(f"| {run['epochs']} | {run['seed']} | {run['accuracy']:.4f} ({low:.3f}-{high:.3f}) | "
-                     f"{run['loss']:.4f} | {run['macro_f1']:.4f} |")
+                     f"{run['loss']:.4f} | {run['macro_f1']:.4f} | {run['train_seconds']} |")
     return "\n".join(lines) + "\n"

@@ -62,9 +62,12 @@ def _model_section(metrics: dict, predictions: Predictions, run_dir: Path | None
     rows.append(["Brier score", f"{metrics['brier']:.4f}", ""])
     missed = metrics["missed_as_normal"]
     rows.append(["Pneumonia called normal (bacterial / viral)", f"{missed['bacterial']} / {missed['viral']}", ""])
+    training = metrics.get("training") or {}
     parts = [f"<h2>Model {html.escape(metrics['model_id'])}</h2>",
              f"<p>{metrics['images']} images of {metrics['patients']} patients: {html.escape(metrics['data'])}. "
-             f"sha256 {metrics['model_sha256'][:16]}…; temperature {metrics['temperature']:.3f}.</p>"]
+             f"sha256 {metrics['model_sha256'][:16]}…; temperature {metrics['temperature']:.3f}. "
+             f"Trained {training.get('epochs_run', '?')} epochs on {training.get('train_images', '?')} images in "
+             f"{training.get('train_seconds_total', '?')} s; weights of epoch {training.get('epoch', '?')}.</p>"]
     if run_dir is not None and (run_dir / "curves.png").is_file():
         parts += ["<h3>Training curves</h3>", _image(run_dir / "curves.png", "training curves")]
     parts += ["<h3>Test metrics (95% patient-bootstrap CI)</h3>",

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pneumo.errors import ModelFileError
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -71,9 +69,3 @@ def create_model(name: str, *, num_classes: int = 3, pretrained: str | None = No
         raise ValueError(f"The 'num_classes' of create_model must be >= 2. Got {num_classes} instead.")
     return get_spec(name).build(num_classes, pretrained)
 
-
-def get_submodule(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
-
-
-__all__ = ["ModelSpec", "ModelFileError", "create_model", "get_spec", "list_models", "register_model"]

@@ -72,8 +72,3 @@ class History(L.Callback):
         os.replace(temporary, path)
         if self.rows:
             plot_curves(self.rows, self.run_dir / "curves.png")
-
-
-def read_history(run_dir: Path) -> list[dict[str, float]]:
-    with (Path(run_dir) / "history.csv").open(newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]

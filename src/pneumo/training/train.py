@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from sklearn.model_selection import train_test_split
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from pneumo.config import TrainConfig
@@ -78,13 +79,14 @@ def choose_split(config: TrainConfig, data: PreparedData) -> Split:
 
 
 def _limit(indices: np.ndarray, labels: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """A class-balanced random subset of ``count`` indices (all when count is 0 or larger)."""
+    """A class-stratified random subset of ``count`` indices (all when count is 0 or larger)."""
     if count <= 0 or count >= len(indices):
         return indices
-    rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(indices[labels[indices] == c]) for c in np.unique(labels[indices])]
-    interleaved = [i for group in zip(*per_class) for i in group] + [i for g in per_class for i in g]
-    return np.array(list(dict.fromkeys(interleaved))[:count])
+    try:
+        chosen, _ = train_test_split(indices, train_size=count, stratify=labels[indices], random_state=seed)
+    except ValueError:  # too few images to stratify
+        chosen = np.random.default_rng(seed).choice(indices, count, replace=False)
+    return np.sort(chosen)
 
 
 def _devices(value: str) -> int | str:
