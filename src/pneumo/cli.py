@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -253,6 +254,8 @@ def train(
         result = run(resolved, run_dir, resume=resume is not None, progress_bar=not quiet)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return  # a DDP worker started by Lightning: the first process reports
     console.print(table(f"run {result.run_dir}", ["epochs", "bundled epoch", "val loss", "val acc", "seconds"], [[
         result.epochs_run, result.epoch, f"{result.val_loss:.4f}", f"{result.val_acc:.4f}",
         f"{result.seconds:.1f}"]]))

@@ -85,3 +85,15 @@ def test_bad_option_is_refused(shared_data):
     result = runner.invoke(app, ["train", "--schedule", "linear", "--data", str(shared_data)])
     assert result.exit_code == 2
     assert "The 'schedule' option must be one of ('none', 'cosine', 'onecycle'). Got 'linear' instead." in " ".join(result.output.split())
+
+
+def test_ddp_on_two_cpu_processes(shared_data, cache_dir, tmp_path):
+    """Lightning DDP (gloo) with two processes: the launched worker must not fight over the run folder."""
+    command = [sys.executable, "-m", "pneumo.cli", "train", "--model", "cnn", "--epochs", "2", "--max-train-images",
+               "64", "--data", str(shared_data), "--cache-dir", str(cache_dir), "--runs-dir", str(tmp_path),
+               "--name", "ddp", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--quiet"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.count("model bundle:") == 1
+    assert [row["epoch"] for row in history(tmp_path / "ddp")] == ["1", "2"]
+    assert load_bundle(tmp_path / "ddp").metadata["training"]["config"]["strategy"] == "ddp"

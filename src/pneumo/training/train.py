@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -101,16 +102,21 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     """
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
-    if run_dir.exists() and not resume and any(run_dir.iterdir()):
-        raise PneumoError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_NAME)
-    (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
+    # Under DDP, Lightning starts the other processes by re-running this command with LOCAL_RANK
+    # (and NODE_RANK on other nodes) set: only the first process checks and writes the run folder.
+    primary = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if primary:
+        if run_dir.exists() and not resume and any(run_dir.iterdir()):
+            raise PneumoError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, or choose another --name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_NAME)
+        (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     prepared = prepare_folder(Path(config.data), size=config.size, cache_dir=Path(config.cache_dir)).data
     split = choose_split(config, prepared)
-    save_split(run_dir / "split.csv", split, prepared)
+    if primary:
+        save_split(run_dir / "split.csv", split, prepared)
     train_idx = _limit(split.indices("train"), prepared.labels, config.max_train_images, config.seed)
     val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4 or 0, config.seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
