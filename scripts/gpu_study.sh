@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
-# The GPU machine has torch, torchvision, lightning, sklearn and OpenCV; add the rest without touching torch.
-pip install --quiet --no-deps -e . pydicom typer rich grad-cam onnx onnxruntime fastapi uvicorn python-multipart \
- 2>&1 | tail -2 || true
+# The GPU image has torch, lightning, sklearn, OpenCV, typer and rich; nothing can be fetched there,
+# and training needs nothing else (pydicom, grad-cam and FastAPI are imported only when used).
+python3 -m pip install --quiet --no-deps --no-build-isolation -e .
 export PNEUMO_DATA=.carry/chest_xray PNEUMO_CACHE=/tmp/pneumo-cache PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
