@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from pneumo.data.augment import AugmentConfig, random_affine
 from pneumo.data.cache import PreparedData
 from pneumo.labels import CLASSES
+from pneumo.plotting import plt, save_figure
 
 ATTRIBUTION = "Data: Kermany et al. 2018 (CC BY 4.0)"
 
@@ -32,7 +29,7 @@ def sample_grid(data: PreparedData, out: Path, *, per_class: int = 6, seed: int 
                 axis.imshow(data.images[chosen[column]], cmap="gray", vmin=0, vmax=255)
         axes[row, 0].set_title(f"{name} ({len(members)} images)", loc="left", fontsize=10)
     figure.suptitle(f"Sample images per class - {ATTRIBUTION}", fontsize=9)
-    return _save(figure, out)
+    return save_figure(figure, out, dpi=110)
 
 
 def augment_grid(
@@ -56,13 +53,4 @@ def augment_grid(
     figure.suptitle(
         f"Augmentation: rotation ±{config.rotation:g}°, shift ±{config.shift:.0%}, zoom ±{config.zoom:.0%} "
         f"- {data.paths[index]}", fontsize=8)
-    return _save(figure, out)
-
-
-def _save(figure: plt.Figure, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out, dpi=110)

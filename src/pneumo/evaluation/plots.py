@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
 from pneumo.labels import CLASSES, NORMAL
-
-
-def _save(figure, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+from pneumo.plotting import plt, save_figure
 
 
 def confusion_figure(metrics: dict, out: Path, title: str = "") -> Path:
@@ -40,7 +28,7 @@ def confusion_figure(metrics: dict, out: Path, title: str = "") -> Path:
         axis.set_title("counts" if key == "confusion_matrix" else "row-normalized (recall on the diagonal)")
     if title:
         figure.suptitle(title)
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def roc_figure(y: np.ndarray, probs: np.ndarray, out: Path, title: str = "") -> Path:
@@ -58,7 +46,7 @@ def roc_figure(y: np.ndarray, probs: np.ndarray, out: Path, title: str = "") -> 
     axis.set_ylabel("sensitivity")
     axis.legend(loc="lower right", fontsize=8)
     axis.set_title(title or "ROC curves")
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def reliability_figure(metrics: dict, out: Path, title: str = "") -> Path:
@@ -76,4 +64,4 @@ def reliability_figure(metrics: dict, out: Path, title: str = "") -> Path:
     counts.bar(centers, rows["count"], width=width * 0.95, color="grey")
     counts.set_xlabel("confidence (top-class probability)")
     counts.set_ylabel("images")
-    return _save(figure, out)
+    return save_figure(figure, out)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from pneumo.plotting import plt, save_figure
 
 
 def plot_curves(rows: list[dict[str, float]], out: Path, title: str = "") -> Path:
@@ -22,10 +19,4 @@ def plot_curves(rows: list[dict[str, float]], out: Path, title: str = "") -> Pat
         axis.legend()
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    out = Path(out)
-    temporary = out.with_name(f".{out.stem}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    temporary.replace(out)
-    return out
+    return save_figure(figure, out)
