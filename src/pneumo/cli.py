@@ -259,6 +259,9 @@ def train(
     console.print(table(f"run {result.run_dir}", ["epochs", "bundled epoch", "val loss", "val acc", "seconds"], [[
         result.epochs_run, result.epoch, f"{result.val_loss:.4f}", f"{result.val_acc:.4f}",
         f"{result.seconds:.1f}"]]))
+    if result.leaked_patients:
+        console.print(f"[yellow]{result.leaked_patients} patients have images in both training and validation "
+                      f"(--split random): validation scores are optimistic.[/yellow]")
     console.print(f"model bundle: {result.bundle}")
 
 
@@ -275,8 +278,9 @@ def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optiona
     bundle = load_bundle(model)
     if split_file is None and Path(model).is_dir() and (Path(model) / "split.csv").is_file():
         split_file = Path(model) / "split.csv"
-    images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=role, split_file=split_file)
-    return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source)
+    with console.status(f"evaluating {bundle.model_id} ({resamples} bootstrap resamples)"):
+        images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=role, split_file=split_file)
+        return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source)
 
 
 def _metrics_table(metrics: dict) -> None:

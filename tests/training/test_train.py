@@ -97,3 +97,13 @@ def test_ddp_on_two_cpu_processes(shared_data, cache_dir, tmp_path):
     assert finished.stdout.count("model bundle:") == 1
     assert [row["epoch"] for row in history(tmp_path / "ddp")] == ["1", "2"]
     assert load_bundle(tmp_path / "ddp").metadata["training"]["config"]["strategy"] == "ddp"
+
+
+def test_random_split_reports_leaked_patients(shared_data, cache_dir, tmp_path):
+    result = runner.invoke(app, [
+        "train", "--model", "cnn", "--epochs", "1", "--max-train-images", "32", "--split", "random", "--data",
+        str(shared_data), "--cache-dir", str(cache_dir), "--runs-dir", str(tmp_path), "--name", "r", "--quiet"])
+    assert result.exit_code == 0, result.output
+    leaked = load_bundle(tmp_path / "r").metadata["training"]["patient_overlap"]["train/val"]
+    assert leaked > 100  # the study's image-level split puts hundreds of patients on both sides
+    assert f"{leaked} patients have images in both training and validation" in " ".join(result.output.split())

@@ -41,6 +41,7 @@ class TrainResult:
     val_acc: float
     epochs_run: int
     seconds: float
+    leaked_patients: int  # patients with images in both training and validation
 
 
 def quiet_lightning() -> None:
@@ -155,7 +156,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     rows = history.rows
     best_row = min(rows, key=lambda row: row["val_loss"]) if config.bundle_weights == "best" else rows[-1]
     result = TrainResult(run_dir, run_dir / BUNDLE_NAME, int(best_row["epoch"]), best_row["val_loss"],
-                         best_row["val_acc"], len(rows), seconds)
+                         best_row["val_acc"], len(rows), seconds, split.patient_overlap(prepared.patients)["train/val"])
     if trainer.is_global_zero:
         if config.bundle_weights == "best":
             # Lightning checkpoints hold more than tensors (loop state), so they are not loaded weights-only;
@@ -168,7 +169,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
             "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
             "train_class_counts": np.bincount(prepared.labels[train_idx], minlength=3).tolist(),
-            "split": split.method, "config": config.to_dict(),
+            "split": split.method, "patient_overlap": split.patient_overlap(prepared.patients),
+            "config": config.to_dict(),
         }
         save_bundle(result.bundle, module.model, model_name=config.model, size=config.size,
                     id=f"{config.model}-{run_dir.name}", training=summary)
