@@ -119,7 +119,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     if primary:
         save_split(run_dir / "split.csv", split, prepared)
     train_idx = _limit(split.indices("train"), prepared.labels, config.max_train_images, config.seed)
-    val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4 or 0, config.seed)
+    val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4, config.seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise PneumoError(f"the split leaves {len(train_idx)} training and {len(val_idx)} validation images")
 
