@@ -1,0 +1,65 @@
+"""Compare training levers on validation: each lever's three seeds against the shipped recipe's.
+
+    python scripts/lever_table.py mobilenet      # writes models/pneumo-mobilenet/training_levers.json
+
+For each group of runs it reports the mean ± sd over seeds of validation accuracy, macro-F1 and
+loss (uncalibrated, most probable class), and a 95% patient-bootstrap interval of the
+difference in accuracy between the lever's seed ensemble and the baseline's.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.evaluation.evaluate import select_images
+from pneumo.evaluation.metrics import summarize
+from pneumo.inference import predict_logits, softmax
+from pneumo.models.bundle import load_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def group_probs(runs, images):
+    return [softmax(predict_logits(load_bundle(r).model, images.images)) for r in runs]
+
+
+def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
+    groups = {"shipped recipe": sorted((REPO / "runs" / "ship").glob(f"pneumo-{kind}-s*"))}
+    for run in sorted((REPO / "runs" / "levers").glob(f"pneumo-{kind}-*-s*")):
+        lever = run.name[len(f"pneumo-{kind}-"):].rsplit("-s", 1)[0]
+        groups.setdefault(lever, []).append(run)
+    groups = {k: [r for r in v if (r / "model.pt").is_file()] for k, v in groups.items()}
+    first = next(iter(groups.values()))[0]
+    val, _ = select_images(Path(data), size=load_bundle(first).size, cache_dir=Path("cache"), role="val",
+                           split_file=REPO / "splits" / "internal.csv")
+    _, patient_index = np.unique(val.patients, return_inverse=True)
+    rng = np.random.default_rng(0)
+    draws = [np.bincount(rng.integers(0, patient_index.max() + 1, patient_index.max() + 1),
+                         minlength=patient_index.max() + 1)[patient_index] for _ in range(1000)]
+    rows, baseline_correct = [], None
+    for name, runs in groups.items():
+        probs = group_probs(runs, val)
+        per_seed = [summarize(val.labels, p) for p in probs]
+        ensemble_correct = np.mean(probs, axis=0).argmax(1) == val.labels
+        row = {"lever": name, "seeds": len(runs)}
+        for key in ("accuracy", "macro_f1", "loss", "recall_normal", "recall_viral"):
+            values = np.array([m[key] for m in per_seed])
+            row[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        if baseline_correct is None:
+            baseline_correct = ensemble_correct
+        else:
+            differences = [np.average(ensemble_correct, weights=w) - np.average(baseline_correct, weights=w)
+                           for w in draws]
+            row["ensemble_accuracy_difference_ci95"] = [float(np.percentile(differences, 2.5)),
+                                                        float(np.percentile(differences, 97.5))]
+        rows.append(row)
+    out = REPO / "models" / f"pneumo-{kind}" / "training_levers.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
