@@ -77,7 +77,8 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
     bundles = [load_bundle(r) for r in runs]
     size = bundles[0].size
     val, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="val", split_file=SPLIT)
-    test, test_source = select_images(Path(data), size=size, cache_dir=Path(cache), role="test", split_file=SPLIT)
+    test, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="test", split_file=SPLIT)
+    test_source = f"internal test split: role 'test' of {SPLIT.relative_to(REPO)}"
 
     per_seed = []
     val_logits = [predict_logits(b.model, val.images) for b in bundles]
@@ -125,7 +126,7 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
     )
     save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)
     shipped = load_bundle(out)
-    metrics, _ = evaluate(shipped, test, resamples=1000, source=f"internal test split ({test_source})")
+    metrics, _ = evaluate(shipped, test, resamples=1000, source=test_source)
     extra["evaluation"] = {k: v for k, v in metrics.items() if k not in ("reliability", "classification_report")}
     extra["targets"] = _targets(metrics)
     save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)

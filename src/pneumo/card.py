@@ -68,7 +68,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         *[f"- {key}: {value}" for key, value in metadata["preprocessing"].items()],
         "", "## Training", "",
         f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
-        f"({training.get('weights', 'best')}: lowest validation loss) with validation loss "
+        f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "
         f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
         f"- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
             "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
