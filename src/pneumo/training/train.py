@@ -172,7 +172,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "split": split.method, "patient_overlap": split.patient_overlap(prepared.patients),
             "config": config.to_dict(),
         }
-        save_bundle(result.bundle, module.model, model_name=config.model, size=config.size,
-                    id=f"{config.model}-{run_dir.name}", training=summary)
+        model_id = run_dir.name if run_dir.name.startswith(config.model) else f"{config.model}-{run_dir.name}"
+        save_bundle(result.bundle, module.model, model_name=config.model, size=config.size, id=model_id,
+                    training=summary)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return result
