@@ -270,14 +270,18 @@ RoleOption = Annotated[str, typer.Option("--split", help="Which images: test, va
 SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving the roles (default: the run's split.csv, else the archive's folders).")]
 
 
+def _run_split(models: list[Path]) -> Optional[Path]:
+    """The split.csv of the first run folder among ``models``: its roles say which images are test."""
+    return next((Path(m) / "split.csv" for m in models if (Path(m) / "split.csv").is_file()), None)
+
+
 def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path,
                          resamples: int, seed: int, adapt: bool):
     from pneumo.evaluation.evaluate import evaluate as run, select_images
     from pneumo.models.bundle import load_bundle
 
     bundle = load_bundle(model)
-    if split_file is None and Path(model).is_dir() and (Path(model) / "split.csv").is_file():
-        split_file = Path(model) / "split.csv"
+    split_file = split_file or _run_split([model])
     with console.status(f"evaluating {bundle.model_id} ({resamples} bootstrap resamples)"):
         images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=role, split_file=split_file)
         return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source)
@@ -350,9 +354,7 @@ def compare(
     from pneumo.evaluation.compare import compare as run, to_html, to_markdown
     from pneumo.evaluation.evaluate import write_evaluation
 
-    if split_file is None:
-        runs = [m / "split.csv" for m in models if Path(m).is_dir() and (m / "split.csv").is_file()]
-        split_file = runs[0] if runs else None
+    split_file = split_file or _run_split(models)
     try:
         results = [_load_for_evaluation(m, data, split, split_file, cache_dir, resamples, seed, False) for m in models]
         comparison = run(results)
@@ -389,9 +391,7 @@ def report(
     from pneumo.data.splits import load_split
     from pneumo.evaluation.report import build_report
 
-    if split_file is None:
-        runs = [m / "split.csv" for m in models if Path(m).is_dir() and (m / "split.csv").is_file()]
-        split_file = runs[0] if runs else None
+    split_file = split_file or _run_split(models)
     summary = None
     if experiment is not None:
         summary = experiment / "summary.json"
