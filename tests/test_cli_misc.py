@@ -37,6 +37,9 @@ def test_data_figures(tmp_path):
         result = runner.invoke(app, [command, "--data", str(src), "--cache-dir", str(tmp_path / "c"), "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
+    stronger = runner.invoke(app, ["show-augment", "--data", str(src), "--cache-dir", str(tmp_path / "c"), "--out",
+                                   str(tmp_path / "strong.png"), "--brightness", "0.1", "--contrast", "0.2", "--gamma", "0.3"])
+    assert stronger.exit_code == 0 and (tmp_path / "strong.png").is_file(), stronger.output
     bad = runner.invoke(app, ["show-augment", "--data", str(src), "--cache-dir", str(tmp_path / "c"), "--index", "99"])
     assert bad.exit_code == 2 and "The image 'index' must be in [0, 11]. Got 99 instead." in flat(bad)
 

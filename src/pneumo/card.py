@@ -72,7 +72,8 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
         f"- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
             "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
-            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "pretrained") if k in config) + ".",
+            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma", "mixup",
+            "pretrained") if k in config) + ".",
         f"- Training time: {training.get('train_seconds_total', '?')} s.",
     ]
     if metadata.get("seeds"):

@@ -170,6 +170,9 @@ def show_augment(
     rotation: Annotated[float, typer.Option(help="Maximum rotation in degrees.")] = 10.0,
     shift: Annotated[float, typer.Option(help="Maximum width/height shift, as a fraction.")] = 0.1,
     zoom: Annotated[float, typer.Option(help="Maximum zoom in or out, as a fraction.")] = 0.1,
+    brightness: Annotated[float, typer.Option(help="Maximum added brightness, 0-1.")] = 0.0,
+    contrast: Annotated[float, typer.Option(help="Maximum contrast change, as a fraction.")] = 0.0,
+    gamma: Annotated[float, typer.Option(help="Gamma in [1/(1+g), 1+g].")] = 0.0,
     seed: int = 0,
 ) -> None:
     """Write a PNG grid of one image and its random augmentations."""
@@ -177,7 +180,8 @@ def show_augment(
     from pneumo.data.figures import augment_grid
 
     try:
-        config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom)
+        config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom, brightness=brightness, contrast=contrast,
+                               gamma=gamma)
         result = prepare_data(data, size, cache_dir)
         written = augment_grid(result.data, out, config, index=index, seed=seed)
     except (PneumoError, ValueError) as error:
@@ -210,6 +214,10 @@ def train(
     rotation: Annotated[Optional[float], typer.Option(help="Augmentation: maximum rotation in degrees (default 10).")] = None,
     shift: Annotated[Optional[float], typer.Option(help="Augmentation: maximum shift fraction (default 0.1).")] = None,
     zoom: Annotated[Optional[float], typer.Option(help="Augmentation: maximum zoom fraction (default 0.1).")] = None,
+    brightness: Annotated[Optional[float], typer.Option(help="Augmentation: maximum added brightness, 0-1 (default 0).")] = None,
+    contrast: Annotated[Optional[float], typer.Option(help="Augmentation: maximum contrast change fraction (default 0).")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="Augmentation: gamma in [1/(1+g), 1+g] (default 0).")] = None,
+    mixup: Annotated[Optional[float], typer.Option(help="Mixup Beta(alpha, alpha); 0 = off (default).")] = None,
     max_train_images: Annotated[Optional[int], typer.Option(help="Use only this many training images (smoke runs).")] = None,
     accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.")] = None,
     devices: Annotated[Optional[str], typer.Option(help="Devices per node: auto or a number.")] = None,
@@ -235,7 +243,8 @@ def train(
         weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing, class_weights=class_weights,
         freeze_epochs=freeze_epochs, backbone_lr_scale=backbone_lr_scale, early_stopping=early_stopping, seed=seed, split_seed=split_seed,
         size=size, split=split, val_fraction=val_fraction, holdout=holdout, split_file=split_file, rotation=rotation,
-        shift=shift, zoom=zoom, max_train_images=max_train_images, accelerator=accelerator, devices=devices,
+        shift=shift, zoom=zoom, brightness=brightness, contrast=contrast, gamma=gamma, mixup=mixup,
+        max_train_images=max_train_images, accelerator=accelerator, devices=devices,
         strategy=strategy, num_nodes=num_nodes, precision=precision,
         data=str(data) if data else None, cache_dir=str(cache_dir) if cache_dir else None,
     )

@@ -46,6 +46,10 @@ class TrainConfig:
     rotation: float = 10.0
     shift: float = 0.1
     zoom: float = 0.1
+    brightness: float = 0.0  # intensity augmentation, off in the study
+    contrast: float = 0.0
+    gamma: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs (Zhang et al. 2018); 0 = off
     max_train_images: int = 0  # 0 = all; a small number for smoke runs
     accelerator: str = "auto"
     devices: str = "auto"
@@ -70,6 +74,7 @@ class TrainConfig:
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("freeze_epochs", 0 <= self.freeze_epochs, ">= 0"),
             ("size", 32 <= self.size <= 1024, "between 32 and 1024"),
+            ("mixup", self.mixup >= 0, ">= 0"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pneumo.data.augment import AugmentConfig, random_affine
+from pneumo.data.augment import AugmentConfig, augment, random_affine, random_photometric
 
 
 def test_shape_and_determinism():
@@ -33,8 +33,40 @@ def test_pure_shift_moves_content_by_the_expected_pixels():
     assert (after - before).abs().max() <= 0.1 * 40 + 1  # never more than 10% of the side
 
 
+def test_intensity_changes_stay_in_range_and_are_seeded():
+    images = torch.rand(8, 1, 24, 24)
+    config = AugmentConfig(0, 0, 0, brightness=0.2, contrast=0.3, gamma=0.5)
+    a = random_photometric(images, config, torch.Generator().manual_seed(3))
+    b = random_photometric(images, config, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b)
+    assert a.min() >= 0 and a.max() <= 1 and not torch.allclose(a, images)
+
+
+def test_brightness_alone_shifts_each_image_by_one_amount_within_range():
+    images = torch.full((16, 1, 8, 8), 0.5)
+    out = random_photometric(images, AugmentConfig(0, 0, 0, brightness=0.1), torch.Generator().manual_seed(0))
+    shift = out - images
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift))  # one amount per image
+    assert shift.abs().max() <= 0.1 + 1e-6 and shift.flatten(1)[:, 0].unique().numel() == 16
+
+
+def test_gamma_keeps_the_order_of_pixel_values():
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 8, 8).expand(4, -1, -1, -1)
+    out = random_photometric(ramp, AugmentConfig(0, 0, 0, gamma=1.0), torch.Generator().manual_seed(0))
+    assert (out.flatten(1).diff(dim=1) >= 0).all()
+
+
+def test_study_augmentation_is_unchanged_by_the_intensity_options():
+    """Without intensity options, augment() draws the same numbers as the study's affine transform."""
+    images = torch.rand(4, 1, 16, 16)
+    torch.testing.assert_close(augment(images, AugmentConfig(), torch.Generator().manual_seed(5)),
+                               random_affine(images, AugmentConfig(), torch.Generator().manual_seed(5)))
+
+
 def test_bad_ranges():
     with pytest.raises(ValueError, match="The augmentation 'zoom' must be < 1. Got 1.5 instead."):
         AugmentConfig(zoom=1.5)
     with pytest.raises(ValueError, match="'rotation' must be >= 0"):
         AugmentConfig(rotation=-1)
+    with pytest.raises(ValueError, match="'contrast' must be < 1"):
+        AugmentConfig(contrast=1.0)

@@ -53,6 +53,19 @@ def test_study_mobilenet_command_with_shared_weights(shared_data, shared_weights
     assert len(history(tmp_path / "mnv2")) == 2
 
 
+def test_mixup_and_intensity_augmentation_train_and_are_recorded(shared_data, cache_dir, tmp_path):
+    result = runner.invoke(app, [
+        "train", "--model", "cnn", "--epochs", "1", "--max-train-images", "64", "--data", str(shared_data),
+        "--cache-dir", str(cache_dir), "--runs-dir", str(tmp_path), "--name", "mix", "--accelerator", "cpu", "--quiet",
+        "--mixup", "0.4", "--brightness", "0.1", "--contrast", "0.2", "--gamma", "0.3"])
+    assert result.exit_code == 0, result.output
+    config = TrainConfig.from_yaml(tmp_path / "mix" / "config.yaml")
+    assert (config.mixup, config.brightness, config.contrast, config.gamma) == (0.4, 0.1, 0.2, 0.3)
+    assert float(history(tmp_path / "mix")[0]["train_loss"]) > 0
+    bad = runner.invoke(app, ["train", "--mixup", "-1", "--data", str(shared_data)])
+    assert bad.exit_code == 2 and "'mixup' option must be >= 0" in bad.output
+
+
 def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):
     config = TrainConfig(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
                          accelerator="cpu", seed=7)

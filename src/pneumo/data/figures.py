@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumo.data.augment import AugmentConfig, random_affine
+from pneumo.data.augment import AugmentConfig, augment
 from pneumo.data.cache import PreparedData
 from pneumo.labels import CLASSES
 from pneumo.plotting import plt, save_figure
@@ -40,7 +40,7 @@ def augment_grid(
         raise ValueError(f"The image 'index' must be in [0, {len(data) - 1}]. Got {index} instead.")
     image = torch.from_numpy(np.asarray(data.images[index], np.float32) / 255.0)[None, None]  # (1, 1, S, S)
     generator = torch.Generator().manual_seed(seed)
-    augmented = random_affine(image.expand(count, -1, -1, -1), config, generator)
+    augmented = augment(image.expand(count, -1, -1, -1), config, generator)
     panels = [image[0, 0]] + list(augmented[:, 0])
     columns = 6
     rows = -(-len(panels) // columns)
@@ -51,6 +51,7 @@ def augment_grid(
             axis.imshow(panels[number].numpy(), cmap="gray", vmin=0, vmax=1)
             axis.set_title("original" if number == 0 else f"#{number}", fontsize=8)
     figure.suptitle(
-        f"Augmentation: rotation ±{config.rotation:g}°, shift ±{config.shift:.0%}, zoom ±{config.zoom:.0%} "
-        f"- {data.paths[index]}", fontsize=8)
+        f"Augmentation: rotation ±{config.rotation:g}°, shift ±{config.shift:.0%}, zoom ±{config.zoom:.0%}"
+        + (f", brightness ±{config.brightness:g}, contrast ±{config.contrast:.0%}, gamma {config.gamma:g}"
+           if config.photometric else "") + f" - {data.paths[index]}", fontsize=8)
     return save_figure(figure, out, dpi=110)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from pneumo.config import TrainConfig
-from pneumo.data.augment import AugmentConfig, random_affine
+from pneumo.data.augment import AugmentConfig, augment
 from pneumo.data.cache import PreparedData
 from pneumo.labels import CLASSES
 from pneumo.models import create_model, get_spec
@@ -79,7 +79,8 @@ class Classifier(L.LightningModule):
         self.config = TrainConfig.from_dict(config)
         self.model = create_model(self.config.model, num_classes=len(CLASSES), pretrained=self.config.pretrained)
         self.classifier_prefix = "model." + get_spec(self.config.model).classifier
-        self.augment = AugmentConfig(self.config.rotation, self.config.shift, self.config.zoom)
+        self.augment = AugmentConfig(self.config.rotation, self.config.shift, self.config.zoom,
+                                     self.config.brightness, self.config.contrast, self.config.gamma)
         self.register_buffer("class_weight", torch.tensor(weights) if weights else torch.ones(len(CLASSES)))
         self._generator: torch.Generator | None = None
         self._epoch_started = 0.0
@@ -95,7 +96,7 @@ class Classifier(L.LightningModule):
             if self._generator is None or self._generator.device != images.device:
                 seed = self.config.seed * 1000 + self.global_rank + 7919 * self.current_epoch
                 self._generator = torch.Generator(device=images.device).manual_seed(seed)
-            images = random_affine(images, self.augment, self._generator)
+            images = augment(images, self.augment, self._generator)
         return images.contiguous(memory_format=torch.channels_last), labels
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -113,8 +114,18 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = self._loss(logits, labels, self.config.label_smoothing)
+        if self.config.mixup > 0:
+            # Mixup (Zhang et al. 2018): blend each image with a partner from the same batch and
+            # the loss with the same weight. Random numbers come from torch's generator, reseeded
+            # every epoch, so resumed runs stay reproducible.
+            share = float(torch.distributions.Beta(self.config.mixup, self.config.mixup).sample())
+            partner = torch.randperm(len(labels), device=images.device)
+            logits = self(share * images + (1 - share) * images[partner])
+            loss = (share * self._loss(logits, labels, self.config.label_smoothing)
+                    + (1 - share) * self._loss(logits, labels[partner], self.config.label_smoothing))
+        else:
+            logits = self(images)
+            loss = self._loss(logits, labels, self.config.label_smoothing)
         self._epoch_images += len(labels)
         throughput = self._epoch_images / max(time.perf_counter() - self._epoch_started, 1e-9)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
