@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.model_selection import GroupKFold
 
 from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
-from pneumo.evaluation.calibration import adapt_priors, fit_temperature
+from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.export.onnx import export_onnx
@@ -34,9 +35,12 @@ from pneumo.models.bundle import load_bundle, save_bundle
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "splits" / "internal.csv"
 TARGET_SENSITIVITY = 0.97
-# Class shares of the archive's test split as published with the archive (234/242/148 images):
-# used only to simulate a prior shift on validation, never to tune anything.
-SHIFTED_PRIORS = np.array([234, 242, 148]) / 624
+# Class shares (normal, bacterial, viral) of simulated deployment populations for the prior-shift
+# lever. The first is the archive's test split as published with the archive (234/242/148
+# images): used only to simulate a shift on validation, never to tune anything.
+SHIFTS = {"archive_test_shares": np.array([234, 242, 148]) / 624,
+          "mostly_normal": np.array([0.70, 0.18, 0.12]),
+          "no_shift": None}
 KEYS = ("accuracy", "macro_f1", "loss", "ece", "pneumonia_sensitivity", "pneumonia_specificity", "macro_auc")
 
 
@@ -67,6 +71,46 @@ def tta_logits(model, images, passes=8, seed=0):
         moved = random_affine(base, config, generator)
         outputs.append(predict_logits(model, (moved[:, 0] * 255).round().clamp(0, 255).byte().numpy()))
     return np.mean(outputs, axis=0)
+
+
+def prior_shift_levers(logits, labels, patients, train_priors):
+    """EM prior adaptation under simulated prior shifts, cross-fitted on validation.
+
+    Validation patients are split in two halves. Each half in turn is resampled (without
+    replacement) to a shifted class mix and scored with calibration fitted on the other half:
+    plain temperature scaling (no adaptation); EM after bias-corrected temperature scaling (what
+    ``--adapt-priors`` does); and EM fed the training frequencies as priors (the naive version,
+    wrong for a class-weighted model). Pooled over both halves, with patient-bootstrap CIs.
+    """
+    rng = np.random.default_rng(0)
+    halves = list(GroupKFold(n_splits=2).split(logits, labels, patients))
+    results = {}
+    for name, shares in SHIFTS.items():
+        pooled = {"without_adaptation": [], "with_adaptation": [], "naive_em": []}
+        chosen, estimates = [], []
+        for fit, held in halves:
+            temperature = fit_temperature(logits[fit], labels[fit])
+            adaptation = PriorAdaptation.fit(logits[fit], labels[fit])
+            if shares is None:
+                take = held
+            else:
+                counts = np.bincount(labels[held], minlength=3)
+                n = int(min(counts / shares))
+                take = np.concatenate([rng.choice(held[labels[held] == c], int(n * shares[c]), replace=False)
+                                       for c in range(3)])
+            plain = softmax(logits[take], temperature)
+            adapted, estimated = adaptation.adapt(logits[take])
+            pooled["without_adaptation"].append(plain)
+            pooled["with_adaptation"].append(adapted)
+            pooled["naive_em"].append(adapt_priors(plain, train_priors)[0])
+            chosen.append(take)
+            estimates.append(estimated)
+        take = np.concatenate(chosen)
+        true_shares = np.bincount(labels[take], minlength=3) / len(take)
+        results[name] = {key: scores(labels[take], np.concatenate(value), patients[take]) for key, value in pooled.items()}
+        results[name].update(images=int(len(take)), true_shares=true_shares.round(4).tolist(),
+                             estimated_shares=np.mean(estimates, axis=0).round(4).tolist())
+    return results
 
 
 def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
@@ -100,18 +144,9 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
     ensemble = softmax(np.mean(val_logits, axis=0), temperature)
     levers[f"seed_ensemble_{len(bundles)}"] = scores(val.labels, ensemble, val.patients)
     levers["tta_8"] = scores(val.labels, softmax(tta_logits(bundle.model, val.images), temperature), val.patients)
-    # Simulated prior shift: resample validation images to the shifted class shares.
-    rng = np.random.default_rng(0)
-    counts = np.bincount(val.labels, minlength=3)
-    n = int(min(counts / SHIFTED_PRIORS))
-    take = np.concatenate([rng.choice(np.flatnonzero(val.labels == c), int(n * SHIFTED_PRIORS[c]), replace=False)
-                           for c in range(3)])
     train_counts = np.array(bundle.metadata["training"].get("train_class_counts"), float)
-    shifted = val_probs[take]
-    adapted, estimated = adapt_priors(shifted, train_counts / train_counts.sum())
-    levers["prior_shift_without_adaptation"] = scores(val.labels[take], shifted, val.patients[take])
-    levers["prior_shift_with_adaptation"] = scores(val.labels[take], adapted, val.patients[take])
-    levers["prior_shift_estimated_priors"] = estimated.round(4).tolist()
+    levers["prior_shift"] = prior_shift_levers(vl, val.labels, val.patients, train_counts / train_counts.sum())
+    prior_adaptation = PriorAdaptation.fit(vl, val.labels)
 
     out = REPO / "models" / f"pneumo-{kind}"
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +157,7 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
         operating_point={"pneumonia_threshold": threshold, "target_sensitivity": TARGET_SENSITIVITY,
                          "val_sensitivity": val_point["pneumonia_sensitivity"],
                          "val_specificity": val_point["pneumonia_specificity"]},
-        seeds=seeds_text,
+        seeds=seeds_text, prior_adaptation=prior_adaptation.to_dict(),
     )
     save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)
     shipped = load_bundle(out)
@@ -134,6 +169,8 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
     export_onnx(shipped, out / "model.onnx")
     (out / "MODEL_CARD.md").write_text(model_card(shipped.metadata, sha256=shipped.file_sha256))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    adapted, _ = evaluate(shipped, test, resamples=1000, source=test_source, adapt=True)
+    (out / "metrics-adapt-priors.json").write_text(json.dumps(adapted, indent=1))
     (out / "levers.json").write_text(json.dumps({"per_seed": per_seed, "chosen": runs[chosen].name,
                                                  "temperature": temperature, "threshold": threshold,
                                                  "levers_on_validation": levers}, indent=1))

@@ -88,6 +88,13 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                      f"{point.get('val_specificity', float('nan')):.4f}).")
     else:
         lines.append("- Operating point: the most probable class (no threshold set).")
+    adaptation = metadata.get("prior_adaptation")
+    if adaptation:
+        lines.append(f"- Prior-shift adaptation (`--adapt-priors`, opt-in): EM (Saerens et al. 2002) after bias-corrected "
+                     f"temperature scaling fitted on {adaptation['source']} (temperature {adaptation['temperature']:.4f}, "
+                     f"class biases {adaptation['bias']}); the model's priors are then {adaptation['source_priors']}. "
+                     "Adaptation re-estimates the class mix of each batch, so it needs a batch drawn from one population "
+                     "and is off by default.")
     lines += ["", "## Metrics", ""]
     if evaluation:
         lines += [f"Measured on {evaluation.get('images', '?')} images of {evaluation.get('patients', '?')} patients: "

@@ -311,6 +311,10 @@ def _metrics_table(metrics: dict) -> None:
     console.print(table(f"{metrics['model_id']} on {metrics['images']} images of {metrics['patients']} patients",
                         ["metric", "value", "95% CI (patient bootstrap)"], rows))
     console.print(metrics["classification_report_text"])
+    if metrics.get("adapt_priors"):
+        source = metrics["prior_adaptation"]["source"]
+        console.print(f"[bold]With prior adaptation (--adapt-priors):[/bold] probabilities re-weighted to the class mix "
+                      f"EM estimated on these images, {metrics['estimated_priors']} (calibration: {source}).")
     console.print(f"[dim]{metrics['data']}. {DISCLAIMER}[/dim]")
 
 
@@ -457,8 +461,8 @@ def predict(
     failed = [p for p in predictions if not p.ok]
     if as_json:
         rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
-        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "disclaimer": DISCLAIMER,
-                          "predictions": rows}, indent=1))
+        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "adapt_priors": adapt_priors,
+                          "disclaimer": DISCLAIMER, "predictions": rows}, indent=1))
     elif as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "error"])
@@ -469,7 +473,8 @@ def predict(
     else:
         rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")]]
                 for p in predictions if p.ok]
-        console.print(table(f"{predictor.model_id} ({predictor.backend})", ["file", "class", "P(normal)",
+        adapted = ", priors adapted to this batch (--adapt-priors)" if adapt_priors else ""
+        console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
                                                                           "P(bacterial)", "P(viral)"], rows))
         if overlays:
             console.print(f"Grad-CAM overlays in {gradcam}")

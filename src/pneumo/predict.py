@@ -18,7 +18,7 @@ import numpy as np
 from pneumo import DISCLAIMER
 from pneumo.data.readers import decode_gray, read_gray, resize
 from pneumo.errors import ImageReadError, ModelFileError
-from pneumo.evaluation.calibration import adapt_priors
+from pneumo.evaluation.calibration import PriorAdaptation
 from pneumo.evaluation.metrics import decide
 from pneumo.inference import predict_logits, softmax
 from pneumo.labels import SHORT_NAMES
@@ -124,11 +124,10 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray, *, adapt: bool = False) -> np.ndarray:
         """Calibrated probabilities; with ``adapt``, adjusted to the priors of this batch (EM)."""
-        probs = softmax(self.logits(images), self.temperature)
-        if adapt and len(probs):
-            counts = np.array(self.metadata.get("training", {}).get("train_class_counts") or [1] * probs.shape[1], float)
-            probs, _ = adapt_priors(probs, counts / counts.sum())
-        return probs
+        logits = self.logits(images)
+        if adapt and len(logits):
+            return PriorAdaptation.of_model(self.metadata).adapt(logits)[0]
+        return softmax(logits, self.temperature)
 
     def load(self, source: str, data: bytes | None = None) -> np.ndarray:
         """Read (or decode given bytes) and resize one image; raises ImageReadError."""

@@ -38,6 +38,7 @@ def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path)
                     "--resamples", 50, "--json", "--adapt-priors")
     metrics = json.loads(result)
     assert metrics["adapt_priors"] is True and sum(metrics["estimated_priors"].values()) == pytest.approx(1, abs=1e-3)
+    assert metrics["prior_adaptation"]["source"] == "assumed from the training recipe"  # a run has no fit of its own
     failed = runner.invoke(app, ["evaluate", str(tiny_run / "model.pt"), "--data", str(shared_data), "--cache-dir",
                                  str(cache_dir), "--out", str(tmp_path)])
     assert failed.exit_code == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo.evaluation.calibration import adapt_priors, fit_temperature
+from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature
 from pneumo.evaluation.metrics import _weighted_auc, bootstrap, decide, mcnemar, summarize
 from pneumo.inference import softmax
 
@@ -107,3 +107,35 @@ def test_prior_adaptation_recovers_shifted_priors():
     assert np.abs(priors - test_priors).max() < 0.03
     nll = lambda p: -np.log(p[np.arange(len(labels)), labels]).mean()  # noqa: E731
     assert nll(adjusted) < nll(probs)
+
+
+def test_bias_corrected_calibration_makes_em_work_for_a_class_weighted_model():
+    """A model trained with balanced class weights has uniform implicit priors; EM fed the training
+    frequencies as its priors goes wrong, EM after bias-corrected temperature scaling does not."""
+    rng = np.random.default_rng(2)
+    means, train_priors, test_priors = np.array([-2.0, 0.0, 2.0]), np.array([0.26, 0.49, 0.25]), np.array([0.5, 0.3, 0.2])
+
+    def sample(priors, n):
+        labels = rng.choice(3, size=n, p=priors)
+        x = rng.normal(means[labels], 1.0)
+        return 2.0 * -0.5 * (x[:, None] - means[None]) ** 2, labels  # uniform-prior logits, 2x overconfident
+
+    val_logits, val_labels = sample(train_priors, 6000)
+    adaptation = PriorAdaptation.fit(val_logits, val_labels)
+    assert adaptation.temperature == pytest.approx(2, rel=0.1)
+    np.testing.assert_allclose(adaptation.bias, np.log(train_priors / train_priors[0]), atol=0.1)
+    test_logits, _ = sample(test_priors, 6000)
+    _, estimated = adaptation.adapt(test_logits)
+    _, naive = adapt_priors(softmax(test_logits, fit_temperature(val_logits, val_labels)), train_priors)
+    assert np.abs(estimated - test_priors).max() < 0.03 < np.abs(naive - test_priors).max()
+
+
+def test_prior_adaptation_of_a_model_without_a_fit_follows_its_recipe():
+    metadata = {"classes": ["a", "b", "c"], "temperature": 1.5,
+                "training": {"train_class_counts": [1, 2, 1], "config": {"class_weights": "balanced"}}}
+    assert PriorAdaptation.of_model(metadata).source_priors == pytest.approx([1 / 3] * 3)
+    metadata["training"]["config"]["class_weights"] = "none"
+    assumed = PriorAdaptation.of_model(metadata)
+    assert assumed.source_priors == pytest.approx([0.25, 0.5, 0.25]) and assumed.temperature == 1.5
+    fitted = PriorAdaptation(2.0, [0.0, 0.1, -0.1], [0.3, 0.4, 0.3], "validation")
+    assert PriorAdaptation.of_model({**metadata, "prior_adaptation": fitted.to_dict()}) == fitted

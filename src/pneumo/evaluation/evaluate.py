@@ -15,7 +15,7 @@ from pneumo.data.cache import PreparedData, prepare_folder
 from pneumo.data.splits import load_split
 from pneumo.errors import DataLayoutError
 from pneumo.evaluation import plots
-from pneumo.evaluation.calibration import adapt_priors
+from pneumo.evaluation.calibration import PriorAdaptation
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.inference import predict_logits, softmax
 from pneumo.labels import CLASSES, SHORT_NAMES
@@ -68,12 +68,14 @@ def predict_set(bundle: Bundle, data: PreparedData, *, adapt: bool = False) -> t
     """Probabilities for every image; with ``adapt``, re-estimate class priors on this set (EM)."""
     if data.size != bundle.size:
         raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
-    probs = softmax(predict_logits(bundle.model, data.images), bundle.temperature)
+    logits = predict_logits(bundle.model, data.images)
+    probs = softmax(logits, bundle.temperature)
     info: dict = {"temperature": bundle.temperature, "adapt_priors": adapt}
     if adapt:
-        counts = np.array(bundle.metadata.get("training", {}).get("train_class_counts") or [1, 1, 1], float)
-        probs, priors = adapt_priors(probs, counts / counts.sum())
+        adaptation = PriorAdaptation.of_model(bundle.metadata)
+        probs, priors = adaptation.adapt(logits)
         info["estimated_priors"] = dict(zip(SHORT_NAMES, priors.round(4).tolist()))
+        info["prior_adaptation"] = adaptation.to_dict()
     return Predictions(data.paths, data.patients, data.labels, probs), info
 
 
