@@ -16,6 +16,7 @@ models/pneumo-<kind>/levers.json for benchmarks/accuracy.md.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from pneumo.inference import predict_logits, softmax
 from pneumo.models.bundle import load_bundle, save_bundle
 
 REPO = Path(__file__).resolve().parents[1]
+RUNS = Path(os.environ.get("PNEUMO_RUNS", REPO / "runs"))  # as scripts/train_seeds.sh
 SPLIT = REPO / "splits" / "internal.csv"
 TARGET_SENSITIVITY = 0.97
 # Class shares (normal, bacterial, viral) of simulated deployment populations for the prior-shift
@@ -114,7 +116,7 @@ def prior_shift_levers(logits, labels, patients, train_priors):
 
 
 def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
-    runs = sorted((REPO / "runs" / "ship").glob(f"pneumo-{kind}-s*"))
+    runs = sorted((RUNS / "ship").glob(f"pneumo-{kind}-s*"))
     runs = [r for r in runs if (r / "model.pt").is_file()]
     if not runs:
         sys.exit(f"no finished runs/ship/pneumo-{kind}-s*/ runs; run scripts/train_shipped.sh {kind} first")
@@ -125,8 +127,10 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
     test_source = f"internal test split: role 'test' of {SPLIT.relative_to(REPO)}"
 
     per_seed = []
-    val_logits = [predict_logits(b.model, val.images) for b in bundles]
-    test_logits = [predict_logits(b.model, test.images) for b in bundles]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    models = [b.model.to(device) for b in bundles]
+    val_logits = [predict_logits(m, val.images) for m in models]
+    test_logits = [predict_logits(m, test.images) for m in models]
     for run, vl, tl in zip(runs, val_logits, test_logits):
         v, t = summarize(val.labels, softmax(vl)), summarize(test.labels, softmax(tl))
         per_seed.append({"run": run.name, "val": {k: v[k] for k in KEYS}, "test": {k: t[k] for k in KEYS}})
@@ -143,7 +147,7 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
               "temperature+operating_point": scores(val.labels, val_probs, val.patients, threshold)}
     ensemble = softmax(np.mean(val_logits, axis=0), temperature)
     levers[f"seed_ensemble_{len(bundles)}"] = scores(val.labels, ensemble, val.patients)
-    levers["tta_8"] = scores(val.labels, softmax(tta_logits(bundle.model, val.images), temperature), val.patients)
+    levers["tta_8"] = scores(val.labels, softmax(tta_logits(models[chosen], val.images), temperature), val.patients)
     train_counts = np.array(bundle.metadata["training"].get("train_class_counts"), float)
     levers["prior_shift"] = prior_shift_levers(vl, val.labels, val.patients, train_counts / train_counts.sum())
     prior_adaptation = PriorAdaptation.fit(vl, val.labels)

@@ -8,10 +8,12 @@ difference in accuracy between the lever's seed ensemble and the baseline's.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pneumo.evaluation.evaluate import select_images
 from pneumo.evaluation.metrics import summarize
@@ -19,28 +21,40 @@ from pneumo.inference import predict_logits, softmax
 from pneumo.models.bundle import load_bundle
 
 REPO = Path(__file__).resolve().parents[1]
+RUNS = Path(os.environ.get("PNEUMO_RUNS", REPO / "runs"))  # as scripts/train_seeds.sh
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def group_probs(runs, images):
-    return [softmax(predict_logits(load_bundle(r).model, images.images)) for r in runs]
+    return [softmax(predict_logits(load_bundle(r).model.to(DEVICE), images.images)) for r in runs]
 
 
 def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
-    groups = {"shipped recipe": sorted((REPO / "runs" / "ship").glob(f"pneumo-{kind}-s*"))}
-    for run in sorted((REPO / "runs" / "levers").glob(f"pneumo-{kind}-*-s*")):
+    groups = {"shipped recipe": sorted((RUNS / "ship").glob(f"pneumo-{kind}-s*"))}
+    for run in sorted((RUNS / "levers").glob(f"pneumo-{kind}-*-s*")):
         lever = run.name[len(f"pneumo-{kind}-"):].rsplit("-s", 1)[0]
         groups.setdefault(lever, []).append(run)
     groups = {k: [r for r in v if (r / "model.pt").is_file()] for k, v in groups.items()}
-    first = next(iter(groups.values()))[0]
-    val, _ = select_images(Path(data), size=load_bundle(first).size, cache_dir=Path("cache"), role="val",
-                           split_file=REPO / "splits" / "internal.csv")
+    sets = {}  # validation images per input size (a lever may change the size)
+
+    def validation(size: int):
+        if size not in sets:
+            sets[size], _ = select_images(Path(data), size=size, cache_dir=Path("cache"), role="val",
+                                          split_file=REPO / "splits" / "internal.csv")
+        return sets[size]
+
+    val = validation(load_bundle(next(iter(groups.values()))[0]).size)
     _, patient_index = np.unique(val.patients, return_inverse=True)
     rng = np.random.default_rng(0)
     draws = [np.bincount(rng.integers(0, patient_index.max() + 1, patient_index.max() + 1),
                          minlength=patient_index.max() + 1)[patient_index] for _ in range(1000)]
     rows, baseline_correct = [], None
     for name, runs in groups.items():
-        probs = group_probs(runs, val)
+        images = validation(load_bundle(runs[0]).size)
+        assert np.array_equal(images.paths, val.paths), "validation images differ between input sizes"
+        probs = group_probs(runs, images)
         per_seed = [summarize(val.labels, p) for p in probs]
         ensemble_correct = np.mean(probs, axis=0).argmax(1) == val.labels
         row = {"lever": name, "seeds": len(runs)}

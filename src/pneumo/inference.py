@@ -9,12 +9,13 @@ from torch import nn
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-    """Logits (N, classes) for uint8 images (N, S, S); scaling by 1/255 is done here."""
+    """Logits (N, classes) for uint8 images (N, S, S), on the model's device; scaling by 1/255 is done here."""
     model.eval()
+    device = next(model.parameters()).device
     outputs = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).float().div_(255.0)
-        outputs.append(model(batch[:, None].contiguous(memory_format=torch.channels_last)).float().numpy())
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).float().div_(255.0)
+        outputs.append(model(batch[:, None].contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 3), np.float32)
 
 
