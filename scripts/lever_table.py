@@ -37,6 +37,7 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
         lever = run.name[len(f"pneumo-{kind}-"):].rsplit("-s", 1)[0]
         groups.setdefault(lever, []).append(run)
     groups = {k: [r for r in v if (r / "model.pt").is_file()] for k, v in groups.items()}
+    groups = {k: v for k, v in groups.items() if v}  # levers still training have no finished run yet
     sets = {}  # validation images per input size (a lever may change the size)
 
     def validation(size: int):
