@@ -55,3 +55,10 @@ def test_model_card(tiny_run, shared_data, cache_dir, tmp_path):
     assert "Research software, not a diagnostic device" in card
     assert "CC BY 4.0" in card and "not laboratory-confirmed" in card and "Adults" in card
     assert f"| Accuracy | {metrics['accuracy']:.4f} |" in card
+
+
+def test_shipped_card_says_why_targets_are_missed(tmp_path):
+    result = runner.invoke(app, ["card", "models/pneumo-cnn", "--out", str(tmp_path / "card.md")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "card.md").read_text()
+    assert "| no, by" in text and "Why targets are missed" in text and "Research software" in text

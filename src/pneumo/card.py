@@ -38,6 +38,17 @@ def _metric_rows(evaluation: dict) -> list[str]:
     return rows
 
 
+def _shortfall(evaluation: dict, training: dict, preprocessing: dict) -> str:
+    """Why targets are missed, from the measured figures and the training budget."""
+    return (f"Why targets are missed: most errors are between bacterial and viral pneumonia (bacterial-vs-viral "
+            f"AUC {evaluation.get('bacterial_viral_auc', float('nan')):.3f} against "
+            f"{evaluation.get('pneumonia_auc', float('nan')):.3f} for pneumonia vs normal; viral sensitivity "
+            f"{evaluation.get('recall_viral', float('nan')):.3f}), and those labels come from radiologists' reading, "
+            f"not laboratory tests. The training budget was {training.get('epochs_run', '?')} epochs at "
+            f"{preprocessing.get('size', '?')} px ({training.get('train_seconds_total', '?')} s of training); "
+            "benchmarks/accuracy.md lists the levers measured, with intervals, and those not yet run.")
+
+
 def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = None) -> str:
     """The Markdown card of a model bundle."""
     evaluation = evaluation if evaluation is not None else metadata.get("evaluation")
@@ -106,5 +117,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         lines.append("Not evaluated yet: run `pneumo evaluate` and `pneumo card` with `--metrics`.")
     if metadata.get("targets"):
         lines += ["", "## Targets", "", metadata["targets"]]
+        if "| no," in metadata["targets"] and evaluation:
+            lines += ["", _shortfall(evaluation, training, metadata["preprocessing"])]
     lines += ["", "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
     return "\n".join(lines)
