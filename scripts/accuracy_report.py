@@ -76,8 +76,7 @@ def section(folder: Path) -> list[str]:
 
 
 def ci_text(metrics: dict, name: str) -> str:
-    ci = metrics["ci95"][name]
-    return f"{metrics[name]:.4f} ({ci['low']:.3f}–{ci['high']:.3f})"
+    return cell({"value": metrics[name], **metrics["ci95"][name]})
 
 
 def prior_shift_section(shifts: dict) -> list[str]:

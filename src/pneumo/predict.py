@@ -90,6 +90,7 @@ class Predictor:
             self.sha256 = self.bundle.file_sha256
         self.size = int(self.metadata["preprocessing"]["size"])
         self.temperature = float(self.metadata.get("temperature", 1.0))
+        self.prior_adaptation = PriorAdaptation.of_model(self.metadata)
         self.threshold = (self.metadata.get("operating_point") or {}).get("pneumonia_threshold")
         self.model_id = str(self.metadata.get("id") or self.metadata["model_name"])
 
@@ -126,7 +127,7 @@ class Predictor:
         """Calibrated probabilities; with ``adapt``, adjusted to the priors of this batch (EM)."""
         logits = self.logits(images)
         if adapt and len(logits):
-            return PriorAdaptation.of_model(self.metadata).adapt(logits)[0]
+            return self.prior_adaptation.adapt(logits)[0]
         return softmax(logits, self.temperature)
 
     def load(self, source: str, data: bytes | None = None) -> np.ndarray:

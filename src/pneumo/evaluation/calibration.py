@@ -22,22 +22,18 @@ from scipy.optimize import minimize, minimize_scalar
 from pneumo.inference import softmax
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature in [0.05, 20] minimizing the NLL of ``softmax(logits / T)``."""
-    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
-
-    def nll(log_t: float) -> float:
-        probs = softmax(logits, float(np.exp(log_t)))
-        return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)).mean())
-
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded")
-    return float(np.exp(result.x))
-
-
 def _nll(logits: np.ndarray, labels: np.ndarray) -> float:
     shifted = logits - logits.max(1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
     return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature in [0.05, 20] minimizing the NLL of ``softmax(logits / T)``."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+    result = minimize_scalar(lambda log_t: _nll(logits / np.exp(log_t), labels),
+                             bounds=(np.log(0.05), np.log(20)), method="bounded")
+    return float(np.exp(result.x))
 
 
 def fit_bias_corrected_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:

@@ -69,13 +69,14 @@ def predict_set(bundle: Bundle, data: PreparedData, *, adapt: bool = False) -> t
     if data.size != bundle.size:
         raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
     logits = predict_logits(bundle.model, data.images)
-    probs = softmax(logits, bundle.temperature)
     info: dict = {"temperature": bundle.temperature, "adapt_priors": adapt}
     if adapt:
         adaptation = PriorAdaptation.of_model(bundle.metadata)
         probs, priors = adaptation.adapt(logits)
         info["estimated_priors"] = dict(zip(SHORT_NAMES, priors.round(4).tolist()))
         info["prior_adaptation"] = adaptation.to_dict()
+    else:
+        probs = softmax(logits, bundle.temperature)
     return Predictions(data.paths, data.patients, data.labels, probs), info
 
 
