@@ -92,14 +92,17 @@ def prior_shift_section(shifts: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
-    folders = sorted(p.parent for p in (REPO / "models").glob("*/levers.json"))
-    intro = (REPO / "benchmarks" / "accuracy_intro.md").read_text()
-    body = [intro.rstrip(), ""]
-    for folder in folders:
+def render() -> str:
+    """benchmarks/accuracy.md: the introduction, then one section per model with a levers.json."""
+    body = [(REPO / "benchmarks" / "accuracy_intro.md").read_text().rstrip(), ""]
+    for folder in sorted(p.parent for p in (REPO / "models").glob("*/levers.json")):
         body += section(folder)
-    (REPO / "benchmarks" / "accuracy.md").write_text("\n".join(body))
-    print(f"wrote benchmarks/accuracy.md ({len(folders)} models)")
+    return "\n".join(body)
+
+
+def main() -> None:
+    (REPO / "benchmarks" / "accuracy.md").write_text(render())
+    print("wrote benchmarks/accuracy.md")
 
 
 if __name__ == "__main__":

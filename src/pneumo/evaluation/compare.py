@@ -24,6 +24,17 @@ def _interval(metrics: dict, name: str, percent: bool = True) -> str:
     return f"{value:.4f}" + (f" ({ci['low']:.3f}-{ci['high']:.3f})" if ci else "")
 
 
+def table_row(metrics: dict) -> list[str]:
+    """One model's cells under COLUMNS, from its evaluation metrics."""
+    return [
+        metrics["model_id"], _interval(metrics, "accuracy"), _interval(metrics, "loss", percent=False),
+        _interval(metrics, "macro_f1", percent=False), _interval(metrics, "recall_normal"),
+        _interval(metrics, "recall_bacterial"), _interval(metrics, "recall_viral"),
+        str(metrics["false_negatives"]["bacterial"]), str(metrics["false_negatives"]["viral"]),
+        f"{metrics['ece']:.3f}", str(metrics.get("training", {}).get("train_seconds_total", "")),
+    ]
+
+
 def compare(results: list[tuple[dict, Predictions]]) -> dict:
     """Rows of the comparison table, McNemar tests between each pair, and plain sentences.
 
@@ -36,15 +47,7 @@ def compare(results: list[tuple[dict, Predictions]]) -> dict:
     for metrics, predictions in results[1:]:
         if not np.array_equal(predictions.paths, reference.paths):
             raise ValueError(f"{metrics['model_id']} was evaluated on other images than {results[0][0]['model_id']}")
-    rows = []
-    for metrics, _ in results:
-        rows.append([
-            metrics["model_id"], _interval(metrics, "accuracy"), _interval(metrics, "loss", percent=False),
-            _interval(metrics, "macro_f1", percent=False), _interval(metrics, "recall_normal"),
-            _interval(metrics, "recall_bacterial"), _interval(metrics, "recall_viral"),
-            str(metrics["false_negatives"]["bacterial"]), str(metrics["false_negatives"]["viral"]),
-            f"{metrics['ece']:.3f}", str(metrics.get("training", {}).get("train_seconds_total", "")),
-        ])
+    rows = [table_row(metrics) for metrics, _ in results]
     pairs, sentences = [], []
     decisions = [decide(p.probs, (m.get("operating_point"))) for m, p in results]
     y = reference.labels

@@ -1,0 +1,35 @@
+"""The figures the project publishes are the measured ones: README.md and benchmarks/accuracy.md
+agree with what scripts/finalize_shipped.py and scripts/lever_table.py wrote into models/."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pneumo.evaluation.compare import table_row
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.parent for p in (REPO / "models").glob("*/metrics.json"))
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_there_are_shipped_models():
+    assert {p.name for p in SHIPPED} == {"pneumo-cnn", "pneumo-mobilenet"}
+
+
+def test_accuracy_md_is_exactly_what_the_report_script_writes():
+    written = (REPO / "benchmarks" / "accuracy.md").read_text()
+    assert written == load_script("accuracy_report").render(), "rerun: python scripts/accuracy_report.py"
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
+def test_readme_results_row_is_the_shipped_metrics(folder):
+    row = "| " + " | ".join(table_row(json.loads((folder / "metrics.json").read_text()))) + " |"
+    assert row in (REPO / "README.md").read_text()
