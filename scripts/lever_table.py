@@ -22,13 +22,7 @@ from pneumo.models.bundle import load_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("PNEUMO_RUNS", REPO / "runs"))  # as scripts/train_seeds.sh
-
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def group_probs(runs, images):
-    return [softmax(predict_logits(load_bundle(r).model.to(DEVICE), images.images)) for r in runs]
 
 
 def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
@@ -37,7 +31,8 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
         lever = run.name[len(f"pneumo-{kind}-"):].rsplit("-s", 1)[0]
         groups.setdefault(lever, []).append(run)
     groups = {k: [r for r in v if (r / "model.pt").is_file()] for k, v in groups.items()}
-    groups = {k: v for k, v in groups.items() if v}  # levers still training have no finished run yet
+    # Levers still training have no finished run yet; each bundle is loaded once.
+    groups = {k: [load_bundle(r) for r in v] for k, v in groups.items() if v}
     sets = {}  # validation images per input size (a lever may change the size)
 
     def validation(size: int):
@@ -46,19 +41,19 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
                                           split_file=REPO / "splits" / "internal.csv")
         return sets[size]
 
-    val = validation(load_bundle(next(iter(groups.values()))[0]).size)
+    val = validation(next(iter(groups.values()))[0].size)
     _, patient_index = np.unique(val.patients, return_inverse=True)
     rng = np.random.default_rng(0)
     draws = [np.bincount(rng.integers(0, patient_index.max() + 1, patient_index.max() + 1),
                          minlength=patient_index.max() + 1)[patient_index] for _ in range(1000)]
     rows, baseline_correct = [], None
-    for name, runs in groups.items():
-        images = validation(load_bundle(runs[0]).size)
+    for name, bundles in groups.items():
+        images = validation(bundles[0].size)
         assert np.array_equal(images.paths, val.paths), "validation images differ between input sizes"
-        probs = group_probs(runs, images)
+        probs = [softmax(predict_logits(b.model.to(DEVICE), images.images)) for b in bundles]
         per_seed = [summarize(val.labels, p) for p in probs]
         ensemble_correct = np.mean(probs, axis=0).argmax(1) == val.labels
-        row = {"lever": name, "seeds": len(runs)}
+        row = {"lever": name, "seeds": len(bundles)}
         for key in ("accuracy", "macro_f1", "loss", "recall_normal", "recall_viral"):
             values = np.array([m[key] for m in per_seed])
             row[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
