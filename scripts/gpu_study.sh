@@ -1,29 +1,26 @@
 #!/usr/bin/env bash
-# The device-machine check of issue 3, prepared for a session that is lent a GPU:
-# the study's whole protocol (cnn 100 epochs + mobilenet_v2 50 epochs on the grouped 80/20
-# split of the shared training images) timed on one GPU, plus the pipeline/synthetic
-# throughput ratio. Copy the data and weights into the checkout first (git-ignored .carry/):
+# The device-machine check of issue 3: the study's whole protocol (cnn 100 epochs + mobilenet_v2
+# 50 epochs on the grouped 80/20 split of the shared training images, study defaults otherwise)
+# timed on one GPU, then benchmarks/train_throughput.py's pipeline/synthetic ratio there.
+# Copy the data and weights into the checkout first (git-ignored .carry/):
 #   mkdir -p .carry && cp -r ../shared/datasets/chest_xray .carry/ && cp ../shared/weights/mobilenet_v2_imagenet.pth .carry/
-# then run it with carry=[".carry"] and read the figures from $OUT.
+# `pneumo` must be on the PATH (scripts/gpu_session.sh sees to that and brings the results back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out/gpu}
-mkdir -p "$OUT"
-# The GPU image has torch, lightning, sklearn, OpenCV, typer and rich; nothing can be fetched there,
-# and training needs nothing else (pydicom, grad-cam and FastAPI are imported only when used).
-python3 -m pip install --quiet --no-deps --no-build-isolation -e .
-export PNEUMO_DATA=.carry/chest_xray PNEUMO_CACHE=/tmp/pneumo-cache PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  start=$(date +%s.%N)
-  pneumo train --model cnn --epochs 100 --accelerator gpu --precision bf16-mixed --runs-dir /tmp/runs --name cnn --quiet
-  mid=$(date +%s.%N)
-  pneumo train --model mobilenet_v2 --pretrained .carry/mobilenet_v2_imagenet.pth --epochs 50 --accelerator gpu \
-    --precision bf16-mixed --runs-dir /tmp/runs --name mobilenet --quiet
-  end=$(date +%s.%N)
-  echo "cnn 100 epochs: $(echo "$mid - $start" | bc) s; mobilenet_v2 50 epochs: $(echo "$end - $mid" | bc) s;" \
-       "total $(echo "$end - $start" | bc) s (the study: 5877 s)"
-  python benchmarks/train_throughput.py --accelerator gpu --precision bf16-mixed --steps 50
-} 2>&1 | tee "$OUT/gpu_study.log"
-cp /tmp/runs/cnn/history.csv "$OUT/cnn_history.csv"
-cp /tmp/runs/mobilenet/history.csv "$OUT/mobilenet_history.csv"
+runs=${PNEUMO_RUNS:-/tmp/pneumo-runs}/study
+export PNEUMO_DATA=.carry/chest_xray PYTHONUNBUFFERED=1
+# PNEUMO_DEVICE_FLAGS="--accelerator cpu --epochs 1 --max-train-images 32" makes a quick CPU rehearsal.
+read -r -a device <<< "${PNEUMO_DEVICE_FLAGS:---accelerator gpu --precision bf16-mixed}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+pneumo prepare --data "$PNEUMO_DATA" --size 128 --cache-dir cache
+start=$(date +%s.%N)
+pneumo train --model cnn --epochs 100 --runs-dir "$runs" --name cnn --quiet "${device[@]}"
+mid=$(date +%s.%N)
+pneumo train --model mobilenet_v2 --pretrained .carry/mobilenet_v2_imagenet.pth --epochs 50 --runs-dir "$runs" \
+  --name mobilenet --quiet "${device[@]}"
+end=$(date +%s.%N)
+python3 -c "import sys; a, b, c = map(float, sys.argv[1:]); print(f'cnn 100 epochs: {b - a:.1f} s; '
+  f'mobilenet_v2 50 epochs: {c - b:.1f} s; total {c - a:.1f} s (the study: 5877 s)')" "$start" "$mid" "$end"
+if [[ -z ${PNEUMO_DEVICE_FLAGS:-} ]]; then
+  python3 benchmarks/train_throughput.py --accelerator gpu --precision bf16-mixed --steps 50
+fi
