@@ -2,7 +2,8 @@
 # Everything a session lent the GPU machine does there, in one call of at most 10 minutes:
 #   scripts/gpu_ship.sh train   the shipped recipes' seeds (issue 6; finalize runs anywhere after)
 #   scripts/gpu_study.sh        the study's protocol timed, and the pipeline/synthetic ratio (issue 3)
-# Each step has its own time limit, so what finished comes back even when a step runs long.
+# PNEUMO_SESSION_STEPS picks the steps ("ship study"); one session's 15 minutes of device time fit
+# one of them. Each step has its own time limit, so what finished comes back when a step runs long.
 # The device returns at most 8 files from $OUT: the six seeds' bundles, one tarball of the run
 # folders without checkpoints or bundles (histories, configs, environments, curves, summaries)
 # and this log. Unpack with: tar -xzf runs.tar.gz -C runs/ and put each <run>.pt at runs/ship/<run>/model.pt.
@@ -11,6 +12,7 @@
 # The tree that travels is limited to 64 MiB, and the data, weights and models/ together exceed
 # that: move models/ out of the checkout for the call (nothing here reads it).
 set -uo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder that comes back}"
 export PNEUMO_RUNS=/tmp/pneumo-runs PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/pneumo-bin:$PATH
@@ -27,8 +29,12 @@ step() {  # step <seconds> <command...>: run it with a time limit, report how it
 }
 main() {
   echo "commit ${1:-unknown}; $(date -u)"
-  step "${PNEUMO_SHIP_LIMIT:-220}" scripts/gpu_ship.sh train
-  step "${PNEUMO_STUDY_LIMIT:-300}" scripts/gpu_study.sh
+  for name in ${PNEUMO_SESSION_STEPS:-ship study}; do
+    case $name in
+      ship) step "${PNEUMO_SHIP_LIMIT:-330}" scripts/gpu_ship.sh train ;;
+      study) step "${PNEUMO_STUDY_LIMIT:-480}" scripts/gpu_study.sh ;;
+    esac
+  done
   for bundle in "$PNEUMO_RUNS"/ship/*/model.pt; do
     cp "$bundle" "$OUT/$(basename "$(dirname "$bundle")").pt"
   done

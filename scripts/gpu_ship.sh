@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 6 on the device machine (one GPU), in phases (default: train finalize):
-#   train     3 seeds of both shipped recipes -> $PNEUMO_RUNS/ship/ (6 runs at once)
+#   train     3 seeds of both shipped recipes, one run at a time -> $PNEUMO_RUNS/ship/
 #   finalize  scripts/finalize_shipped.py for both -> models/
 #   levers    3 seeds of the MobileNet recipe at 128 px and of each training lever, then
 #             scripts/lever_table.py -> models/pneumo-mobilenet/training_levers.json
@@ -41,19 +41,19 @@ for size in 128 224; do pneumo prepare --data "$data" --size "$size" --cache-dir
 for phase in "${phases[@]}"; do
   case $phase in
     train)
-      # Both recipes at once, three seeds each: six small runs share the GPU.
-      export PNEUMO_JOBS=3
-      PNEUMO_TRAIN_FLAGS="$gpu $mobilenet" train ship-mobilenet ship pneumo-mobilenet configs/pneumo-mobilenet.yaml &
-      mobilenet_pid=$!
+      # One run at a time: runs sharing a GPU are time-sliced, and these small models are bound by
+      # per-step overhead. Three 224 px MobileNets at once took 24 s per 1024-image epoch each,
+      # one 128 px MobileNet alone 1.2 s (benchmarks/gpu-h100-2026-11-26/smoke.log).
+      export PNEUMO_JOBS=1
+      PNEUMO_TRAIN_FLAGS="$gpu $mobilenet" train ship-mobilenet ship pneumo-mobilenet configs/pneumo-mobilenet.yaml
       PNEUMO_TRAIN_FLAGS="$gpu" train ship-cnn ship pneumo-cnn configs/pneumo-cnn.yaml
-      wait "$mobilenet_pid"
       ;;
     finalize)
       python scripts/finalize_shipped.py mobilenet "$data"
       python scripts/finalize_shipped.py cnn "$data"
       ;;
     levers)
-      export PNEUMO_TRAIN_FLAGS="$gpu $mobilenet" PNEUMO_JOBS=6
+      export PNEUMO_TRAIN_FLAGS="$gpu $mobilenet" PNEUMO_JOBS=1
       for lever in "${LEVERS[@]}"; do
         # shellcheck disable=SC2086  # the flags are separate words
         train "${lever%% *}" levers "pneumo-mobilenet-${lever%% *}" configs/pneumo-mobilenet.yaml ${lever#* }
