@@ -53,6 +53,15 @@ def test_predict_json_with_bad_file_and_gradcam(tiny_run, shared_images, tmp_pat
     assert "broken.jpeg: not a recognised image" in " ".join(result.stderr.split())
 
 
+def test_explain_after_predict_on_the_same_predictor(tiny_run, shared_images):
+    """The server predicts and explains with one model in any order: inference must leave it usable for gradients."""
+    predictor = Predictor(tiny_run)
+    files = [str(p) for p in shared_images[:2]]
+    for _ in range(2):
+        heatmaps = predictor.explain(predictor.predict_files(files))
+        assert len(heatmaps) == 2 and all(np.isfinite(h).all() and h.max() > 0 for h in heatmaps)
+
+
 def test_predict_folder_csv_onnx(tiny_run, exported, shared_data):
     folder = shared_data / "train" / "NORMAL"
     pattern = str(folder / "IM-011*.jpeg")
