@@ -50,7 +50,7 @@ def section(folder: Path) -> list[str]:
     if training_levers.is_file():
         lines += ["", "### Training levers, three seeds each, on validation (uncalibrated; mean ± sd over seeds)", "",
                   "| Recipe | Seeds | Accuracy | Macro-F1 | Loss | Recall normal | Recall viral | "
-                  "Ensemble accuracy difference vs shipped (95% CI) |", "|---|---|---|---|---|---|---|---|"]
+                  "Ensemble accuracy difference vs baseline (95% CI) |", "|---|---|---|---|---|---|---|---|"]
         for row in json.loads(training_levers.read_text()):
             stats = " | ".join(f"{row[k]['mean']:.4f} ± {row[k]['sd']:.4f}"
                                for k in ("accuracy", "macro_f1", "loss", "recall_normal", "recall_viral"))

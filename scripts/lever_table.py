@@ -1,6 +1,9 @@
-"""Compare training levers on validation: each lever's three seeds against the shipped recipe's.
+"""Compare training levers on validation: each lever's three seeds against the baseline's.
 
     python scripts/lever_table.py mobilenet      # writes models/pneumo-mobilenet/training_levers.json
+
+The runs are runs/levers/pneumo-<kind>-<lever>-s<seed>/ (scripts/train_lever.sh); the lever
+called "baseline" is the recipe the others change one thing of (MobileNet at 128 px).
 
 For each group of runs it reports the mean ± sd over seeds of validation accuracy, macro-F1 and
 loss (uncalibrated, most probable class), and a 95% patient-bootstrap interval of the
@@ -26,13 +29,15 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
-    groups = {"shipped recipe": sorted((RUNS / "ship").glob(f"pneumo-{kind}-s*"))}
+    groups = {"baseline": []}  # first: the reference of every difference
     for run in sorted((RUNS / "levers").glob(f"pneumo-{kind}-*-s*")):
         lever = run.name[len(f"pneumo-{kind}-"):].rsplit("-s", 1)[0]
         groups.setdefault(lever, []).append(run)
     groups = {k: [r for r in v if (r / "model.pt").is_file()] for k, v in groups.items()}
     # Levers still training have no finished run yet; each bundle is loaded once.
     groups = {k: [load_bundle(r) for r in v] for k, v in groups.items() if v}
+    if "baseline" not in groups:
+        sys.exit(f"no finished runs/levers/pneumo-{kind}-baseline-s*/ runs; see scripts/train_lever.sh")
     sets = {}  # validation images per input size (a lever may change the size)
 
     def validation(size: int):
