@@ -1,6 +1,6 @@
 """Time ``evaluate`` on 624 images at 128 px, bootstrap (1000 patient resamples) included.
 
-    python benchmarks/evaluate_speed.py --model runs/x
+    python benchmarks/evaluate_speed.py --model runs/x [--backend onnx]
 
 Target (issue 4): under 10 s on the 2-core CPU. 624 internal-test images stand in for the
 archive's test split (same count), which is not available here.
@@ -20,6 +20,7 @@ SPLIT = Path(__file__).resolve().parents[1] / "splits" / "internal.csv"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
     started = time.perf_counter()
@@ -27,9 +28,9 @@ def main() -> None:
     images, _ = select_images(Path(args.data), size=bundle.size, cache_dir=Path("cache"), role="test", split_file=SPLIT)
     images = images.subset(slice(0, 624))
     loaded = time.perf_counter()
-    metrics, _ = evaluate(bundle, images, resamples=1000)
+    metrics, _ = evaluate(bundle, images, resamples=1000, backend=args.backend)
     done = time.perf_counter()
-    print(f"model {bundle.model_id}; {metrics['images']} images of {metrics['patients']} patients; {os.cpu_count()} cores")
+    print(f"model {bundle.model_id} ({args.backend}); {metrics['images']} images of {metrics['patients']} patients; {os.cpu_count()} cores")
     print(f"load model + cached images: {loaded - started:.2f} s; inference + metrics + 1000-resample bootstrap: "
           f"{done - loaded:.2f} s; total {done - started:.2f} s")
 

@@ -1,6 +1,7 @@
 """evaluate, compare, experiment epochs and report, end to end on tiny models trained on real images."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,26 @@ def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path)
                                  str(cache_dir), "--out", str(tmp_path)])
     assert failed.exit_code == 2
     assert "no 'test' images in the archive's test/ folder" in failed.output and "--split-file" in failed.output
+
+
+def test_evaluate_with_the_onnx_backend(tiny_run, tiny_run_b, shared_data, cache_dir, tmp_path):
+    """--backend onnx gives the PyTorch figures, and refuses a missing or stale export by name."""
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(tiny_run / "model.pt", model / "model.pt")
+    common = ["--data", shared_data, "--cache-dir", cache_dir, "--split-file", tiny_run / "split.csv",
+              "--resamples", 100, "--json"]
+    missing = runner.invoke(app, ["evaluate", str(model), "--backend", "onnx", *map(str, common)])
+    assert missing.exit_code != 0 and "no ONNX model" in missing.output and "model.onnx" in missing.output
+    invoke("export", model, "--format", "onnx")
+    by_torch = json.loads(invoke("evaluate", model, "--out", tmp_path / "torch", *common))
+    by_onnx = json.loads(invoke("evaluate", model, "--backend", "onnx", "--out", tmp_path / "onnx", *common))
+    assert by_onnx["backend"] == "onnx" and by_torch["backend"] == "torch"
+    for name in ("accuracy", "loss", "macro_f1", "ece", "macro_auc"):
+        assert by_onnx[name] == pytest.approx(by_torch[name], abs=1e-4)
+    shutil.copy(tiny_run_b / "model.pt", model / "model.pt")  # new weights, old export
+    stale = runner.invoke(app, ["evaluate", str(model), "--backend", "onnx", *map(str, common)])
+    assert stale.exit_code != 0 and "exported from other weights" in " ".join(stale.output.split())
 
 
 def test_compare_two_models(tiny_run, tiny_run_b, shared_data, cache_dir, tmp_path):
