@@ -76,3 +76,15 @@ def test_bundle_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "model.pt")
     with pytest.raises(ModelFileError, match="not a pneumo model bundle"):
         load_bundle(tmp_path)
+
+
+def test_bundle_is_stored_in_the_standard_layout(tmp_path):
+    """Training and inference keep weights in channels_last; the bundle file must not depend on that."""
+    model = create_model("cnn")
+    standard, channels_last = tmp_path / "standard" / "model.pt", tmp_path / "channels_last" / "model.pt"
+    save_bundle(standard, model, model_name="cnn", size=128)
+    model.to(memory_format=torch.channels_last)
+    save_bundle(channels_last, model, model_name="cnn", size=128)
+    assert standard.read_bytes() == channels_last.read_bytes()
+    state = torch.load(channels_last, weights_only=True)["state_dict"]
+    assert all(tensor.is_contiguous() for tensor in state.values())

@@ -88,7 +88,10 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
         size: input side in pixels.
         **extra: further metadata (``id``, ``training``, ``temperature``, ``operating_point``, ...).
     """
-    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    # Always the standard layout, whatever the model was trained or run in (channels_last), so
+    # that the file is the same for the same weights and loads anywhere, safetensors included.
+    state = {name: tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+             for name, tensor in model.state_dict().items()}
     metadata = {
         "model_name": model_name,
         "classes": list(CLASSES),

@@ -77,7 +77,10 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.config = TrainConfig.from_dict(config)
+        # channels_last weights to match the channels_last batches (on_after_batch_transfer): with
+        # only the input in that layout, each convolution converts one of them on every step.
         self.model = create_model(self.config.model, num_classes=len(CLASSES), pretrained=self.config.pretrained)
+        self.model.to(memory_format=torch.channels_last)
         self.classifier_prefix = "model." + get_spec(self.config.model).classifier
         self.augment = AugmentConfig(self.config.rotation, self.config.shift, self.config.zoom,
                                      self.config.brightness, self.config.contrast, self.config.gamma)
