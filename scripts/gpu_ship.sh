@@ -12,7 +12,10 @@ cd "$(dirname "$0")/.."
 phases=("$@")
 (( ${#phases[@]} )) || phases=(train finalize)
 data=.carry/chest_xray
-export PNEUMO_RUNS=${PNEUMO_RUNS:-/tmp/pneumo-runs} PYTHONUNBUFFERED=1
+# One run at a time: runs sharing a GPU are time-sliced, and these small models are bound by
+# per-step overhead. Three 224 px MobileNets at once took 24 s per 1024-image epoch each, one
+# 128 px MobileNet alone 1.2 s (benchmarks/gpu-h100-2026-11-26/smoke.log).
+export PNEUMO_RUNS=${PNEUMO_RUNS:-/tmp/pneumo-runs} PNEUMO_JOBS=1 PYTHONUNBUFFERED=1
 # PNEUMO_DEVICE_FLAGS="--accelerator cpu --epochs 1 --max-train-images 32" makes a quick CPU rehearsal.
 gpu="${PNEUMO_DEVICE_FLAGS:---accelerator gpu --precision bf16-mixed} --data $data"
 mobilenet="--pretrained .carry/mobilenet_v2_imagenet.pth"
@@ -41,10 +44,6 @@ for size in 128 224; do pneumo prepare --data "$data" --size "$size" --cache-dir
 for phase in "${phases[@]}"; do
   case $phase in
     train)
-      # One run at a time: runs sharing a GPU are time-sliced, and these small models are bound by
-      # per-step overhead. Three 224 px MobileNets at once took 24 s per 1024-image epoch each,
-      # one 128 px MobileNet alone 1.2 s (benchmarks/gpu-h100-2026-11-26/smoke.log).
-      export PNEUMO_JOBS=1
       PNEUMO_TRAIN_FLAGS="$gpu $mobilenet" train ship-mobilenet ship pneumo-mobilenet configs/pneumo-mobilenet.yaml
       PNEUMO_TRAIN_FLAGS="$gpu" train ship-cnn ship pneumo-cnn configs/pneumo-cnn.yaml
       ;;
@@ -53,7 +52,7 @@ for phase in "${phases[@]}"; do
       python scripts/finalize_shipped.py cnn "$data"
       ;;
     levers)
-      export PNEUMO_TRAIN_FLAGS="$gpu $mobilenet" PNEUMO_JOBS=1
+      export PNEUMO_TRAIN_FLAGS="$gpu $mobilenet"
       for lever in "${LEVERS[@]}"; do
         # shellcheck disable=SC2086  # the flags are separate words
         train "${lever%% *}" levers "pneumo-mobilenet-${lever%% *}" configs/pneumo-mobilenet.yaml ${lever#* }

@@ -72,11 +72,11 @@ def onnx_logits(bundle: Bundle, images: np.ndarray) -> np.ndarray:
     """
     from pneumo.predict import Predictor
 
-    onnx = Path(bundle.path).parent / "model.onnx"
-    predictor = Predictor(onnx, backend="onnx")
+    folder = Path(bundle.path).parent
+    predictor = Predictor(folder / "model.onnx", backend="onnx")
     if predictor.metadata.get("source_bundle_sha256") != bundle.file_sha256:
-        raise ModelFileError(f"{onnx} was exported from other weights than {bundle.path}; "
-                             f"run 'pneumo export {Path(bundle.path).parent} --format onnx' again")
+        raise ModelFileError(f"{folder / 'model.onnx'} was exported from other weights than {bundle.path}; "
+                             f"run 'pneumo export {folder} --format onnx' again")
     return predictor.logits(images)
 
 
@@ -86,8 +86,10 @@ def predict_set(bundle: Bundle, data: PreparedData, *, adapt: bool = False,
 
     ``backend`` "onnx" runs the export beside the bundle instead of the bundle's PyTorch model.
     """
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"The 'backend' must be one of ('torch', 'onnx'). Got {backend!r} instead.")
+    from pneumo.predict import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
     if data.size != bundle.size:
         raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
     logits = onnx_logits(bundle, data.images) if backend == "onnx" else predict_logits(bundle.model, data.images)
