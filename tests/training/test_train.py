@@ -66,6 +66,15 @@ def test_mixup_and_intensity_augmentation_train_and_are_recorded(shared_data, ca
     assert bad.exit_code == 2 and "'mixup' option must be >= 0" in bad.output
 
 
+def test_progress_bar_shows_losses_and_throughput(shared_data, cache_dir, tmp_path):
+    result = runner.invoke(app, [
+        "train", "--model", "cnn", "--epochs", "2", "--max-train-images", "64", "--size", "64", "--data",
+        str(shared_data), "--cache-dir", str(cache_dir), "--runs-dir", str(tmp_path), "--name", "bar",
+        "--accelerator", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert all(shown in result.output for shown in ("Epoch 1/1", "train_loss", "val_loss", "val_acc", "img/s"))
+
+
 def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):
     config = TrainConfig(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
                          accelerator="cpu", seed=7)

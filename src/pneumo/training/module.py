@@ -86,8 +86,9 @@ class Classifier(L.LightningModule):
                                      self.config.brightness, self.config.contrast, self.config.gamma)
         self.register_buffer("class_weight", torch.tensor(weights) if weights else torch.ones(len(CLASSES)))
         self._generator: torch.Generator | None = None
-        self._epoch_started = 0.0
+        self._epoch_started = self._last_step = 0.0
         self._epoch_images = 0
+        self._sums = torch.zeros(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, S, S) in [0, 1]
         return self.model(x)
@@ -114,6 +115,7 @@ class Classifier(L.LightningModule):
         self._generator = None
         torch.manual_seed(self.config.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
         self._epoch_started, self._epoch_images = time.perf_counter(), 0
+        self._sums = torch.zeros(2, device=self.device)  # loss x images, correct predictions
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -129,12 +131,21 @@ class Classifier(L.LightningModule):
         else:
             logits = self(images)
             loss = self._loss(logits, labels, self.config.label_smoothing)
+        # Sums on the device, logged once per epoch: each self.log call costs ~0.8 ms of Lightning
+        # bookkeeping on the 2-core CPU, against a ~5 ms step for the cnn on an H100.
+        self._sums += torch.stack([loss.detach().float() * len(labels), (logits.argmax(1) == labels).sum().float()])
         self._epoch_images += len(labels)
-        throughput = self._epoch_images / max(time.perf_counter() - self._epoch_started, 1e-9)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train_acc", (logits.argmax(1) == labels).float().mean(), on_epoch=True, on_step=False, sync_dist=True)
-        self.log("img_s", throughput, on_step=True, on_epoch=False, prog_bar=True)
+        self._last_step = time.perf_counter()
+        if self.trainer.is_last_batch:
+            mean_loss, accuracy = self._sums / self._epoch_images
+            self.log("train_loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+            self.log("train_acc", accuracy, on_step=False, on_epoch=True, sync_dist=True)
         return loss
+
+    @property
+    def images_per_second(self) -> float:
+        """Training images per second of this epoch so far, or of the last one during validation (this process)."""
+        return self._epoch_images / max(self._last_step - self._epoch_started, 1e-9)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch

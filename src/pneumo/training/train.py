@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import yaml
 from sklearn.model_selection import train_test_split
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from pneumo.config import TrainConfig
 from pneumo.data.cache import PreparedData, prepare_folder
 from pneumo.data.splits import Split, load_split, make_split, save_split
 from pneumo.errors import PneumoError
 from pneumo.models.bundle import BUNDLE_NAME, save_bundle
-from pneumo.training.callbacks import AtomicCheckpointIO, History
+from pneumo.training.callbacks import AtomicCheckpointIO, History, ThroughputBar
 from pneumo.training.module import Classifier, XrayDataModule, class_weights
 
 CONFIG_NAME = "config.yaml"
@@ -134,7 +134,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     if config.early_stopping > 0:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping))
     if progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(ThroughputBar(leave=True))
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
