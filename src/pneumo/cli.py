@@ -224,6 +224,8 @@ def train(
     strategy: Annotated[Optional[str], typer.Option(help="auto or ddp (several GPUs or nodes).")] = None,
     num_nodes: Annotated[Optional[int], typer.Option(help="Nodes for DDP.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed (GPU) or 16-mixed.")] = None,
+    compile: Annotated[Optional[str], typer.Option("--compile", help="torch.compile the model: off (default), default, reduce-overhead (CUDA graphs) or max-autotune.")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="Repeatable algorithms (default); --no-deterministic lets cuDNN pick the fastest.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data folder; default $PNEUMO_DATA or data/chest_xray.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Preprocessing cache; default $PNEUMO_CACHE or cache/.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A YAML preset; flags override it.")] = None,
@@ -245,7 +247,7 @@ def train(
         size=size, split=split, val_fraction=val_fraction, holdout=holdout, split_file=split_file, rotation=rotation,
         shift=shift, zoom=zoom, brightness=brightness, contrast=contrast, gamma=gamma, mixup=mixup,
         max_train_images=max_train_images, accelerator=accelerator, devices=devices,
-        strategy=strategy, num_nodes=num_nodes, precision=precision,
+        strategy=strategy, num_nodes=num_nodes, precision=precision, compile=compile, deterministic=deterministic,
         data=str(data) if data else None, cache_dir=str(cache_dir) if cache_dir else None,
     )
     try:

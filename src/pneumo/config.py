@@ -16,6 +16,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
 CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
+    compile: str = "off"  # torch.compile mode of the model; "reduce-overhead" adds CUDA graphs on a GPU
+    deterministic: bool = True  # False lets cuDNN choose the fastest algorithms: faster GPU runs, not repeatable
     data: str = "data/chest_xray"
     cache_dir: str = "cache"
     tags: dict[str, str] = field(default_factory=dict)
@@ -66,6 +69,7 @@ class TrainConfig:
             ("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             ("class_weights", self.class_weights in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
             ("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}"),
+            ("compile", self.compile in COMPILE_MODES, f"one of {COMPILE_MODES}"),
             ("split", self.split in ("grouped", "random"), "'grouped' or 'random'"),
             ("bundle_weights", self.bundle_weights in ("best", "last"), "'best' or 'last'"),
             ("epochs", self.epochs >= 1, "at least 1"),

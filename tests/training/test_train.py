@@ -75,6 +75,18 @@ def test_progress_bar_shows_losses_and_throughput(shared_data, cache_dir, tmp_pa
     assert all(shown in result.output for shown in ("Epoch 1/1", "train_loss", "val_loss", "val_acc", "img/s"))
 
 
+def test_compiled_training_keeps_plain_weight_names(shared_data, cache_dir, tmp_path):
+    """--compile compiles the model in place: checkpoints and bundles load into an uncompiled model."""
+    config = TrainConfig(model="cnn", epochs=1, max_train_images=64, size=64, data=str(shared_data),
+                         cache_dir=str(cache_dir), accelerator="cpu", compile="default", deterministic=False)
+    result = train(config, tmp_path / "compiled", progress_bar=False)
+    bundle = load_bundle(result.bundle)  # strict: would fail on "_orig_mod." names
+    assert bundle.metadata["training"]["config"]["compile"] == "default"
+    assert 0 < result.val_loss < 10 and 0 < float(history(tmp_path / "compiled")[0]["train_loss"]) < 10
+    with pytest.raises(ValueError, match="'compile' option must be one of"):
+        config.replace(compile="fast")
+
+
 def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):
     config = TrainConfig(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
                          accelerator="cpu", seed=7)

@@ -138,7 +138,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
-        deterministic="warn", callbacks=callbacks, logger=False, default_root_dir=run_dir,
+        deterministic="warn" if config.deterministic else False, benchmark=not config.deterministic,
+        callbacks=callbacks, logger=False, default_root_dir=run_dir,
         num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], enable_progress_bar=progress_bar,
         enable_model_summary=False, log_every_n_steps=1,
     )
