@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The device-machine check of issue 3: the study's whole protocol (cnn 100 epochs + mobilenet_v2
 # 50 epochs on the grouped 80/20 split of the shared training images, study defaults otherwise)
-# timed on one GPU, after benchmarks/train_throughput.py's pipeline/synthetic ratio there.
+# timed on one GPU, then benchmarks/train_throughput.py's pipeline/synthetic ratio there.
+#
+# The protocol runs first, so that torch.compile starts from an empty cache and its compilation
+# time is part of the figure; the models train one after the other (runs sharing a GPU are
+# time-sliced: benchmarks/gpu-h100-2026-11-26/smoke.log). Speed options: bf16, cuDNN free to
+# choose algorithms, and torch.compile in mode PNEUMO_STUDY_COMPILE (default reduce-overhead:
+# CUDA graphs); a model whose compiled run fails is run again without it, and the log says so.
 # Copy the data and weights into the checkout first (git-ignored .carry/):
 #   mkdir -p .carry && cp -r ../shared/datasets/chest_xray .carry/ && cp ../shared/weights/mobilenet_v2_imagenet.pth .carry/
 # `pneumo` must be on the PATH (scripts/gpu_session.sh sees to that and brings the results back).
@@ -11,16 +17,30 @@ runs=${PNEUMO_RUNS:-/tmp/pneumo-runs}/study
 export PNEUMO_DATA=.carry/chest_xray PYTHONUNBUFFERED=1
 # PNEUMO_DEVICE_FLAGS="--accelerator cpu --epochs 1 --max-train-images 32" makes a quick CPU rehearsal.
 read -r -a device <<< "${PNEUMO_DEVICE_FLAGS:---accelerator gpu --precision bf16-mixed}"
+compile=${PNEUMO_STUDY_COMPILE:-reduce-overhead}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 pneumo prepare --data "$PNEUMO_DATA" --size 128 --cache-dir cache
+
+study() {  # study <name> <pneumo train flags...>: one model of the protocol, timed
+  local name=$1 start
+  shift
+  start=$(date +%s.%N)
+  if ! pneumo train "$@" --runs-dir "$runs" --name "$name" --quiet "${device[@]}" --no-deterministic --compile "$compile"
+  then
+    echo "!! $name failed with --compile $compile; again without it"
+    rm -rf "${runs:?}/$name"
+    pneumo train "$@" --runs-dir "$runs" --name "$name" --quiet "${device[@]}" --no-deterministic
+  fi
+  python3 -c "import sys, time; print(f'$name: {time.time() - float(sys.argv[1]):.1f} s')" "$start"
+}
+start=$(date +%s.%N)
+study cnn --model cnn --epochs 100
+study mobilenet --model mobilenet_v2 --pretrained .carry/mobilenet_v2_imagenet.pth --epochs 50
+python3 -c "import sys, time; print(f'protocol total {time.time() - float(sys.argv[1]):.1f} s, --compile $compile '
+  f'--no-deterministic (the study: 5877 s; eager and deterministic before the loop changes: 431 s)')" "$start"
+
 if [[ -z ${PNEUMO_DEVICE_FLAGS:-} ]]; then
+  python3 benchmarks/train_throughput.py --accelerator gpu --precision bf16-mixed --steps 50 --compile "$compile" \
+    --no-deterministic
   python3 benchmarks/train_throughput.py --accelerator gpu --precision bf16-mixed --steps 50
 fi
-start=$(date +%s.%N)
-pneumo train --model cnn --epochs 100 --runs-dir "$runs" --name cnn --quiet "${device[@]}"
-mid=$(date +%s.%N)
-pneumo train --model mobilenet_v2 --pretrained .carry/mobilenet_v2_imagenet.pth --epochs 50 --runs-dir "$runs" \
-  --name mobilenet --quiet "${device[@]}"
-end=$(date +%s.%N)
-python3 -c "import sys; a, b, c = map(float, sys.argv[1:]); print(f'cnn 100 epochs: {b - a:.1f} s; '
-  f'mobilenet_v2 50 epochs: {c - b:.1f} s; total {c - a:.1f} s (the study: 5877 s)')" "$start" "$mid" "$end"
