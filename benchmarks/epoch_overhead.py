@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pneumo.allocator import keep_freed_memory
 from pneumo.config import TrainConfig
 from pneumo.training.train import quiet_lightning, train
 
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
     quiet_lightning()
+    keep_freed_memory()
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=args.model, epochs=args.epochs, size=args.size, data=args.data,
                              cache_dir=os.environ.get("PNEUMO_CACHE", "cache"), max_train_images=args.steps * 32,

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from pneumo.allocator import keep_freed_memory
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.models.bundle import load_bundle
 
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
+    malloc = "keeps freed memory" if keep_freed_memory() else "system"
     started = time.perf_counter()
     bundle = load_bundle(args.model)
     images, _ = select_images(Path(args.data), size=bundle.size, cache_dir=Path("cache"), role="test", split_file=SPLIT)
@@ -30,7 +32,8 @@ def main() -> None:
     loaded = time.perf_counter()
     metrics, _ = evaluate(bundle, images, resamples=1000, backend=args.backend)
     done = time.perf_counter()
-    print(f"model {bundle.model_id} ({args.backend}); {metrics['images']} images of {metrics['patients']} patients; {os.cpu_count()} cores")
+    print(f"model {bundle.model_id} ({args.backend}); {metrics['images']} images of {metrics['patients']} patients; {os.cpu_count()} cores; "
+          f"malloc {malloc}")
     print(f"load model + cached images: {loaded - started:.2f} s; inference + metrics + 1000-resample bootstrap: "
           f"{done - loaded:.2f} s; total {done - started:.2f} s")
 

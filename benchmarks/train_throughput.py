@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pneumo.allocator import keep_freed_memory
 from pneumo.config import TrainConfig
 from pneumo.models import create_model
 from pneumo.training.train import quiet_lightning, train
@@ -83,10 +84,11 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
     quiet_lightning()
+    malloc = "keeps freed memory" if keep_freed_memory() else "system"
     device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; size {args.size}; batch {args.batch}; precision {args.precision}; "
-          f"compile {args.compile}; deterministic {args.deterministic}")
+          f"compile {args.compile}; deterministic {args.deterministic}; malloc {malloc}")
     print(f"{'model':<14} {'pipeline img/s':>15} {'synthetic img/s':>16} {'ratio':>6}")
     for model_name in args.models:
         real = pipeline(model_name, args.size, args.batch, args.steps, args.data, args.accelerator, args.precision,

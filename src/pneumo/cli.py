@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from pneumo import DISCLAIMER, paths
+from pneumo.allocator import keep_freed_memory
 from pneumo.console import console, errors, progress_bar, table
 from pneumo.errors import PneumoError
 from pneumo.labels import CLASSES
@@ -24,6 +25,12 @@ app = typer.Typer(
 DataOption = Annotated[Path, typer.Option("--data", "-d", help="Data folder (organized or archive layout); default $PNEUMO_DATA or data/chest_xray.")]
 CacheOption = Annotated[Path, typer.Option("--cache-dir", help="Preprocessing cache; default $PNEUMO_CACHE or cache/.")]
 SizeOption = Annotated[int, typer.Option("--size", help="Image side in pixels after resizing.")]
+
+
+@app.callback()
+def setup() -> None:
+    # Before any work: about 2x faster CPU training (pneumo.allocator says why).
+    keep_freed_memory()
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
