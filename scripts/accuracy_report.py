@@ -50,12 +50,13 @@ def section(folder: Path) -> list[str]:
     if training_levers.is_file():
         lines += ["", "### Training levers, three seeds each, on validation (uncalibrated; mean ± sd over seeds)", "",
                   "| Recipe | Seeds | Accuracy | Macro-F1 | Loss | Recall normal | Recall viral | "
-                  "Ensemble accuracy difference vs baseline (95% CI) |", "|---|---|---|---|---|---|---|---|"]
+                  "Ensemble accuracy difference (95% CI) |", "|---|---|---|---|---|---|---|---|"]
         for row in json.loads(training_levers.read_text()):
             stats = " | ".join(f"{row[k]['mean']:.4f} ± {row[k]['sd']:.4f}"
                                for k in ("accuracy", "macro_f1", "loss", "recall_normal", "recall_viral"))
             difference = row.get("ensemble_accuracy_difference_ci95")
-            shown = f"{difference[0]:+.3f} to {difference[1]:+.3f}" if difference else "(baseline)"
+            shown = (f"{difference[0]:+.3f} to {difference[1]:+.3f} vs {row.get('reference', 'baseline')}"
+                     if difference else "(baseline)")
             lines.append(f"| {row['lever']} | {row['seeds']} | {stats} | {shown} |")
     lines += ["", f"Temperature {levers['temperature']:.4f}; operating point P(pneumonia) >= {levers['threshold']:.4f}.", ""]
     lines += prior_shift_section(on_val["prior_shift"])

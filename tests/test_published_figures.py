@@ -33,3 +33,11 @@ def test_accuracy_md_is_exactly_what_the_report_script_writes():
 def test_readme_results_row_is_the_shipped_metrics(folder):
     row = "| " + " | ".join(table_row(json.loads((folder / "metrics.json").read_text()))) + " |"
     assert row in (REPO / "README.md").read_text()
+
+
+def test_a_combined_lever_is_compared_with_the_lever_it_builds_on():
+    reference_of = load_script("lever_table").reference_of
+    levers = ["baseline", "mixup", "size-224", "size-224-stronger-augmentation", "stronger-augmentation"]
+    assert reference_of("size-224-stronger-augmentation", levers) == "size-224"
+    assert reference_of("stronger-augmentation", levers) == "baseline"
+    assert reference_of("size-224", levers) == "baseline"
