@@ -3,8 +3,8 @@
 #   scripts/gpu_ship.sh train   the shipped recipes' seeds (issue 6; finalize runs anywhere after)
 #   scripts/gpu_study.sh        the study's protocol timed, and the pipeline/synthetic ratio (issue 3)
 # PNEUMO_SESSION_STEPS picks the steps (default "ship study"); the study step alone took 8 of a
-# session's 15 minutes of device time on an H100. Each step has its own time limit, so what
-# finished comes back when a step runs long.
+# session's 15 minutes of device time on an H100, eager, before the loop's speed changes and
+# --compile. Each step has its own time limit, so what finished comes back when a step runs long.
 # The device returns at most 8 files from $OUT: the six seeds' bundles, one tarball of the run
 # folders without checkpoints or bundles (histories, configs, environments, curves, summaries)
 # and this log. Unpack with: tar -xzf runs.tar.gz -C runs/ and put each <run>.pt at runs/ship/<run>/model.pt.
