@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import GroupKFold
 
+from pneumo.allocator import keep_freed_memory
 from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
 from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature
@@ -211,4 +212,5 @@ def _targets(metrics) -> str:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()
     main(*sys.argv[1:])

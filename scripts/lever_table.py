@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumo.allocator import keep_freed_memory
 from pneumo.evaluation.evaluate import select_images
 from pneumo.evaluation.metrics import summarize
 from pneumo.inference import predict_logits, softmax
@@ -85,4 +86,5 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()
     main(*sys.argv[1:])
