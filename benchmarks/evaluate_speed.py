@@ -32,8 +32,8 @@ def main() -> None:
     loaded = time.perf_counter()
     metrics, _ = evaluate(bundle, images, resamples=1000, backend=args.backend)
     done = time.perf_counter()
-    print(f"model {bundle.model_id} ({args.backend}); {metrics['images']} images of {metrics['patients']} patients; {os.cpu_count()} cores; "
-          f"malloc {malloc}")
+    print(f"model {bundle.model_id} ({args.backend}); {metrics['images']} images of {metrics['patients']} patients; "
+          f"{os.cpu_count()} cores; malloc {malloc}")
     print(f"load model + cached images: {loaded - started:.2f} s; inference + metrics + 1000-resample bootstrap: "
           f"{done - loaded:.2f} s; total {done - started:.2f} s")
 
