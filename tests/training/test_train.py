@@ -76,10 +76,18 @@ def test_progress_bar_shows_losses_and_throughput(shared_data, cache_dir, tmp_pa
 
 
 def test_compiled_training_keeps_plain_weight_names(shared_data, cache_dir, tmp_path):
-    """--compile compiles the model in place: checkpoints and bundles load into an uncompiled model."""
+    """--compile compiles the model in place: checkpoints and bundles load into an uncompiled model.
+
+    Only the training step is compiled: validation (eval mode, a smaller last batch) runs eagerly.
+    """
+    from torch._dynamo.utils import counters
+
     config = TrainConfig(model="cnn", epochs=1, max_train_images=64, size=64, data=str(shared_data),
                          cache_dir=str(cache_dir), accelerator="cpu", compile="default", deterministic=False)
+    torch._dynamo.reset()
+    counters.clear()
     result = train(config, tmp_path / "compiled", progress_bar=False)
+    assert counters["stats"]["unique_graphs"] == 1  # one training graph; validation would add more
     bundle = load_bundle(result.bundle)  # strict: would fail on "_orig_mod." names
     assert bundle.metadata["training"]["config"]["compile"] == "default"
     assert 0 < result.val_loss < 10 and 0 < float(history(tmp_path / "compiled")[0]["train_loss"]) < 10

@@ -152,7 +152,10 @@ class Classifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
-        logits = self(images)
+        # The model's own forward, not its compiled call: validation is a few batches an epoch,
+        # and in eval mode, with a smaller last batch, it would need graphs (and CUDA graphs) of
+        # its own, whose compilation costs more than it saves.
+        logits = self.model.forward(images)
         # Validation loss is the plain categorical cross-entropy the study reports.
         loss = F.cross_entropy(logits, labels)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
