@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from sklearn.model_selection import GroupKFold
 
 from pneumo.allocator import keep_freed_memory
@@ -156,9 +157,10 @@ def main(kind: str, data: str = "../shared/datasets/chest_xray", cache: str = "c
     out = REPO / "models" / f"pneumo-{kind}"
     out.mkdir(parents=True, exist_ok=True)
     seeds_text = _seed_table(per_seed, chosen)
-    metadata = {key: bundle.metadata[key] for key in ("training",)}
+    # Where and with what it was trained: the run folder's environment.yaml, for the card.
+    environment = yaml.safe_load((runs[chosen] / "environment.yaml").read_text())
     extra = dict(
-        id=f"pneumo-{kind}", temperature=temperature, training=metadata["training"],
+        id=f"pneumo-{kind}", temperature=temperature, training={**bundle.metadata["training"], "environment": environment},
         operating_point={"pneumonia_threshold": threshold, "target_sensitivity": TARGET_SENSITIVITY,
                          "val_sensitivity": val_point["pneumonia_sensitivity"],
                          "val_specificity": val_point["pneumonia_specificity"]},

@@ -1,6 +1,7 @@
 """One small run of each remaining command: prepare, show-data, show-augment, card."""
 
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -62,3 +63,4 @@ def test_shipped_card_says_why_targets_are_missed(tmp_path):
     assert result.exit_code == 0, result.output
     text = (tmp_path / "card.md").read_text()
     assert "| no, by" in text and "Why targets are missed" in text and "Research software" in text
+    assert re.search(r"Training time: [\d.]+ s on \S+", text)  # where it was trained, from the run's environment

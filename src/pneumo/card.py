@@ -85,7 +85,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
             "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
             "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma", "mixup",
             "pretrained") if k in config) + ".",
-        f"- Training time: {training.get('train_seconds_total', '?')} s.",
+        f"- Training time: {training.get('train_seconds_total', '?')} s{_trained_on(training.get('environment'))}.",
     ]
     if metadata.get("seeds"):
         lines += ["", "## Seed spread (validation)", "", metadata["seeds"]]
@@ -121,3 +121,10 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
             lines += ["", _shortfall(evaluation, training, metadata["preprocessing"])]
     lines += ["", "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
     return "\n".join(lines)
+
+
+def _trained_on(environment: dict | None) -> str:
+    """' on <device> (torch <version>)', or nothing when the bundle does not say."""
+    if not environment:
+        return ""
+    return f" on {environment.get('device', '?')} (torch {environment.get('torch', '?')})"
