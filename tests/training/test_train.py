@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -149,3 +150,21 @@ def test_random_split_reports_leaked_patients(shared_data, cache_dir, tmp_path):
     leaked = load_bundle(tmp_path / "r").metadata["training"]["patient_overlap"]["train/val"]
     assert leaked > 100  # the study's image-level split puts hundreds of patients on both sides
     assert f"{leaked} patients have images in both training and validation" in " ".join(result.output.split())
+
+
+def test_training_batches_are_fetched_whole_and_match_per_image_fetching(shared_data, cache_dir):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pneumo.data.cache import prepare_folder
+    from pneumo.training.module import EpochShuffle, InMemoryImages, whole_batch
+
+    data = prepare_folder(shared_data, size=64, cache_dir=cache_dir).data
+    dataset = InMemoryImages(data, np.arange(0, len(data.labels), 7))
+    batched = DataLoader(dataset, batch_size=32, sampler=EpochShuffle(len(dataset), 1), collate_fn=whole_batch)
+    per_image = DataLoader(TensorDataset(dataset.images, dataset.labels), batch_size=32,
+                           sampler=EpochShuffle(len(dataset), 1))
+    pairs = list(zip(batched, per_image, strict=True))
+    assert len(pairs) == -(-len(dataset) // 32)
+    for (images, labels), (expected_images, expected_labels) in pairs:
+        assert images.dtype == torch.uint8 and images.shape[1:] == (1, 64, 64)
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
