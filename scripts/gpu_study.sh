@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The device-machine check of issue 3: the study's whole protocol (cnn 100 epochs + mobilenet_v2
-# 50 epochs on the grouped 80/20 split of the shared training images, study defaults otherwise)
-# timed on one GPU, then benchmarks/train_throughput.py's pipeline/synthetic ratio there.
+# The device-machine check of issue 3, in phases (default: protocol throughput):
+#   protocol    the study's whole protocol (cnn 100 epochs + mobilenet_v2 50 epochs on the grouped
+#               80/20 split of the shared training images, study defaults otherwise), timed on one GPU
+#   throughput  benchmarks/train_throughput.py's pipeline/synthetic ratio there, compiled and eager
+# "protocol protocol" times it with TorchInductor's on-disk cache empty, then warm.
 #
 # The protocol runs first, so that torch.compile starts from an empty cache and its compilation
 # time is part of the figure; the models train one after the other (runs sharing a GPU are
@@ -13,7 +15,9 @@
 # `pneumo` must be on the PATH (scripts/gpu_session.sh sees to that and brings the results back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${PNEUMO_RUNS:-/tmp/pneumo-runs}/study
+root=${PNEUMO_RUNS:-/tmp/pneumo-runs}
+phases=("$@")
+(( ${#phases[@]} )) || phases=(protocol throughput)
 export PNEUMO_DATA=.carry/chest_xray PYTHONUNBUFFERED=1
 # PNEUMO_DEVICE_FLAGS="--accelerator cpu --epochs 1 --max-train-images 32" makes a quick CPU rehearsal.
 read -r -a device <<< "${PNEUMO_DEVICE_FLAGS:---accelerator gpu --precision bf16-mixed}"
@@ -33,14 +37,32 @@ study() {  # study <name> <pneumo train flags...>: one model of the protocol, ti
   fi
   python3 -c "import sys, time; print(f'$name: {time.time() - float(sys.argv[1]):.1f} s')" "$start"
 }
-start=$(date +%s.%N)
-study cnn --model cnn --epochs 100
-study mobilenet --model mobilenet_v2 --pretrained .carry/mobilenet_v2_imagenet.pth --epochs 50
-python3 -c "import sys, time; print(f'protocol total {time.time() - float(sys.argv[1]):.1f} s, --compile $compile '
-  f'--no-deterministic (the study: 5877 s; eager and deterministic before the loop changes: 431 s)')" "$start"
+protocol() {  # the whole protocol once, timed; each repetition gets its own run folders
+  local start
+  start=$(date +%s.%N)
+  runs=$root/study$((++repetition))
+  # TorchInductor keeps compiled kernels on disk: the first run here compiles from nothing.
+  local cache="empty"
+  compgen -G "/tmp/torchinductor_*" > /dev/null && cache="warm"
+  study cnn --model cnn --epochs 100
+  study mobilenet --model mobilenet_v2 --pretrained .carry/mobilenet_v2_imagenet.pth --epochs 50
+  python3 -c "import sys, time; print(f'protocol total {time.time() - float(sys.argv[1]):.1f} s, --compile $compile '
+    f'--no-deterministic, compile cache $cache (the study: 5877 s; eager and deterministic before the loop '
+    f'changes: 431 s; compiled, cache empty, 2026-11-26: 258.6 s)')" "$start"
+}
 
-if [[ -z ${PNEUMO_DEVICE_FLAGS:-} ]]; then
+throughput() {
   python3 benchmarks/train_throughput.py --accelerator gpu --precision bf16-mixed --steps 50 --compile "$compile" \
     --no-deterministic
   python3 benchmarks/train_throughput.py --accelerator gpu --precision bf16-mixed --steps 50
-fi
+}
+
+repetition=0
+for phase in "${phases[@]}"; do
+  case $phase in
+    protocol) protocol ;;
+    # Needs a GPU: skipped in a CPU rehearsal (PNEUMO_DEVICE_FLAGS set).
+    throughput) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || throughput ;;
+    *) echo "unknown phase '$phase' (protocol or throughput)" >&2; exit 2 ;;
+  esac
+done
