@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from pneumo.cli import app
 from pneumo.config import TrainConfig
+from pneumo.data.cache import prepare_folder
 from pneumo.models.bundle import load_bundle
+from pneumo.training.module import EpochShuffle, InMemoryImages, whole_batch
 from pneumo.training.train import train
 
 runner = CliRunner()
@@ -153,11 +156,6 @@ def test_random_split_reports_leaked_patients(shared_data, cache_dir, tmp_path):
 
 
 def test_training_batches_are_fetched_whole_and_match_per_image_fetching(shared_data, cache_dir):
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from pneumo.data.cache import prepare_folder
-    from pneumo.training.module import EpochShuffle, InMemoryImages, whole_batch
-
     data = prepare_folder(shared_data, size=64, cache_dir=cache_dir).data
     dataset = InMemoryImages(data, np.arange(0, len(data.labels), 7))
     batched = DataLoader(dataset, batch_size=32, sampler=EpochShuffle(len(dataset), 1), collate_fn=whole_batch)
