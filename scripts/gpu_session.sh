@@ -2,11 +2,11 @@
 # Everything a session lent the GPU machine does there, in one call of at most 10 minutes:
 #   scripts/gpu_ship.sh train   the shipped recipes' seeds (issue 6; finalize runs anywhere after)
 #   scripts/gpu_study.sh        the study's protocol timed, and the pipeline/synthetic ratio (issue 3)
-# PNEUMO_SESSION_STEPS picks the steps (default "ship study"), PNEUMO_STUDY_PHASES the study's
-# phases (e.g. "protocol protocol": empty compile cache, then warm). On an H100 the ship step took
-# 400 s and the study step 364 s (protocol 259 s, compiled); a session has 15 minutes of device
-# time, machine start included. Each step has its own time limit, so what finished comes back
-# when a step runs long.
+# PNEUMO_SESSION_STEPS picks the steps (default "study"), PNEUMO_STUDY_PHASES the study's phases
+# (e.g. "protocol protocol": empty compile cache, then warm). On an H100 the ship step took 400 s
+# and the study step 364 s (protocol 259 s, compiled): a session's 15 minutes of device time,
+# machine start included, hold one call of each only when the machine stays warm between them.
+# Each step has its own time limit, so what finished comes back when a step runs long.
 # The device returns at most 8 files from $OUT: the six seeds' bundles, one tarball of the run
 # folders without checkpoints or bundles (histories, configs, environments, curves, summaries)
 # and this log. Unpack with: tar -xzf runs.tar.gz -C runs/ and put each <run>.pt at runs/ship/<run>/model.pt.
@@ -32,9 +32,9 @@ step() {  # step <seconds> <command...>: run it with a time limit, report how it
 }
 main() {
   echo "commit ${1:-unknown}; $(date -u)"
-  for name in ${PNEUMO_SESSION_STEPS:-ship study}; do
+  for name in ${PNEUMO_SESSION_STEPS:-study}; do
     case $name in
-      ship) step "${PNEUMO_SHIP_LIMIT:-330}" scripts/gpu_ship.sh train ;;
+      ship) step "${PNEUMO_SHIP_LIMIT:-430}" scripts/gpu_ship.sh train ;;
       # shellcheck disable=SC2086  # the phases are separate words
       study) step "${PNEUMO_STUDY_LIMIT:-480}" scripts/gpu_study.sh ${PNEUMO_STUDY_PHASES:-} ;;
     esac
