@@ -3,6 +3,7 @@
 #   protocol    the study's whole protocol (cnn 100 epochs + mobilenet_v2 50 epochs on the grouped
 #               80/20 split of the shared training images, study defaults otherwise), timed on one GPU
 #   throughput  benchmarks/train_throughput.py's pipeline/synthetic ratio there, compiled and eager
+#   compile     benchmarks/compile_time.py: compilation from an empty cache, training and validation
 # "protocol protocol" times it with TorchInductor's on-disk cache empty, then warm.
 #
 # The protocol runs first, so that torch.compile starts from an empty cache and its compilation
@@ -63,6 +64,8 @@ for phase in "${phases[@]}"; do
     protocol) protocol ;;
     # Needs a GPU: skipped in a CPU rehearsal (PNEUMO_DEVICE_FLAGS set).
     throughput) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || throughput ;;
-    *) echo "unknown phase '$phase' (protocol or throughput)" >&2; exit 2 ;;
+    compile) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || python3 benchmarks/compile_time.py --accelerator gpu \
+      --precision bf16-mixed --mode "$compile" ;;
+    *) echo "unknown phase '$phase' (protocol, throughput or compile)" >&2; exit 2 ;;
   esac
 done
