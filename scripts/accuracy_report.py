@@ -17,6 +17,7 @@ LABELS = {
 }
 SHIFT_LABELS = {
     "without_adaptation": "Temperature scaling, no adaptation",
+    "bias_corrected": "Bias-corrected temperature scaling (class biases too), no adaptation",
     "with_adaptation": "EM after bias-corrected temperature scaling (`--adapt-priors`)",
     "naive_em": "EM fed the training frequencies as priors (naive; not used)",
 }

@@ -82,7 +82,8 @@ def prior_shift_levers(logits, labels, patients, train_priors):
 
     Validation patients are split in two halves. Each half in turn is resampled (without
     replacement) to a shifted class mix and scored with calibration fitted on the other half:
-    plain temperature scaling (no adaptation); EM after bias-corrected temperature scaling (what
+    plain temperature scaling (no adaptation, what the shipped models do); bias-corrected
+    temperature scaling alone (per-class biases fitted with the temperature); EM after it (what
     ``--adapt-priors`` does); and EM fed the training frequencies as priors (the naive version,
     wrong for a class-weighted model). Pooled over both halves, with patient-bootstrap CIs.
     """
@@ -90,7 +91,7 @@ def prior_shift_levers(logits, labels, patients, train_priors):
     halves = list(GroupKFold(n_splits=2).split(logits, labels, patients))
     results = {}
     for name, shares in SHIFTS.items():
-        pooled = {"without_adaptation": [], "with_adaptation": [], "naive_em": []}
+        pooled = {"without_adaptation": [], "bias_corrected": [], "with_adaptation": [], "naive_em": []}
         chosen, estimates = [], []
         for fit, held in halves:
             temperature = fit_temperature(logits[fit], labels[fit])
@@ -105,6 +106,7 @@ def prior_shift_levers(logits, labels, patients, train_priors):
             plain = softmax(logits[take], temperature)
             adapted, estimated = adaptation.adapt(logits[take])
             pooled["without_adaptation"].append(plain)
+            pooled["bias_corrected"].append(adaptation.probabilities(logits[take]))
             pooled["with_adaptation"].append(adapted)
             pooled["naive_em"].append(adapt_priors(plain, train_priors)[0])
             chosen.append(take)
