@@ -4,6 +4,7 @@
 #               80/20 split of the shared training images, study defaults otherwise), timed on one GPU
 #   throughput  benchmarks/train_throughput.py's pipeline/synthetic ratio there, compiled and eager
 #   compile     benchmarks/compile_time.py: compilation from an empty cache, training and validation
+#   profile     benchmarks/profile_step.py: where the compiled cnn's training step spends its time
 # "protocol protocol" times it with TorchInductor's on-disk cache empty, then warm.
 #
 # The protocol runs first, so that torch.compile starts from an empty cache and its compilation
@@ -66,6 +67,8 @@ for phase in "${phases[@]}"; do
     throughput) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || throughput ;;
     compile) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || python3 benchmarks/compile_time.py --accelerator gpu \
       --precision bf16-mixed --mode "$compile" ;;
-    *) echo "unknown phase '$phase' (protocol, throughput or compile)" >&2; exit 2 ;;
+    profile) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || python3 benchmarks/profile_step.py --accelerator gpu \
+      --precision bf16-mixed --compile "$compile" --no-deterministic ;;
+    *) echo "unknown phase '$phase' (protocol, throughput, compile or profile)" >&2; exit 2 ;;
   esac
 done

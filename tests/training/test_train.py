@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -97,6 +98,20 @@ def test_compiled_training_keeps_plain_weight_names(shared_data, cache_dir, tmp_
     assert 0 < result.val_loss < 10 and 0 < float(history(tmp_path / "compiled")[0]["train_loss"]) < 10
     with pytest.raises(ValueError, match="'compile' option must be one of"):
         config.replace(compile="fast")
+
+
+def test_extra_callbacks_join_the_run(shared_data, cache_dir, tmp_path):
+    class CountSteps(L.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.steps += 1
+
+    counter = CountSteps()
+    config = TrainConfig(model="cnn", epochs=2, max_train_images=64, size=32, data=str(shared_data),
+                         cache_dir=str(cache_dir), accelerator="cpu")
+    result = train(config, tmp_path / "counted", progress_bar=False, callbacks=[counter])
+    assert counter.steps == 2 * 2 and result.epochs_run == 2  # 64 images in batches of 32, two epochs
 
 
 def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):

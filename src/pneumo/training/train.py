@@ -9,6 +9,7 @@ import platform
 import subprocess
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +96,11 @@ def _devices(value: str) -> int | str:
     return int(value) if str(value).isdigit() else value
 
 
-def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_bar: bool = True) -> TrainResult:
+def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_bar: bool = True,
+          callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     """Train one model into ``run_dir``; with ``resume``, continue from its ``last.ckpt``.
+
+    ``callbacks`` are added to the run's own (history, checkpoints, progress), e.g. a profiler.
 
     Raises:
         PneumoError: run_dir exists and is not being resumed, or the data cannot be used.
@@ -130,16 +134,16 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     history = History(run_dir)
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
-    callbacks: list[L.Callback] = [history, best]
+    run_callbacks: list[L.Callback] = [history, best, *callbacks]
     if config.early_stopping > 0:
-        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping))
+        run_callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping))
     if progress_bar:
-        callbacks.append(ThroughputBar(leave=True))
+        run_callbacks.append(ThroughputBar(leave=True))
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
         strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
         deterministic="warn" if config.deterministic else False, benchmark=not config.deterministic,
-        callbacks=callbacks, logger=False, default_root_dir=run_dir,
+        callbacks=run_callbacks, logger=False, default_root_dir=run_dir,
         num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], enable_progress_bar=progress_bar,
         enable_model_summary=False, log_every_n_steps=1,
     )
