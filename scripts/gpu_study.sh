@@ -61,9 +61,9 @@ throughput() {
 
 repetition=0
 for phase in "${phases[@]}"; do
+  # All but the protocol need a GPU: a CPU rehearsal (PNEUMO_DEVICE_FLAGS set) skips them.
   case $phase in
     protocol) protocol ;;
-    # Needs a GPU: skipped in a CPU rehearsal (PNEUMO_DEVICE_FLAGS set).
     throughput) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || throughput ;;
     compile) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || python3 benchmarks/compile_time.py --accelerator gpu \
       --precision bf16-mixed --mode "$compile" ;;
