@@ -22,7 +22,7 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
 import torch  # noqa: E402  (after the cache location is set)
 import torch.nn.functional as F  # noqa: E402
 
-from pneumo.allocator import keep_freed_memory  # noqa: E402
+from _common import device_for, malloc_mode  # noqa: E402
 from pneumo.models import create_model  # noqa: E402
 
 BATCH, VAL_BATCH, LAST_VAL_BATCH = 32, 128, 1043 % 128
@@ -44,10 +44,10 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
     args = parser.parse_args()
-    keep_freed_memory()
-    device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
-    name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; size {args.size}; compile mode {args.mode}; precision {args.precision}; cache empty")
+    malloc = malloc_mode()
+    device, name = device_for(args.accelerator)
+    print(f"device: {name}; size {args.size}; compile mode {args.mode}; precision {args.precision}; cache empty; "
+          f"malloc {malloc}")
     print(f"{'model':<14} {'first training step s':>22} {'+ compiled validation s':>24}")
     for model_name in args.models:
         torch._dynamo.reset()

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from pneumo.allocator import keep_freed_memory
+from _common import malloc_mode
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.models.bundle import load_bundle
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
-    malloc = "keeps freed memory" if keep_freed_memory() else "system"
+    malloc = malloc_mode()
     started = time.perf_counter()
     bundle = load_bundle(args.model)
     images, _ = select_images(Path(args.data), size=bundle.size, cache_dir=Path("cache"), role="test", split_file=SPLIT)

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from pneumo.allocator import keep_freed_memory
+from _common import malloc_mode
 from pneumo.predict import Predictor
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
     files = sorted(str(p) for p in Path(args.data).rglob("*.jpeg"))[: args.images]
-    malloc = "keeps freed memory" if keep_freed_memory() else "system"
+    malloc = malloc_mode()
     print(f"{len(files)} JPEG files from {args.data}; {os.cpu_count()} cores; malloc {malloc}")
     print(f"{'model':<28} {'backend':<8} {'images/s':>9}")
     for model in args.model:

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from pneumo.allocator import keep_freed_memory
+from _common import device_for, malloc_mode
 from pneumo.config import TrainConfig
 from pneumo.training.train import quiet_lightning, train
 
@@ -57,8 +57,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
     quiet_lightning()
-    keep_freed_memory()
-    device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
+    malloc = malloc_mode()
+    device, name = device_for(args.accelerator)
     batches = args.skip + args.steps + 2  # one epoch holds every profiled step
     profiler = StepProfiler(args.skip, args.steps, device)
     with tempfile.TemporaryDirectory() as folder:
@@ -70,9 +70,8 @@ def main() -> None:
     events = profiler.profiler.key_averages()
     steps = [event for event in events if event.key.startswith("ProfilerStep")]
     wall_ms = sum(event.cpu_time_total for event in steps) / 1000 / args.steps
-    name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"{args.model} on {name}; size {args.size}; batch 32; precision {args.precision}; compile {args.compile}; "
-          f"{args.steps} steps profiled after {args.skip}")
+          f"malloc {malloc}; {args.steps} steps profiled after {args.skip}")
     print(f"wall per training step: {wall_ms:.2f} ms")
     if device == "cuda":
         kernel_ms = sum(event.self_device_time_total for event in events) / 1000 / args.steps

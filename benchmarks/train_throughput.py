@@ -11,6 +11,7 @@ and ``--compile``.
 """
 
 import argparse
+import csv
 import os
 import tempfile
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pneumo.allocator import keep_freed_memory
+from _common import device_for, malloc_mode
 from pneumo.config import TrainConfig
 from pneumo.models import create_model
 from pneumo.training.train import quiet_lightning, train
@@ -61,8 +62,6 @@ def pipeline(model_name: str, size: int, batch: int, steps: int, data: str, acce
                              val_fraction=0.2, accelerator=accelerator, precision=precision, compile=compile_mode,
                              deterministic=deterministic)
         train(config, Path(folder) / "run", progress_bar=False)
-        import csv
-
         with (Path(folder) / "run" / "history.csv").open() as handle:
             rows = list(csv.DictReader(handle))
     # "seconds" covers the training epoch and its validation; count the validation images too.
@@ -84,9 +83,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     args = parser.parse_args()
     quiet_lightning()
-    malloc = "keeps freed memory" if keep_freed_memory() else "system"
-    device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
-    name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    malloc = malloc_mode()
+    device, name = device_for(args.accelerator)
     print(f"device: {name}; size {args.size}; batch {args.batch}; precision {args.precision}; "
           f"compile {args.compile}; deterministic {args.deterministic}; malloc {malloc}")
     print(f"{'model':<14} {'pipeline img/s':>15} {'synthetic img/s':>16} {'ratio':>6}")
