@@ -15,6 +15,8 @@ from pneumo.console import console, errors, progress_bar, table
 from pneumo.errors import PneumoError
 from pneumo.labels import CLASSES
 
+STARTED = time.perf_counter()  # the process start, give or take the interpreter's own ~50 ms
+
 app = typer.Typer(
     help=f"Pediatric chest X-ray classification: normal, bacterial or viral pneumonia. {DISCLAIMER}",
     no_args_is_help=True,
@@ -270,6 +272,7 @@ def train(
             chosen = base.replace(**{k: v for k, v in flags.items() if k == "model"})
             run_dir = runs_dir / (name or f"{chosen.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         resolved = base.replace(**flags)
+        start_up = time.perf_counter() - STARTED  # mostly importing torch and Lightning
         result = run(resolved, run_dir, resume=resume is not None, progress_bar=not quiet)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
@@ -278,6 +281,8 @@ def train(
     console.print(table(f"run {result.run_dir}", ["epochs", "bundled epoch", "val loss", "val acc", "seconds"], [[
         result.epochs_run, result.epoch, f"{result.val_loss:.4f}", f"{result.val_acc:.4f}",
         f"{result.seconds:.1f}"]]))
+    phases = {"start-up": round(start_up, 2), **result.phase_seconds}
+    console.print("[dim]seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in phases.items()) + "[/dim]")
     if result.leaked_patients:
         console.print(f"[yellow]{result.leaked_patients} patients have images in both training and validation "
                       f"(--split random): validation scores are optimistic.[/yellow]")

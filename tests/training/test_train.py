@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,11 @@ def test_study_cnn_command_end_to_end(shared_data, cache_dir, tmp_path):
     bundle = load_bundle(run_dir)
     assert bundle.metadata["model_name"] == "cnn" and bundle.metadata["training"]["epochs_run"] == 2
     assert TrainConfig.from_yaml(run_dir / "config.yaml").lr == 1e-3  # the study's defaults
+    # Where the time went: each phase of train(), in order; fit holds every epoch.
+    phases = json.loads((run_dir / "summary.json").read_text())["phase_seconds"]
+    assert list(phases) == ["environment", "data", "model", "fit", "bundle"]
+    assert phases["fit"] >= sum(float(row["seconds"]) for row in rows) > 0
+    assert "seconds: start-up" in result.output
     # Refuses to overwrite an existing run.
     again = runner.invoke(app, ["train", "--model", "cnn", "--data", str(shared_data), "--cache-dir", str(cache_dir),
                                 "--runs-dir", str(tmp_path), "--name", "cnn"])

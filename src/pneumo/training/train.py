@@ -41,8 +41,23 @@ class TrainResult:
     val_loss: float
     val_acc: float
     epochs_run: int
-    seconds: float
+    seconds: float  # Lightning's fit
     leaked_patients: int  # patients with images in both training and validation
+    phase_seconds: dict[str, float]  # wall time of each phase of train(), fit included
+
+
+class Laps:
+    """Wall time of consecutive phases: ``lap(name)`` ends the phase running since the last lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._mark, 2)
+        self._mark = now
+        return self.seconds[name]
 
 
 def quiet_lightning() -> None:
@@ -105,6 +120,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     Raises:
         PneumoError: run_dir exists and is not being resumed, or the data cannot be used.
     """
+    laps = Laps()  # where a run's time goes besides fit: README, Speed
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     # Under DDP, Lightning starts the other processes by re-running this command with LOCAL_RANK
@@ -116,6 +132,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_NAME)
         (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
+    laps.lap("environment")  # on a GPU, includes starting CUDA
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     prepared = prepare_folder(Path(config.data), size=config.size, cache_dir=Path(config.cache_dir)).data
@@ -126,6 +143,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4, config.seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise PneumoError(f"the split leaves {len(train_idx)} training and {len(val_idx)} validation images")
+
+    laps.lap("data")
 
     weights = class_weights(prepared.labels[train_idx], config.class_weights)
     module = Classifier(config.to_dict(), weights.tolist() if weights is not None else None)
@@ -147,7 +166,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], enable_progress_bar=progress_bar,
         enable_model_summary=False, log_every_n_steps=1,
     )
-    started = time.perf_counter()
+    laps.lap("model")
     with warnings.catch_warnings():
         # Lightning suggests DataLoader workers; batches are in-memory uint8 tensors, workers would only add IPC.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -156,12 +175,12 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         # The run folder holds config.yaml and the history before the first checkpoint.
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
-    seconds = time.perf_counter() - started
+    seconds = laps.lap("fit")
 
     rows = history.rows
     best_row = min(rows, key=lambda row: row["val_loss"]) if config.bundle_weights == "best" else rows[-1]
-    result = TrainResult(run_dir, run_dir / BUNDLE_NAME, int(best_row["epoch"]), best_row["val_loss"],
-                         best_row["val_acc"], len(rows), seconds, split.patient_overlap(prepared.patients)["train/val"])
+    epoch, val_loss, val_acc = int(best_row["epoch"]), best_row["val_loss"], best_row["val_acc"]
+    bundle = run_dir / BUNDLE_NAME
     if trainer.is_global_zero:
         if config.bundle_weights == "best":
             # Lightning checkpoints hold more than tensors (loop state), so they are not loaded weights-only;
@@ -169,8 +188,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             best_state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)["state_dict"]
             module.load_state_dict(best_state)
         summary = {
-            "run": run_dir.name, "weights": config.bundle_weights, "epoch": result.epoch, "val_loss": result.val_loss,
-            "val_acc": result.val_acc, "epochs_run": result.epochs_run,
+            "run": run_dir.name, "weights": config.bundle_weights, "epoch": epoch, "val_loss": val_loss,
+            "val_acc": val_acc, "epochs_run": len(rows),
             "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
             "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
             "train_class_counts": np.bincount(prepared.labels[train_idx], minlength=3).tolist(),
@@ -178,7 +197,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "config": config.to_dict(),
         }
         model_id = run_dir.name if run_dir.name.startswith(config.model) else f"{config.model}-{run_dir.name}"
-        save_bundle(result.bundle, module.model, model_name=config.model, size=config.size, id=model_id,
-                    training=summary)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return result
+        save_bundle(bundle, module.model, model_name=config.model, size=config.size, id=model_id, training=summary)
+        laps.lap("bundle")
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "phase_seconds": laps.seconds}, indent=1))
+    return TrainResult(run_dir, bundle, epoch, val_loss, val_acc, len(rows), seconds,
+                       split.patient_overlap(prepared.patients)["train/val"], dict(laps.seconds))
