@@ -4,7 +4,8 @@
 #               80/20 split of the shared training images, study defaults otherwise), timed on one GPU
 #   throughput  benchmarks/train_throughput.py's pipeline/synthetic ratio there, compiled and eager
 #   compile     benchmarks/compile_time.py: compilation from an empty cache, training and validation
-#   profile     benchmarks/profile_step.py: where the compiled cnn's training step spends its time
+#   profile     benchmarks/profile_step.py: where the compiled cnn's training step spends its time;
+#               benchmarks/loop_overhead.py: the loop's own cost per step, page-locked vs pageable batches
 # "protocol protocol" times it with TorchInductor's on-disk cache empty, then warm.
 #
 # The protocol runs first, so that torch.compile starts from an empty cache and its compilation
@@ -59,6 +60,12 @@ throughput() {
   python3 benchmarks/train_throughput.py --accelerator gpu --precision bf16-mixed --steps 50
 }
 
+profile() {
+  python3 benchmarks/profile_step.py --accelerator gpu --precision bf16-mixed --compile "$compile" --no-deterministic
+  python3 benchmarks/loop_overhead.py --accelerator gpu --precision bf16-mixed
+  python3 benchmarks/loop_overhead.py --accelerator gpu --precision bf16-mixed --model cnn --compile "$compile"
+}
+
 repetition=0
 for phase in "${phases[@]}"; do
   # All but the protocol need a GPU: a CPU rehearsal (PNEUMO_DEVICE_FLAGS set) skips them.
@@ -67,8 +74,7 @@ for phase in "${phases[@]}"; do
     throughput) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || throughput ;;
     compile) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || python3 benchmarks/compile_time.py --accelerator gpu \
       --precision bf16-mixed --mode "$compile" ;;
-    profile) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || python3 benchmarks/profile_step.py --accelerator gpu \
-      --precision bf16-mixed --compile "$compile" --no-deterministic ;;
+    profile) [[ -n ${PNEUMO_DEVICE_FLAGS:-} ]] || profile ;;
     *) echo "unknown phase '$phase' (protocol, throughput, compile or profile)" >&2; exit 2 ;;
   esac
 done

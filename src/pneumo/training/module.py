@@ -71,17 +71,21 @@ class EpochShuffle(Sampler[int]):
 class XrayDataModule(L.LightningDataModule):
     """Train and validation sets from prepared data and a split."""
 
-    def __init__(self, data: PreparedData, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, data: PreparedData, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int,
+                 pin_memory: bool | None = None):
         super().__init__()
         self.train_set = InMemoryImages(data, train_idx)
         self.val_set = InMemoryImages(data, val_idx)
         self.batch_size = batch_size
         self.seed = seed
+        self.pin_memory = pin_memory  # None: when training on a GPU
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, **options) -> DataLoader:
         # Page-locked batches make the copy to a GPU asynchronous (Lightning asks for
         # non_blocking), so the host can queue the next step while the GPU runs this one.
-        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        pin = self.pin_memory
+        if pin is None:
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(dataset, batch_size=batch_size, collate_fn=whole_batch, pin_memory=pin, **options)
 
     def train_dataloader(self) -> DataLoader:
