@@ -14,7 +14,6 @@ already queued there. ``--model cnn`` shows the same for a real model.
 """
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from _common import device_for, malloc_mode
+from _common import add_loop_options, cache_dir, device_for, malloc_mode
 from pneumo.config import TrainConfig
 from pneumo.models.registry import ModelSpec, register_model
 from pneumo.training.train import quiet_lightning, train
@@ -61,7 +60,7 @@ def ms_per_step(args: argparse.Namespace, *, augment: bool, pageable: bool) -> f
     no_augmentation = {} if augment else {"rotation": 0.0, "shift": 0.0, "zoom": 0.0}
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=args.model, epochs=1, size=args.size, data=args.data,
-                             cache_dir=os.environ.get("PNEUMO_CACHE", "cache"),
+                             cache_dir=cache_dir(),
                              max_train_images=(args.skip + args.steps + 1) * 32, accelerator=args.accelerator,
                              precision=args.precision, compile=args.compile, deterministic=False, **no_augmentation)
         train(config, Path(folder) / "run", progress_bar=False, callbacks=[timer])
@@ -74,10 +73,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--skip", type=int, default=20, help="training steps before timing (warm-up, compilation)")
     parser.add_argument("--steps", type=int, default=100, help="training steps timed")
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--compile", default="off")
-    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    add_loop_options(parser)
     args = parser.parse_args()
     quiet_lightning()
     malloc = malloc_mode()

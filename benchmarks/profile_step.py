@@ -12,15 +12,13 @@ device was), then the operations and Lightning hooks with the most host time.
 """
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from _common import device_for, malloc_mode
+from _common import add_loop_options, cache_dir, device_for, malloc_mode
 from pneumo.config import TrainConfig
 from pneumo.training.train import quiet_lightning, train
 
@@ -49,12 +47,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--skip", type=int, default=30, help="training steps before profiling (compilation, warm-up)")
     parser.add_argument("--steps", type=int, default=30, help="training steps profiled")
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--compile", default="off")
     parser.add_argument("--no-deterministic", dest="deterministic", action="store_false")
     parser.add_argument("--rows", type=int, default=25)
-    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    add_loop_options(parser)
     args = parser.parse_args()
     quiet_lightning()
     malloc = malloc_mode()
@@ -63,7 +58,7 @@ def main() -> None:
     profiler = StepProfiler(args.skip, args.steps, device)
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=args.model, epochs=1, size=args.size, data=args.data,
-                             cache_dir=os.environ.get("PNEUMO_CACHE", "cache"), max_train_images=batches * 32,
+                             cache_dir=cache_dir(), max_train_images=batches * 32,
                              accelerator=args.accelerator, precision=args.precision, compile=args.compile,
                              deterministic=args.deterministic)
         train(config, Path(folder) / "run", progress_bar=False, callbacks=[profiler])

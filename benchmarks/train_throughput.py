@@ -12,14 +12,13 @@ and ``--compile``.
 
 import argparse
 import csv
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from _common import device_for, malloc_mode
+from _common import add_loop_options, cache_dir, device_for, malloc_mode
 from pneumo.config import TrainConfig
 from pneumo.models import create_model
 from pneumo.training.train import quiet_lightning, train
@@ -58,7 +57,7 @@ def pipeline(model_name: str, size: int, batch: int, steps: int, data: str, acce
     """Images/s of the second of two epochs of ``steps`` batches (the first warms up)."""
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=model_name, epochs=2, batch_size=batch, size=size, data=data,
-                             cache_dir=os.environ.get("PNEUMO_CACHE", "cache"), max_train_images=steps * batch,
+                             cache_dir=cache_dir(), max_train_images=steps * batch,
                              val_fraction=0.2, accelerator=accelerator, precision=precision, compile=compile_mode,
                              deterministic=deterministic)
         train(config, Path(folder) / "run", progress_bar=False)
@@ -75,12 +74,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--compile", default="off", help="torch.compile mode: off, default, reduce-overhead, max-autotune")
     parser.add_argument("--no-deterministic", dest="deterministic", action="store_false",
                         help="let cuDNN choose the fastest algorithms in the pipeline run (synthetic never asks for determinism)")
-    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    add_loop_options(parser)
     args = parser.parse_args()
     quiet_lightning()
     malloc = malloc_mode()
