@@ -63,7 +63,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         f"- Architecture: `{metadata['model_name']}` — {spec.description}.",
         f"- Classes (output order): {', '.join(metadata['classes'])}.",
         f"- Weights sha256: `{metadata.get('weights_sha256', '')}`" + (f"; bundle file sha256 `{sha256}`." if sha256 else "."),
-        f"- Made with pneumo; bundle format `model.pt` (loads with `torch.load(weights_only=True)`), ONNX export beside it.",
+        "- Made with pneumo; bundle format `model.pt` (loads with `torch.load(weights_only=True)`), ONNX export beside it.",
         "", "## Intended use", "",
         "Research on pediatric chest X-ray classification into normal, bacterial pneumonia and viral pneumonia: "
         "benchmarking, teaching and studying model behaviour. Not for diagnosis, triage or any clinical decision, "
@@ -81,7 +81,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
         f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "
         f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
-        f"- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
+        "- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
             "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
             "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma", "mixup",
             "pretrained") if k in config) + ".",
