@@ -282,7 +282,8 @@ def train(
         result.epochs_run, result.epoch, f"{result.val_loss:.4f}", f"{result.val_acc:.4f}",
         f"{result.seconds:.1f}"]]))
     phases = {"start-up": round(start_up, 2), **result.phase_seconds}
-    console.print("[dim]seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in phases.items()) + "[/dim]")
+    console.print("[dim]seconds: " + ", ".join(f"{name} {value:.1f}" for name, value in phases.items()) + "[/dim]",
+                  soft_wrap=True)  # one line in logs too
     if result.leaked_patients:
         console.print(f"[yellow]{result.leaked_patients} patients have images in both training and validation "
                       f"(--split random): validation scores are optimistic.[/yellow]")
