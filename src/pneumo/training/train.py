@@ -143,7 +143,6 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4, config.seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise PneumoError(f"the split leaves {len(train_idx)} training and {len(val_idx)} validation images")
-
     laps.lap("data")
 
     weights = class_weights(prepared.labels[train_idx], config.class_weights)
