@@ -32,6 +32,9 @@ step() {  # step <seconds> <command...>: run it with a time limit, report how it
 }
 main() {
   echo "commit ${1:-unknown}; $(date -u)"
+  # The device's copy of .git can lag the tree it was sent (2026-11-26: runs said the parent
+  # commit), so the runs' environment.yaml records the commit given here instead.
+  if [[ -n ${1:-} ]]; then export PNEUMO_GIT_COMMIT=$1; fi
   for name in ${PNEUMO_SESSION_STEPS:-study}; do
     case $name in
       ship) step "${PNEUMO_SHIP_LIMIT:-430}" scripts/gpu_ship.sh train ;;

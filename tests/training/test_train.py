@@ -19,7 +19,7 @@ from pneumo.config import TrainConfig
 from pneumo.data.cache import prepare_folder
 from pneumo.models.bundle import load_bundle
 from pneumo.training.module import EpochShuffle, InMemoryImages, whole_batch
-from pneumo.training.train import train
+from pneumo.training.train import git_commit, train
 
 runner = CliRunner()
 RUN_FILES = {"config.yaml", "environment.yaml", "history.csv", "curves.png", "best.ckpt", "last.ckpt", "model.pt",
@@ -187,3 +187,26 @@ def test_training_batches_are_fetched_whole_and_match_per_image_fetching(shared_
     for (images, labels), (expected_images, expected_labels) in pairs:
         assert images.dtype == torch.uint8 and images.shape[1:] == (1, 64, 64)
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+
+
+def test_runs_record_the_commit_and_whether_the_tree_was_modified(tmp_path, monkeypatch):
+    monkeypatch.delenv("PNEUMO_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path) == "unknown"  # not a checkout
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "+modified"
+    # A copy of the tree whose .git lags (the device machine) is told its commit.
+    monkeypatch.setenv("PNEUMO_GIT_COMMIT", "abc1234")
+    assert git_commit(tmp_path) == "abc1234"

@@ -69,23 +69,38 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def git_commit(folder: Path = Path(__file__).parent) -> str:
+    """The commit of the checkout holding ``folder`` (this code), "+modified" when tracked files differ from it.
+
+    PNEUMO_GIT_COMMIT, when set, is taken as it is: for a copy of the tree whose ``.git`` lags
+    behind it, as on the device machine (scripts/gpu_session.sh). "unknown" outside a checkout.
+    """
+    if os.environ.get("PNEUMO_GIT_COMMIT"):
+        return os.environ["PNEUMO_GIT_COMMIT"]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=folder).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        modified = bool(head) and bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+modified" if modified else "")
+
+
 def environment() -> dict[str, str]:
     """Versions, device and git commit, written into every run folder."""
     import cv2
     import lightning
     import torchvision
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
     return {
         "python": platform.python_version(), "torch": str(torch.__version__), "torchvision": torchvision.__version__,
         "lightning": lightning.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
         "device": device, "gpus": str(torch.cuda.device_count()), "cpu_threads": str(torch.get_num_threads()),
-        "platform": platform.platform(), "git_commit": commit,
+        "platform": platform.platform(), "git_commit": git_commit(),
     }
 
 
