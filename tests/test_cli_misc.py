@@ -1,10 +1,11 @@
-"""One small run of each remaining command: prepare, show-data, show-augment, card."""
+"""One small run of each remaining command: --version, prepare, show-data, show-augment, card."""
 
 import json
 import re
 
 from typer.testing import CliRunner
 
+import pneumo
 from pneumo.cli import app
 from tests.conftest import write_archive
 
@@ -13,6 +14,12 @@ runner = CliRunner()
 
 def flat(result) -> str:
     return " ".join(result.output.split())
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert f"pneumo {pneumo.__version__}" in result.output and "not a diagnostic device" in result.output
 
 
 def test_prepare_prints_counts_and_saves_the_split(tmp_path):
