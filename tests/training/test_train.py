@@ -198,6 +198,7 @@ def test_runs_record_the_commit_and_whether_the_tree_was_modified(tmp_path, monk
                               capture_output=True, text=True, check=True).stdout.strip()
 
     git("init", "-q")
+    assert git_commit(tmp_path) == "unknown"  # no commit yet
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", "code.py")
     git("commit", "-q", "-m", "first")

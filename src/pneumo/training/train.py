@@ -82,7 +82,7 @@ def git_commit(folder: Path = Path(__file__).parent) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=folder).stdout.strip()
 
     try:
-        head = git("rev-parse", "HEAD")
+        head = git("rev-parse", "--verify", "--quiet", "HEAD")
         modified = bool(head) and bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
