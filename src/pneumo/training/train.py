@@ -194,6 +194,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     rows = history.rows
     best_row = min(rows, key=lambda row: row["val_loss"]) if config.bundle_weights == "best" else rows[-1]
     epoch, val_loss, val_acc = int(best_row["epoch"]), best_row["val_loss"], best_row["val_acc"]
+    overlap = split.patient_overlap(prepared.patients)
     bundle = run_dir / BUNDLE_NAME
     if trainer.is_global_zero:
         if config.bundle_weights == "best":
@@ -207,12 +208,12 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
             "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
             "train_class_counts": np.bincount(prepared.labels[train_idx], minlength=3).tolist(),
-            "split": split.method, "patient_overlap": split.patient_overlap(prepared.patients),
+            "split": split.method, "patient_overlap": overlap,
             "config": config.to_dict(),
         }
         model_id = run_dir.name if run_dir.name.startswith(config.model) else f"{config.model}-{run_dir.name}"
         save_bundle(bundle, module.model, model_name=config.model, size=config.size, id=model_id, training=summary)
         laps.lap("bundle")
         (run_dir / "summary.json").write_text(json.dumps({**summary, "phase_seconds": laps.seconds}, indent=1))
-    return TrainResult(run_dir, bundle, epoch, val_loss, val_acc, len(rows), seconds,
-                       split.patient_overlap(prepared.patients)["train/val"], dict(laps.seconds))
+    return TrainResult(run_dir, bundle, epoch, val_loss, val_acc, len(rows), seconds, overlap["train/val"],
+                       dict(laps.seconds))
