@@ -26,7 +26,12 @@ def add_loop_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed (GPU)")
     parser.add_argument("--compile", default="off", help="torch.compile mode: off, default, reduce-overhead, max-autotune")
-    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    parser.add_argument("--data", default=default_data())
+
+
+def default_data() -> str:
+    """$PNEUMO_DATA, else the shared training split beside the checkout."""
+    return os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray")
 
 
 def cache_dir() -> str:

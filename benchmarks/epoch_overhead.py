@@ -10,11 +10,11 @@ between them per epoch.
 
 import argparse
 import csv
-import os
 import tempfile
 import time
 from pathlib import Path
 
+from _common import cache_dir, default_data
 from pneumo.allocator import keep_freed_memory
 from pneumo.config import TrainConfig
 from pneumo.training.train import quiet_lightning, train
@@ -27,13 +27,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="training batches of 32 per epoch")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    parser.add_argument("--data", default=default_data())
     args = parser.parse_args()
     quiet_lightning()
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=args.model, epochs=args.epochs, size=args.size, data=args.data,
-                             cache_dir=os.environ.get("PNEUMO_CACHE", "cache"), max_train_images=args.steps * 32,
+                             cache_dir=cache_dir(), max_train_images=args.steps * 32,
                              accelerator=args.accelerator)
         started = time.perf_counter()
         result = train(config, Path(folder) / "run", progress_bar=False)

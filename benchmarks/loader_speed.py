@@ -10,7 +10,6 @@ batch at once), against torch's ``TensorDataset`` of the same tensors with the d
 """
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from _common import cache_dir, default_data
 from pneumo.data.cache import prepare_folder
 from pneumo.training.module import EpochShuffle, InMemoryImages, whole_batch
 
@@ -36,9 +36,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    parser.add_argument("--data", default=default_data())
     args = parser.parse_args()
-    data = prepare_folder(Path(args.data), size=args.size, cache_dir=Path(os.environ.get("PNEUMO_CACHE", "cache"))).data
+    data = prepare_folder(Path(args.data), size=args.size, cache_dir=Path(cache_dir())).data
     everything = np.arange(len(data.labels))
     batched = InMemoryImages(data, everything)
     per_image = TensorDataset(batched.images, batched.labels)
