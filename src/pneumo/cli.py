@@ -192,6 +192,13 @@ def show_augment(
     brightness: Annotated[float, typer.Option(help="Maximum added brightness, 0-1.")] = 0.0,
     contrast: Annotated[float, typer.Option(help="Maximum contrast change, as a fraction.")] = 0.0,
     gamma: Annotated[float, typer.Option(help="Gamma in [1/(1+g), 1+g].")] = 0.0,
+    crop: Annotated[float, typer.Option(help="Random-resized crop: kept area in [1-crop, 1].")] = 0.0,
+    blur: Annotated[float, typer.Option(help="Gaussian blur sigma up to this (px at 224 px), half of the images.")] = 0.0,
+    sharpen: Annotated[float, typer.Option(help="Unsharp-mask amount up to this, the other half.")] = 0.0,
+    downsample: Annotated[float, typer.Option(help="Shrink by a factor in [1-d, 1], enlarge back.")] = 0.0,
+    noise: Annotated[float, typer.Option(help="Gaussian noise sigma up to this, 0-1.")] = 0.0,
+    jpeg: Annotated[int, typer.Option(help="JPEG re-compression at a quality in [jpeg, 100]; 0 = off.")] = 0,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Show the augmentation of this training preset (YAML) instead of the flags.")] = None,
     seed: int = 0,
 ) -> None:
     """Write a PNG grid of one image and its random augmentations."""
@@ -199,8 +206,14 @@ def show_augment(
     from pneumo.data.figures import augment_grid
 
     try:
-        config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom, brightness=brightness, contrast=contrast,
-                               gamma=gamma)
+        if config_file:
+            from pneumo.config import TrainConfig
+
+            config = TrainConfig.from_yaml(config_file).augmentation()
+        else:
+            config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom, brightness=brightness,
+                                   contrast=contrast, gamma=gamma, crop=crop, blur=blur, sharpen=sharpen,
+                                   downsample=downsample, noise=noise, jpeg=jpeg)
         result = prepare_data(data, size, cache_dir)
         written = augment_grid(result.data, out, config, index=index, seed=seed)
     except (PneumoError, ValueError) as error:
@@ -236,6 +249,12 @@ def train(
     brightness: Annotated[Optional[float], typer.Option(help="Augmentation: maximum added brightness, 0-1 (default 0).")] = None,
     contrast: Annotated[Optional[float], typer.Option(help="Augmentation: maximum contrast change fraction (default 0).")] = None,
     gamma: Annotated[Optional[float], typer.Option(help="Augmentation: gamma in [1/(1+g), 1+g] (default 0).")] = None,
+    crop: Annotated[Optional[float], typer.Option(help="Augmentation: random-resized crop, kept area in [1-crop, 1] (default 0).")] = None,
+    blur: Annotated[Optional[float], typer.Option(help="Augmentation: Gaussian blur sigma up to this, px at 224 px, half of the images (default 0).")] = None,
+    sharpen: Annotated[Optional[float], typer.Option(help="Augmentation: unsharp-mask amount up to this, the other half (default 0).")] = None,
+    downsample: Annotated[Optional[float], typer.Option(help="Augmentation: shrink by a factor in [1-d, 1] and enlarge back (default 0).")] = None,
+    noise: Annotated[Optional[float], typer.Option(help="Augmentation: Gaussian noise sigma up to this, 0-1 (default 0).")] = None,
+    jpeg: Annotated[Optional[int], typer.Option(help="Augmentation: JPEG re-compression at a quality in [jpeg, 100]; 0 = off (default).")] = None,
     mixup: Annotated[Optional[float], typer.Option(help="Mixup Beta(alpha, alpha); 0 = off (default).")] = None,
     max_train_images: Annotated[Optional[int], typer.Option(help="Use only this many training images (smoke runs).")] = None,
     accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.")] = None,
@@ -264,7 +283,8 @@ def train(
         weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing, class_weights=class_weights,
         freeze_epochs=freeze_epochs, backbone_lr_scale=backbone_lr_scale, early_stopping=early_stopping, seed=seed, split_seed=split_seed,
         size=size, split=split, val_fraction=val_fraction, holdout=holdout, split_file=split_file, rotation=rotation,
-        shift=shift, zoom=zoom, brightness=brightness, contrast=contrast, gamma=gamma, mixup=mixup,
+        shift=shift, zoom=zoom, brightness=brightness, contrast=contrast, gamma=gamma, crop=crop, blur=blur,
+        sharpen=sharpen, downsample=downsample, noise=noise, jpeg=jpeg, mixup=mixup,
         max_train_images=max_train_images, accelerator=accelerator, devices=devices,
         strategy=strategy, num_nodes=num_nodes, precision=precision, compile=compile, deterministic=deterministic,
         data=str(data) if data else None, cache_dir=str(cache_dir) if cache_dir else None,

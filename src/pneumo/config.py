@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from pneumo.data.augment import AugmentConfig
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -50,6 +52,12 @@ class TrainConfig:
     brightness: float = 0.0  # intensity augmentation, off in the study
     contrast: float = 0.0
     gamma: float = 0.0
+    crop: float = 0.0  # acquisition-invariance augmentation (pneumo.data.augment), off in the study
+    blur: float = 0.0
+    sharpen: float = 0.0
+    downsample: float = 0.0
+    noise: float = 0.0
+    jpeg: int = 0
     mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs (Zhang et al. 2018); 0 = off
     max_train_images: int = 0  # 0 = all; a small number for smoke runs
     accelerator: str = "auto"
@@ -83,6 +91,11 @@ class TrainConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"The '{name}' option must be {expected}. Got {getattr(self, name)!r} instead.")
+        self.augmentation()  # its ranges are checked there
+
+    def augmentation(self) -> AugmentConfig:
+        """The training augmentation these options describe."""
+        return AugmentConfig(**{f.name: getattr(self, f.name) for f in fields(AugmentConfig)})
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with the given fields changed; None values are ignored (flag not given)."""

@@ -1,6 +1,8 @@
 """The study's augmentation (random rotation, width/height shift and zoom), plus optional
-anatomy-safe intensity changes (brightness, contrast, gamma). No flips: a chest X-ray's
-left and right are not interchangeable (the heart sits on the left).
+anatomy-safe intensity changes (brightness, contrast, gamma), random-resized-crop framing and
+acquisition changes (blur or sharpening, down-up resampling, noise, JPEG re-compression; see
+``pneumo.data.acquisition``). No flips: a chest X-ray's left and right are not interchangeable
+(the heart sits on the left).
 
 Applied to whole batches on whichever device they are on (the GPU when training there),
 with an independent random affine transform per image and all randomness drawn from a
@@ -15,6 +17,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pneumo.data import acquisition
+
+# Strengths in pixels (blur sigma) are given for a 224 px image and scaled to the batch's size,
+# so that one recipe means the same blur at 128 px and at 224 px.
+REFERENCE_SIZE = 224
+# Aspect ratios of the random crop, log-uniform in [3/4, 4/3] (torchvision's RandomResizedCrop).
+CROP_ASPECT = (3 / 4, 4 / 3)
+UNSHARP_SIGMA = 1.5  # radius of the unsharp mask, pixels at REFERENCE_SIZE
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -26,31 +37,62 @@ class AugmentConfig:
     brightness: float = 0.0  # added intensity, uniform in [-brightness, brightness] (image in [0, 1])
     contrast: float = 0.0  # contrast factor around the image mean, uniform in [1 - contrast, 1 + contrast]
     gamma: float = 0.0  # gamma log-uniform in [1 / (1 + gamma), 1 + gamma]
+    crop: float = 0.0  # random-resized crop: kept area uniform in [1 - crop, 1], aspect in CROP_ASPECT
+    blur: float = 0.0  # Gaussian blur sigma uniform in [0, blur] px (at 224 px) for half of the images ...
+    sharpen: float = 0.0  # ... unsharp-mask amount uniform in [0, sharpen] for the other half
+    downsample: float = 0.0  # shrink by a factor uniform in [1 - downsample, 1], then enlarge back
+    noise: float = 0.0  # Gaussian noise, standard deviation uniform in [0, noise] (image in [0, 1])
+    jpeg: int = 0  # JPEG re-compression at a quality uniform in [jpeg, 100]; 0 = off
 
     def __post_init__(self) -> None:
-        for name in ("rotation", "shift", "zoom", "brightness", "contrast", "gamma"):
+        for name in ("rotation", "shift", "zoom", "brightness", "contrast", "gamma", "crop", "blur", "sharpen",
+                     "downsample", "noise", "jpeg"):
             if getattr(self, name) < 0:
                 raise ValueError(f"The augmentation '{name}' must be >= 0. Got {getattr(self, name)} instead.")
-        for name in ("zoom", "brightness", "contrast"):
+        for name in ("zoom", "brightness", "contrast", "crop", "downsample", "noise"):
             if getattr(self, name) >= 1:
                 raise ValueError(f"The augmentation '{name}' must be < 1. Got {getattr(self, name)} instead.")
+        if self.jpeg > 100:
+            raise ValueError(f"The augmentation 'jpeg' must be a quality in [1, 100], or 0 for off. Got {self.jpeg} instead.")
 
     @property
     def geometric(self) -> bool:
-        return bool(self.rotation or self.shift or self.zoom)
+        return bool(self.rotation or self.shift or self.zoom or self.crop)
 
     @property
     def photometric(self) -> bool:
         return bool(self.brightness or self.contrast or self.gamma)
 
     @property
+    def acquisition(self) -> bool:
+        return bool(self.blur or self.sharpen or self.downsample or self.noise or self.jpeg)
+
+    @property
     def enabled(self) -> bool:
-        return self.geometric or self.photometric
+        return self.geometric or self.photometric or self.acquisition
+
+    def describe(self) -> str:
+        """One line naming every change that is on, for figures and logs."""
+        parts = [f"rotation ±{self.rotation:g}°", f"shift ±{self.shift:.0%}", f"zoom ±{self.zoom:.0%}"]
+        if self.crop:
+            parts.append(f"crop area ≥{1 - self.crop:.0%}")
+        if self.photometric:
+            parts.append(f"brightness ±{self.brightness:g}, contrast ±{self.contrast:.0%}, gamma {self.gamma:g}")
+        if self.blur or self.sharpen:
+            parts.append(f"blur σ≤{self.blur:g} px / unsharp ≤{self.sharpen:g}")
+        if self.downsample:
+            parts.append(f"down-up ≥{1 - self.downsample:.2g}x")
+        if self.noise:
+            parts.append(f"noise σ≤{self.noise:g}")
+        if self.jpeg:
+            parts.append(f"JPEG q≥{self.jpeg}")
+        return ", ".join(parts)
 
 
 def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """The random affine transform, then the random intensity changes, each per image."""
-    return random_photometric(random_affine(images, config, generator), config, generator)
+    """The random affine transform, the random intensity changes, then the acquisition changes, each per image."""
+    images = random_photometric(random_affine(images, config, generator), config, generator)
+    return random_acquisition(images, config, generator)
 
 
 def random_affine(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -73,8 +115,19 @@ def random_affine(images: torch.Tensor, config: AugmentConfig, generator: torch.
     scale = 1 + uniform[:, 1] * config.zoom
     # affine_grid maps output to input coordinates in [-1, 1]: a shift of s of the width is 2s.
     shift = uniform[:, 2:] * 2 * config.shift
+    # The crop's share of the width and height (1 = no crop); drawn only when on, so that the
+    # study's augmentation stays bit-identical.
+    width, height = torch.ones(batch, device=images.device), torch.ones(batch, device=images.device)
+    if config.crop:
+        draws = torch.rand((batch, 4), generator=generator, device=generator.device).to(images.device)
+        area = 1 - draws[:, 0] * config.crop
+        aspect = torch.exp(math.log(CROP_ASPECT[0]) + draws[:, 1] * math.log(CROP_ASPECT[1] / CROP_ASPECT[0]))
+        width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+        # The crop lies anywhere inside the image.
+        shift = shift + (draws[:, 2:] * 2 - 1) * torch.stack([1 - width, 1 - height], 1)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack([torch.stack([cos * width, -sin * height, shift[:, 0]], 1),
+                         torch.stack([sin * width, cos * height, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)  # (B, H, W, 2)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -96,3 +149,26 @@ def random_photometric(images: torch.Tensor, config: AugmentConfig, generator: t
     contrast = (1 + uniform[:, 1] * config.contrast).view(shape).to(images.dtype)
     brightness = (uniform[:, 2] * config.brightness).view(shape).to(images.dtype)
     return ((images - mean) * contrast + mean + brightness).clamp(0, 1)
+
+
+def random_acquisition(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Per-image blur or sharpening, down-up resampling, noise and JPEG re-compression, in that order.
+
+    The order follows an image's way out of a scanner: optics and processing, a resize on
+    export, detector noise, then compression. Unchanged (and no random numbers drawn) when no
+    acquisition change is on.
+    """
+    if not config.acquisition:
+        return images
+    batch, pixels = images.shape[0], images.shape[-1] / REFERENCE_SIZE
+    uniform = torch.rand((batch, 4), generator=generator, device=generator.device).to(images.device)
+    direction = uniform[:, 0] * 2 - 1  # < 0: blur, > 0: sharpen, by |direction| of the maximum
+    sigma = (-direction).clamp(min=0) * config.blur * pixels
+    amount = direction.clamp(min=0) * config.sharpen
+    images = acquisition.gaussian_blur(images, sigma)
+    images = acquisition.unsharp_mask(images, amount, sigma=UNSHARP_SIGMA * pixels)
+    images = acquisition.resample(images, 1 - uniform[:, 1] * config.downsample)
+    images = acquisition.gaussian_noise(images, uniform[:, 2] * config.noise, generator)
+    if config.jpeg:
+        images = acquisition.jpeg(images, config.jpeg + uniform[:, 3] * (100 - config.jpeg))
+    return images

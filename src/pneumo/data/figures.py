@@ -50,8 +50,5 @@ def augment_grid(
         if number < len(panels):
             axis.imshow(panels[number].numpy(), cmap="gray", vmin=0, vmax=1)
             axis.set_title("original" if number == 0 else f"#{number}", fontsize=8)
-    figure.suptitle(
-        f"Augmentation: rotation ±{config.rotation:g}°, shift ±{config.shift:.0%}, zoom ±{config.zoom:.0%}"
-        + (f", brightness ±{config.brightness:g}, contrast ±{config.contrast:.0%}, gamma {config.gamma:g}"
-           if config.photometric else "") + f" - {data.paths[index]}", fontsize=8)
+    figure.suptitle(f"Augmentation: {config.describe()}\n{data.paths[index]}", fontsize=8)
     return save_figure(figure, out, dpi=110)

@@ -8,5 +8,6 @@ inside, so exported ONNX graphs and served models see the same input as training
 from pneumo.models.registry import ModelSpec, create_model, get_spec, list_models, register_model
 from pneumo.models import cnn as _cnn  # noqa: F401  (registers the models)
 from pneumo.models import torchvision_models as _torchvision_models  # noqa: F401
+from pneumo.models import efficientnet_lite as _efficientnet_lite  # noqa: F401
 
 __all__ = ["ModelSpec", "create_model", "get_spec", "list_models", "register_model"]

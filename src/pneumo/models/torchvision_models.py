@@ -20,13 +20,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class GrayImageNet(nn.Module):
-    """Wraps a torchvision classifier: (B, 1, H, W) in [0, 1] -> repeat to RGB -> normalize -> net."""
+    """Wraps an RGB classifier: (B, 1, H, W) in [0, 1] -> repeat to RGB -> normalize -> net.
 
-    def __init__(self, net: nn.Module):
+    ``mean`` and ``std`` are those the ImageNet weights were trained with (torchvision's by default).
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x):  # x: (B, 1, H, W)
         return self.net((x.expand(-1, 3, -1, -1) - self.mean) / self.std)  # (B, num_classes)
@@ -46,8 +49,8 @@ def _replace_head(net: nn.Module, classifier: str, num_classes: int) -> None:
     setattr(owner, name, nn.Linear(linear.in_features, num_classes))
 
 
-def load_state_dict_file(net: nn.Module, path: str | Path, model_name: str) -> None:
-    """Load an ImageNet state_dict strictly; a mismatch names the missing/unexpected keys."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict file read weights-only (no code runs); a clear error when it is not one."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: pretrained weights file not found")
@@ -59,6 +62,18 @@ def load_state_dict_file(net: nn.Module, path: str | Path, model_name: str) -> N
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    return state
+
+
+def load_state_dict_file(net: nn.Module, path: str | Path, model_name: str,
+                         state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load an ImageNet state_dict strictly; a mismatch names the missing/unexpected keys.
+
+    ``state``, when given, is the file's content already read (and renamed) by the caller.
+    """
+    path = Path(path)
+    if state is None:
+        state = read_state_dict(path)
     missing, unexpected, wrong = [], [], []
     expected = net.state_dict()
     missing = [key for key in expected if key not in state]
@@ -72,7 +87,7 @@ def load_state_dict_file(net: nn.Module, path: str | Path, model_name: str) -> N
                  f"{len(unexpected)} unexpected keys ({listing(unexpected)})" if unexpected else "",
                  f"{len(wrong)} keys of the wrong shape ({listing(wrong)})" if wrong else ""]
         raise ModelFileError(
-            f"{path}: does not fit torchvision's {model_name} ImageNet layout: " + "; ".join(p for p in parts if p)
+            f"{path}: does not fit the {model_name} ImageNet layout: " + "; ".join(p for p in parts if p)
             + f". Pass the ImageNet state_dict of {model_name}.")
     net.load_state_dict(state, strict=True)
 

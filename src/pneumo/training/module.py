@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pneumo.config import TrainConfig
-from pneumo.data.augment import AugmentConfig, augment
+from pneumo.data.augment import augment
 from pneumo.data.cache import PreparedData
 from pneumo.labels import CLASSES
 from pneumo.models import create_model, get_spec
@@ -119,8 +119,7 @@ class Classifier(L.LightningModule):
             # In place, so the state_dict keeps its names (checkpoints, bundles); compiled on first use.
             self.model.compile(mode=self.config.compile)
         self.classifier_prefix = "model." + get_spec(self.config.model).classifier
-        self.augment = AugmentConfig(self.config.rotation, self.config.shift, self.config.zoom,
-                                     self.config.brightness, self.config.contrast, self.config.gamma)
+        self.augment = self.config.augmentation()
         self.register_buffer("class_weight", torch.tensor(weights) if weights else torch.ones(len(CLASSES)))
         self._generator: torch.Generator | None = None
         self._epoch_started = self._last_step = 0.0
