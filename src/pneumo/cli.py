@@ -330,7 +330,7 @@ def _run_split(models: list[Path]) -> Optional[Path]:
 
 
 def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path,
-                         resamples: int, seed: int, adapt: bool, backend: str = "torch"):
+                         resamples: int, seed: int, adapt: bool, backend: str = "torch", stress: bool = False):
     from pneumo.evaluation.evaluate import evaluate as run, select_images
     from pneumo.models.bundle import load_bundle
 
@@ -338,7 +338,8 @@ def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optiona
     split_file = split_file or _run_split([model])
     with console.status(f"evaluating {bundle.model_id} ({resamples} bootstrap resamples)"):
         images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=role, split_file=split_file)
-        return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source, backend=backend)
+        return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source, backend=backend,
+                   stress=stress)
 
 
 def _metrics_table(metrics: dict) -> None:
@@ -360,7 +361,31 @@ def _metrics_table(metrics: dict) -> None:
         source = metrics["prior_adaptation"]["source"]
         console.print(f"[bold]With prior adaptation (--adapt-priors):[/bold] probabilities re-weighted to the class mix "
                       f"EM estimated on these images, {metrics['estimated_priors']} (calibration: {source}).")
+    if metrics.get("stress"):
+        _stress_table(metrics["stress"])
     console.print(f"[dim]{metrics['data']}. {DISCLAIMER}[/dim]")
+
+
+def _stress_table(stress: dict) -> None:
+    columns = ["perturbation", "accuracy (95% CI)", "recall N / B / V", "pneumonia sens / spec", "flips"]
+
+    def row(name: str, scores: dict) -> list[str]:
+        low, high = scores["accuracy_ci95"]
+        return [name, f"{scores['accuracy']:.3f} ({low:.3f}-{high:.3f})",
+                " / ".join(f"{scores[f'recall_{c}']:.2f}" for c in ("normal", "bacterial", "viral")),
+                f"{scores['pneumonia_sensitivity']:.3f} / {scores['pneumonia_specificity']:.3f}",
+                f"{scores['flip_rate']:.1%}"]
+
+    rows = [row("clean", stress["clean"])] + [row(f"{r['name']}: {r['description']}", r) for r in stress["perturbations"]]
+    console.print(table(f"Stress battery ({stress['rule']})", columns, rows))
+    summary = stress["summary"]
+    console.print(
+        f"Middle severities, worst case: accuracy {summary['worst_accuracy']['value']:.3f} "
+        f"({summary['worst_accuracy']['perturbation']}, {summary['worst_accuracy_drop']:.3f} below clean), "
+        f"normal recall {summary['worst_recall_normal']['value']:.3f} ({summary['worst_recall_normal']['perturbation']}), "
+        f"pneumonia sensitivity {summary['worst_pneumonia_sensitivity']['value']:.3f} "
+        f"({summary['worst_pneumonia_sensitivity']['perturbation']}), "
+        f"flip rate {summary['worst_flip_rate']['value']:.1%} ({summary['worst_flip_rate']['perturbation']})")
 
 
 @app.command()
@@ -376,6 +401,7 @@ def evaluate(
     adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on these images (EM, Saerens 2002).")] = False,
     backend: Annotated[str, typer.Option(help="torch, or onnx: the model.onnx exported beside the bundle (faster on CPU).")] = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json instead of tables.")] = False,
+    stress: Annotated[bool, typer.Option(help="Also run the stress battery: fixed blur, resampling, sharpening, tone, noise, JPEG and framing changes.")] = False,
 ) -> None:
     """Test accuracy and loss, confusion matrices, classification report, AUCs and calibration, with 95% CIs."""
     import json
@@ -384,7 +410,7 @@ def evaluate(
 
     try:
         metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, seed,
-                                                    adapt_priors, backend)
+                                                    adapt_priors, backend, stress)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
     out = out or Path("out") / f"evaluate-{metrics['model_id']}"

@@ -36,7 +36,7 @@ def test_shared_pretrained_file_loads_strictly(shared_weights):
 
 
 def test_wrong_pretrained_file_names_keys(shared_weights):
-    with pytest.raises(ModelFileError, match=r"does not fit torchvision's resnet18 ImageNet layout: 122 missing keys \(conv1.weight"):
+    with pytest.raises(ModelFileError, match=r"does not fit the resnet18 ImageNet layout: 122 missing keys \(conv1.weight"):
         create_model("resnet18", pretrained=str(shared_weights))
 
 

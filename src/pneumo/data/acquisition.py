@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.io
 
 
 def _per_image(value: torch.Tensor | float, images: torch.Tensor) -> torch.Tensor:
@@ -91,17 +92,19 @@ def gaussian_noise(images: torch.Tensor, std: torch.Tensor | float, generator: t
 def jpeg(images: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
     """Re-encode each image as an 8-bit JPEG at ``quality`` (1-100; >100 = unchanged) and decode it.
 
-    Encoding runs on the CPU (libjpeg through torchvision); the result returns to the images' device.
+    Encoding runs on the CPU (libjpeg through OpenCV); the result returns to the images' device.
     """
     quality = _per_image(quality, images)
     out = images.clone()
     for index, value in enumerate(quality.tolist()):
         if value > 100:
             continue
-        pixels = (images[index].detach().cpu() * 255).round().clamp(0, 255).to(torch.uint8)  # (1, H, W)
-        encoded = torchvision.io.encode_jpeg(pixels, quality=int(round(min(max(value, 1), 100))))
-        decoded = torchvision.io.decode_jpeg(encoded, mode=torchvision.io.ImageReadMode.GRAY)
-        out[index] = decoded.to(images.device, images.dtype) / 255.0
+        pixels = (images[index, 0].detach().cpu() * 255).round().clamp(0, 255).to(torch.uint8).numpy()  # (H, W)
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(round(min(max(value, 1), 100)))])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode a {pixels.shape} image as JPEG")
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+        out[index, 0] = torch.from_numpy(np.asarray(decoded)).to(images.device, images.dtype) / 255.0
     return out
 
 

@@ -80,19 +80,38 @@ def onnx_logits(bundle: Bundle, images: np.ndarray) -> np.ndarray:
     return predictor.logits(images)
 
 
+def model_logits(bundle: Bundle, backend: str = "torch"):
+    """The bundle's model as a function of uint8 images (N, S, S) -> logits (N, K), on one backend."""
+    from pneumo.predict import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
+    if backend == "onnx":
+        return lambda images: onnx_logits(bundle, images)
+    return lambda images: predict_logits(bundle.model, images)
+
+
+def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", resamples: int = 1000,
+               seed: int = 0) -> dict:
+    """The stress battery (``pneumo.evaluation.stress``) with the bundle's temperature and operating point."""
+    from pneumo.evaluation.stress import stress_test
+
+    if data.size != bundle.size:
+        raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
+    threshold = (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+    return stress_test(model_logits(bundle, backend), data.images, data.labels, data.patients,
+                       temperature=bundle.temperature, threshold=threshold, resamples=resamples, seed=seed)
+
+
 def predict_set(bundle: Bundle, data: PreparedData, *, adapt: bool = False,
                 backend: str = "torch") -> tuple[Predictions, dict]:
     """Probabilities for every image; with ``adapt``, re-estimate class priors on this set (EM).
 
     ``backend`` "onnx" runs the export beside the bundle instead of the bundle's PyTorch model.
     """
-    from pneumo.predict import BACKENDS
-
-    if backend not in BACKENDS:
-        raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
     if data.size != bundle.size:
         raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
-    logits = onnx_logits(bundle, data.images) if backend == "onnx" else predict_logits(bundle.model, data.images)
+    logits = model_logits(bundle, backend)(data.images)
     info: dict = {"temperature": bundle.temperature, "adapt_priors": adapt, "backend": backend}
     if adapt:
         adaptation = PriorAdaptation.of_model(bundle.metadata)
@@ -105,8 +124,11 @@ def predict_set(bundle: Bundle, data: PreparedData, *, adapt: bool = False,
 
 
 def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed: int = 0, adapt: bool = False,
-             source: str = "", backend: str = "torch") -> tuple[dict, Predictions]:
-    """Point metrics, patient-bootstrap 95% CIs and calibration of ``bundle`` on ``data`` (see predict_set)."""
+             source: str = "", backend: str = "torch", stress: bool = False) -> tuple[dict, Predictions]:
+    """Point metrics, patient-bootstrap 95% CIs and calibration of ``bundle`` on ``data`` (see predict_set).
+
+    With ``stress``, ``metrics["stress"]`` holds the stress battery's results (``stress_set``).
+    """
     started = time.perf_counter()
     predictions, info = predict_set(bundle, data, adapt=adapt, backend=backend)
     threshold = (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
@@ -121,6 +143,9 @@ def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed:
         "unit": "patient", "level": 0.95}, seconds=round(time.perf_counter() - started, 3), disclaimer=DISCLAIMER,
         **info,
     )
+    if stress:
+        metrics["stress"] = stress_set(bundle, data, backend=backend, resamples=resamples, seed=seed)
+        metrics["seconds"] = round(time.perf_counter() - started, 3)
     return metrics, predictions
 
 

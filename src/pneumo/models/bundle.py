@@ -73,7 +73,7 @@ def preprocessing(size: int) -> dict[str, Any]:
         "grayscale": True,
         "resize": "cv2.resize to size x size (INTER_AREA when shrinking), aspect ratio not kept",
         "scale": "1/255",
-        "normalization": "inside the model (ImageNet mean/std for pretrained backbones)",
+        "normalization": "inside the model (the mean/std its ImageNet weights were trained with)",
         "input": "float32 (B, 1, size, size) in [0, 1]",
     }
 

