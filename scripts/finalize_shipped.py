@@ -28,7 +28,7 @@ from sklearn.model_selection import GroupKFold
 from pneumo.allocator import keep_freed_memory
 from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
-from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature
+from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature, operating_point
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.export.onnx import export_onnx
@@ -52,17 +52,6 @@ def scores(y, probs, patients, threshold=None, resamples=1000):
     point = summarize(y, probs, threshold)
     ci = bootstrap(y, probs, patients, resamples=resamples, seed=0, threshold=threshold)
     return {k: {"value": point[k], "low": ci[k]["low"], "high": ci[k]["high"]} for k in KEYS}
-
-
-def operating_point(y, probs, target):
-    """Highest threshold on P(pneumonia) with sensitivity >= target on (y, probs)."""
-    pneumonia = 1 - probs[:, 0]
-    sick = y != 0
-    candidates = np.sort(np.unique(pneumonia[sick]))[::-1]
-    for threshold in candidates:
-        if (pneumonia[sick] >= threshold).mean() >= target:
-            return float(threshold)
-    return float(candidates[-1])
 
 
 def tta_logits(model, images, passes=8, seed=0):

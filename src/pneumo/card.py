@@ -83,8 +83,9 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
         "- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
             "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
-            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma", "mixup",
-            "pretrained") if k in config) + ".",
+            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma",
+            "crop", "blur", "sharpen", "downsample", "noise", "jpeg", "mixup") if k in config) + ".",
+        f"- Initial weights: {_initial_weights(config.get('pretrained'))}.",
         f"- Training time: {training.get('train_seconds_total', '?')} s{_trained_on(training.get('environment'))}.",
     ]
     if metadata.get("seeds"):
@@ -106,6 +107,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                      f"class biases {adaptation['bias']}); the model's priors are then {adaptation['source_priors']}. "
                      "Adaptation re-estimates the class mix of each batch, so it needs a batch drawn from one population "
                      "and is off by default.")
+    lines += _adaptation_lines(metadata)
     lines += ["", "## Metrics", ""]
     if evaluation:
         lines += [f"Measured on {evaluation.get('images', '?')} images of {evaluation.get('patients', '?')} patients: "
@@ -119,8 +121,61 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         lines += ["", "## Targets", "", metadata["targets"]]
         if "| no," in metadata["targets"] and evaluation:
             lines += ["", _shortfall(evaluation, training, metadata["preprocessing"])]
+    if metadata.get("stress"):
+        lines += ["", "## Robustness (stress battery)", "", *stress_lines(metadata["stress"])]
     lines += ["", "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
     return "\n".join(lines)
+
+
+def _initial_weights(pretrained: str | None) -> str:
+    """Where training started, without the path of a file on the machine that trained it."""
+    if not pretrained:
+        return "random initialization"
+    if pretrained == "imagenet":
+        return "ImageNet weights (the backbone's published checkpoint)"
+    return f"ImageNet weights from the file {pretrained.replace(chr(92), '/').rsplit('/', 1)[-1]}"
+
+
+def _adaptation_lines(metadata: dict) -> list[str]:
+    record = metadata.get("adaptation")
+    if not record:
+        return []
+    lines = ["", "## Site adaptation", "",
+             f"- {record['method']}, on {record['images']} images (file list sha256 `{record['file_list_sha256'][:16]}…`), "
+             f"{record['date']}.",
+             f"- Source model: {record['source']['id']} (bundle sha256 `{record['source']['bundle_sha256'][:16]}…`); "
+             "every weight except the BatchNorm statistics is the source's."]
+    recalibration = metadata.get("recalibration")
+    if recalibration:
+        lines.append(f"- Temperature and operating point refitted on {recalibration['images']} labelled site images "
+                     f"(per class {recalibration['class_counts']}).")
+    else:
+        lines.append(f"- Calibration: {record['calibration']}; it may no longer hold at the site.")
+    lines.append("- The metrics below are the source model's, measured before adaptation, unless stated otherwise.")
+    return lines
+
+
+def stress_lines(stress: dict) -> list[str]:
+    """The stress battery as a Markdown table and its middle-severity worst case."""
+    lines = [f"Fixed acquisition changes (`pneumo evaluate --stress`), {stress['images']} images, decision by the "
+             f"{stress['rule']}" + (f" (adaptation: {stress['adapt']})" if stress.get("adapt", "none") != "none" else "")
+             + ".", "",
+             "| Change | Severity | Accuracy (95% CI) | Recall normal / bacterial / viral | Pneumonia sens. / spec. | Flip rate |",
+             "|---|---|---|---|---|---|"]
+    for row in [{"description": "none (clean)", "severity": "", **stress["clean"]}, *stress["perturbations"]]:
+        low, high = row["accuracy_ci95"]
+        lines.append(f"| {row['description']} | {row['severity']} | {row['accuracy']:.3f} ({low:.3f}–{high:.3f}) | "
+                     f"{row['recall_normal']:.3f} / {row['recall_bacterial']:.3f} / {row['recall_viral']:.3f} | "
+                     f"{row['pneumonia_sensitivity']:.3f} / {row['pneumonia_specificity']:.3f} | {row['flip_rate']:.1%} |")
+    summary = stress.get("summary") or {}
+    if summary:
+        lines += ["", f"Worst case at the middle severities: accuracy {summary['worst_accuracy']['value']:.3f} "
+                      f"({summary['worst_accuracy']['perturbation']}; clean {summary['clean_accuracy']:.3f}), normal "
+                      f"recall {summary['worst_recall_normal']['value']:.3f} ({summary['worst_recall_normal']['perturbation']}), "
+                      f"pneumonia sensitivity {summary['worst_pneumonia_sensitivity']['value']:.3f} "
+                      f"({summary['worst_pneumonia_sensitivity']['perturbation']}), flip rate "
+                      f"{summary['worst_flip_rate']['value']:.1%} ({summary['worst_flip_rate']['perturbation']})."]
+    return lines
 
 
 def _trained_on(environment: dict | None) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from pneumo import DISCLAIMER, __version__, paths
 from pneumo.allocator import keep_freed_memory
@@ -322,6 +323,17 @@ def train(
 ModelArgument = Annotated[Path, typer.Argument(help="A run folder, a model.pt bundle or a shipped models/ folder.")]
 RoleOption = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
 SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving the roles (default: the run's split.csv, else the archive's folders).")]
+AdaptOption = Annotated[str, typer.Option(help="Adapt to these images as one site: none, priors (EM class mix), bn (BatchNorm statistics, AdaBN) or bn+priors.")]
+
+
+def _adapt_mode(adapt: str, adapt_priors: bool) -> str:
+    from pneumo.adaptation import ADAPT_MODES
+
+    if adapt not in ADAPT_MODES:
+        raise fail(f"unknown --adapt {adapt!r}; choose one of {', '.join(ADAPT_MODES)}")
+    if adapt_priors and adapt not in ("none", "priors"):
+        raise fail(f"--adapt-priors and --adapt {adapt} disagree; for both, pass --adapt bn+priors")
+    return "priors" if adapt_priors else adapt
 
 
 def _run_split(models: list[Path]) -> Optional[Path]:
@@ -330,7 +342,7 @@ def _run_split(models: list[Path]) -> Optional[Path]:
 
 
 def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path,
-                         resamples: int, seed: int, adapt: bool, backend: str = "torch", stress: bool = False):
+                         resamples: int, seed: int, adapt: str | bool, backend: str = "torch", stress: bool = False):
     from pneumo.evaluation.evaluate import evaluate as run, select_images
     from pneumo.models.bundle import load_bundle
 
@@ -357,6 +369,9 @@ def _metrics_table(metrics: dict) -> None:
     console.print(table(f"{metrics['model_id']} on {metrics['images']} images of {metrics['patients']} patients",
                         ["metric", "value", "95% CI (patient bootstrap)"], rows))
     console.print(metrics["classification_report_text"])
+    if metrics.get("adapted_batchnorm_on"):
+        console.print(f"[bold]With BatchNorm adaptation (--adapt {metrics['adapt']}):[/bold] statistics re-estimated on "
+                      f"these {metrics['adapted_batchnorm_on']} unlabeled images before predicting (AdaBN).")
     if metrics.get("adapt_priors"):
         source = metrics["prior_adaptation"]["source"]
         console.print(f"[bold]With prior adaptation (--adapt-priors):[/bold] probabilities re-weighted to the class mix "
@@ -398,7 +413,8 @@ def evaluate(
     cache_dir: CacheOption = paths.cache_dir(),
     resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
-    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on these images (EM, Saerens 2002).")] = False,
+    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on these images (EM, Saerens 2002); the same as --adapt priors.")] = False,
+    adapt: AdaptOption = "none",
     backend: Annotated[str, typer.Option(help="torch, or onnx: the model.onnx exported beside the bundle (faster on CPU).")] = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json instead of tables.")] = False,
     stress: Annotated[bool, typer.Option(help="Also run the stress battery: fixed blur, resampling, sharpening, tone, noise, JPEG and framing changes.")] = False,
@@ -410,7 +426,7 @@ def evaluate(
 
     try:
         metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, seed,
-                                                    adapt_priors, backend, stress)
+                                                    _adapt_mode(adapt, adapt_priors), backend, stress)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
     out = out or Path("out") / f"evaluate-{metrics['model_id']}"
@@ -503,7 +519,8 @@ def predict(
     gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM).")] = False,
+    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM); the same as --adapt priors.")] = False,
+    adapt: AdaptOption = "none",
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays."""
     import csv
@@ -519,7 +536,11 @@ def predict(
     files = expand_inputs(inputs)
     if not files:
         raise fail(f"no image files found in {' '.join(inputs)}")
-    predictions = predictor.predict_files(files, adapt=adapt_priors)
+    mode = _adapt_mode(adapt, adapt_priors)
+    try:
+        predictions = predictor.predict_files(files, adapt=mode)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
     overlays: dict[str, str] = {}
     if gradcam is not None:
         from pneumo.explain.gradcam import png_bytes
@@ -533,8 +554,8 @@ def predict(
     failed = [p for p in predictions if not p.ok]
     if as_json:
         rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
-        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "adapt_priors": adapt_priors,
-                          "disclaimer": DISCLAIMER, "predictions": rows}, indent=1))
+        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "adapt": mode,
+                          "adapt_priors": mode.endswith("priors"), "disclaimer": DISCLAIMER, "predictions": rows}, indent=1))
     elif as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "error"])
@@ -545,7 +566,7 @@ def predict(
     else:
         rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")]]
                 for p in predictions if p.ok]
-        adapted = ", priors adapted to this batch (--adapt-priors)" if adapt_priors else ""
+        adapted = f", adapted to this batch (--adapt {mode})" if mode != "none" else ""
         console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
                                                                           "P(bacterial)", "P(viral)"], rows))
         if overlays:
@@ -555,6 +576,51 @@ def predict(
         errors.print(f"[red]error:[/red] {p.source}: {p.error}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def adapt(
+    model: ModelArgument,
+    inputs: Annotated[list[str], typer.Argument(help="Unlabeled images of one site: files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the adapted model.pt, model.onnx and MODEL_CARD.md.")],
+    labels: Annotated[Optional[Path], typer.Option(help="CSV (path,class) of labelled site images: also refit the temperature and operating point on them.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Id of the adapted model (default <model id>-adapted).")] = None,
+) -> None:
+    """Adapt a model to one site's scanner: re-estimate its BatchNorm statistics on unlabeled images (AdaBN)."""
+    import numpy as np
+
+    from pneumo.adaptation import adapt_bundle, recalibrate
+    from pneumo.card import model_card
+    from pneumo.export.onnx import export_onnx
+    from pneumo.models.bundle import load_bundle
+    from pneumo.predict import expand_inputs, load_images
+
+    if out.exists() and any(out.iterdir()):
+        raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")
+    try:
+        bundle = load_bundle(model)
+        files = expand_inputs(inputs)
+        loaded, problems = load_images(files, bundle.size)
+        for source, reason in problems:
+            errors.print(f"[yellow]skipped:[/yellow] {escape(source)}: {escape(reason)}")
+        with console.status(f"re-estimating BatchNorm statistics on {len(loaded)} images"):
+            images = np.stack([image for _, image in loaded]) if loaded else np.zeros((0, bundle.size, bundle.size), np.uint8)
+            written = adapt_bundle(bundle, images, [source for source, _ in loaded], out, name=name)
+            if labels is not None:
+                recalibrate(written, labels)
+            adapted = load_bundle(written)
+            export_onnx(adapted, out / "model.onnx")
+            (out / "MODEL_CARD.md").write_text(model_card(adapted.metadata, sha256=adapted.file_sha256))
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    record = adapted.metadata["adaptation"]
+    console.print(f"adapted {escape(bundle.model_id)} to {record['images']} images -> {out} "
+                  f"({adapted.model_id}; model.pt, model.onnx, MODEL_CARD.md)")
+    if "recalibration" in adapted.metadata:
+        recal = adapted.metadata["recalibration"]
+        console.print(f"recalibrated on {recal['images']} labelled images: temperature {adapted.temperature:.3f}, "
+                      f"operating point P(pneumonia) >= {recal['pneumonia_threshold']:.3f}")
+    console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
 
 
 @app.command()

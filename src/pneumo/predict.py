@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import DISCLAIMER
+from pneumo.adaptation import ADAPT_MODES, adapt_batchnorm
 from pneumo.data.readers import decode_gray, read_gray, resize
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.evaluation.calibration import PriorAdaptation
@@ -62,6 +63,22 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         else:
             files.append(item)
     return files
+
+
+def load_images(files: list[str], size: int, *, workers: int = 4) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
+    """Read and resize files in threads: ([(file, (size, size) uint8 image)], [(file, why it failed)]), in order."""
+
+    def load(source: str) -> np.ndarray | str:
+        try:
+            return resize(read_gray(source), size)
+        except ImageReadError as error:
+            return error.reason
+
+    with ThreadPoolExecutor(workers) as pool:
+        loaded = list(pool.map(load, files))
+    good = [(source, image) for source, image in zip(files, loaded) if not isinstance(image, str)]
+    bad = [(source, image) for source, image in zip(files, loaded) if isinstance(image, str)]
+    return good, bad
 
 
 class Predictor:
@@ -123,19 +140,41 @@ class Predictor:
             outputs.append(self.session.run(["logits"], {"image": batch})[0])
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
 
-    def probabilities(self, images: np.ndarray, *, adapt: bool = False) -> np.ndarray:
-        """Calibrated probabilities; with ``adapt``, adjusted to the priors of this batch (EM)."""
-        logits = self.logits(images)
-        if adapt and len(logits):
+    def probabilities(self, images: np.ndarray, *, adapt: bool | str = False) -> np.ndarray:
+        """Calibrated probabilities, adapted to this batch as ``adapt`` says.
+
+        ``adapt``: "none" (or False); "priors" (or True): EM re-estimates the batch's class
+        priors; "bn": AdaBN re-estimates BatchNorm statistics on the batch (PyTorch model, also
+        under the ONNX backend); "bn+priors": both.
+        """
+        adapt = {True: "priors", False: "none"}.get(adapt, adapt)
+        if adapt not in ADAPT_MODES:
+            raise ValueError(f"The 'adapt' option must be one of {ADAPT_MODES}. Got {adapt!r} instead.")
+        if adapt.startswith("bn"):
+            logits = predict_logits(adapt_batchnorm(self._torch_bundle().model, images), images)
+        else:
+            logits = self.logits(images)
+        if adapt.endswith("priors") and len(logits):
             return self.prior_adaptation.adapt(logits)[0]
         return softmax(logits, self.temperature)
+
+    def _torch_bundle(self):
+        """The PyTorch bundle: the loaded one, or under the ONNX backend the ``model.pt`` beside the file."""
+        if self.bundle is None:
+            from pneumo.models.bundle import load_bundle
+
+            try:
+                self.bundle = load_bundle(self._folder)
+            except ModelFileError as error:
+                raise ModelFileError(f"this needs the PyTorch bundle next to the ONNX file: {error}") from None
+        return self.bundle
 
     def load(self, source: str, data: bytes | None = None) -> np.ndarray:
         """Read (or decode given bytes) and resize one image; raises ImageReadError."""
         image = decode_gray(data, source) if data is not None else read_gray(source)
         return resize(image, self.size)
 
-    def predict_images(self, sources: list[str], images: list[np.ndarray], *, adapt: bool = False) -> list[Prediction]:
+    def predict_images(self, sources: list[str], images: list[np.ndarray], *, adapt: bool | str = False) -> list[Prediction]:
         if not images:
             return []
         stack = np.stack(images)
@@ -146,7 +185,7 @@ class Predictor:
             for source, label, p, image in zip(sources, labels, probs, images)
         ]
 
-    def predict_files(self, files: list[str], *, adapt: bool = False, workers: int = 4) -> list[Prediction]:
+    def predict_files(self, files: list[str], *, adapt: bool | str = False, workers: int = 4) -> list[Prediction]:
         """Predictions in the order of ``files``; a bad file gets ``error`` and the rest go on."""
 
         def load(source: str) -> np.ndarray | str:
@@ -166,18 +205,12 @@ class Predictor:
         """Grad-CAM overlays (original beside heatmap, RGB uint8) for successful predictions."""
         from pneumo.explain.gradcam import gradcam, overlay
 
-        if self.bundle is None:  # ONNX backend: gradients need the PyTorch bundle beside the .onnx file
-            from pneumo.models.bundle import load_bundle
-
-            try:
-                self.bundle = load_bundle(self._folder)
-            except ModelFileError as error:
-                raise ModelFileError(f"Grad-CAM needs the PyTorch bundle next to the ONNX file: {error}") from None
+        bundle = self._torch_bundle()  # gradients need PyTorch, also under the ONNX backend
         ok = [p for p in predictions if p.ok]
         if not ok:
             return []
         classes = [self.classes.index(p.label) for p in ok]
-        heatmaps = gradcam(self.bundle.model, self.metadata["model_name"], np.stack([p.image for p in ok]), classes)
+        heatmaps = gradcam(bundle.model, self.metadata["model_name"], np.stack([p.image for p in ok]), classes)
         return [overlay(p.image, heat) for p, heat in zip(ok, heatmaps)]
 
 

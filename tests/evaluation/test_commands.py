@@ -45,6 +45,20 @@ def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path)
     assert "no 'test' images in the archive's test/ folder" in failed.output and "--split-file" in failed.output
 
 
+def test_evaluate_with_stress_and_batchnorm_adaptation(tiny_run, shared_data, cache_dir, tmp_path):
+    """--stress adds the battery to metrics.json; --adapt bn adapts to the clean set and to each perturbed one."""
+    result = invoke("evaluate", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+                    "--split-file", tiny_run / "split.csv", "--resamples", 50, "--stress", "--adapt", "bn")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["adapt"] == "bn" and metrics["adapted_batchnorm_on"] == metrics["images"]
+    stress = metrics["stress"]
+    assert stress["adapt"] == "bn" and stress["images"] == metrics["images"]
+    assert {row["name"] for row in stress["perturbations"]} >= {"blur/middle", "jpeg/severe", "zoom-out/middle"}
+    assert stress["clean"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert 0 <= stress["summary"]["worst_flip_rate"]["value"] <= 1
+    assert "Stress battery" in result and "With BatchNorm adaptation (--adapt bn)" in result
+
+
 def test_evaluate_with_the_onnx_backend(tiny_run, tiny_run_b, shared_data, cache_dir, tmp_path):
     """--backend onnx gives the PyTorch figures, and refuses a missing or stale export by name."""
     model = tmp_path / "model"

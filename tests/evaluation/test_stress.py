@@ -6,16 +6,17 @@ import torch
 import yaml
 
 from pneumo.data import acquisition
+from pneumo.inference import softmax
 from pneumo.evaluation.stress import BATTERY, Perturbation, perturb, stress_test
 from tests.conftest import REPO, xray_like
 
 
-def sharpness_logits(images: np.ndarray) -> np.ndarray:
-    """A 'model' that learned the shortcut: sharp images are normal, soft ones bacterial."""
+def sharpness_model(images: np.ndarray) -> np.ndarray:
+    """A 'model' that learned the shortcut: sharp images are normal, soft ones bacterial (probabilities)."""
     batch = torch.from_numpy(images).float()[:, None] / 255
     kernel = torch.tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=torch.float32).view(1, 1, 3, 3)
     score = torch.nn.functional.conv2d(batch, kernel).var(dim=(1, 2, 3)).numpy() * 2000
-    return np.stack([score - 1, 1 - score, np.zeros_like(score) - 5], 1)
+    return softmax(np.stack([score - 1, 1 - score, np.zeros_like(score) - 5], 1))
 
 
 @pytest.fixture()
@@ -32,9 +33,9 @@ def test_perturb_is_deterministic_and_returns_8_bit_images(images):
 
 
 def test_identity_perturbation_flips_nothing_and_keeps_the_clean_scores(images):
-    labels = sharpness_logits(images).argmax(1)
+    labels = sharpness_model(images).argmax(1)
     identity = Perturbation("none", "middle", "unchanged", lambda x, pixels, generator: x)
-    result = stress_test(sharpness_logits, images, labels, np.arange(len(labels)).astype(str), battery=(identity,),
+    result = stress_test(sharpness_model, images, labels, np.arange(len(labels)).astype(str), battery=(identity,),
                          resamples=50)
     row = result["perturbations"][0]
     assert row["flip_rate"] == 0 and row["accuracy"] == result["clean"]["accuracy"] == 1.0
@@ -42,7 +43,7 @@ def test_identity_perturbation_flips_nothing_and_keeps_the_clean_scores(images):
 
 def test_a_sharpness_shortcut_is_caught_by_the_blur_rows(images):
     labels = np.zeros(len(images), int)  # all normal, and the shortcut model calls them normal when sharp
-    result = stress_test(sharpness_logits, images, labels, np.arange(len(labels)).astype(str), resamples=50)
+    result = stress_test(sharpness_model, images, labels, np.arange(len(labels)).astype(str), resamples=50)
     rows = {row["name"]: row for row in result["perturbations"]}
     assert result["clean"]["recall_normal"] == 1.0
     assert rows["blur/severe"]["recall_normal"] < 0.5 and rows["blur/severe"]["flip_rate"] > 0.5

@@ -52,6 +52,22 @@ def fit_bias_corrected_temperature(logits: np.ndarray, labels: np.ndarray) -> tu
     return float(np.exp(result.x[0])), np.concatenate([[0.0], result.x[1:]])
 
 
+def operating_point(labels: np.ndarray, probs: np.ndarray, target: float) -> float:
+    """The highest threshold on P(pneumonia) whose pneumonia sensitivity on (labels, probs) is >= ``target``.
+
+    The highest such threshold keeps specificity as high as the target allows. Class 0 is normal.
+    """
+    pneumonia = 1 - np.asarray(probs)[:, 0]
+    sick = np.asarray(labels) != 0
+    if not sick.any():
+        raise ValueError("an operating point needs pneumonia images among the labelled ones; got none")
+    candidates = np.sort(np.unique(pneumonia[sick]))[::-1]
+    for threshold in candidates:
+        if (pneumonia[sick] >= threshold).mean() >= target:
+            return float(threshold)
+    return float(candidates[-1])
+
+
 @dataclass(frozen=True)
 class PriorAdaptation:
     """How to turn logits into probabilities whose class priors are known, for EM.

@@ -91,39 +91,67 @@ def model_logits(bundle: Bundle, backend: str = "torch"):
     return lambda images: predict_logits(bundle.model, images)
 
 
-def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", resamples: int = 1000,
-               seed: int = 0) -> dict:
-    """The stress battery (``pneumo.evaluation.stress``) with the bundle's temperature and operating point."""
-    from pneumo.evaluation.stress import stress_test
+def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "none",
+                          backend: str = "torch") -> tuple[np.ndarray, dict]:
+    """Calibrated probabilities for uint8 images (N, S, S), adapted to them as ``adapt`` says.
 
-    if data.size != bundle.size:
-        raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
-    threshold = (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
-    return stress_test(model_logits(bundle, backend), data.images, data.labels, data.patients,
-                       temperature=bundle.temperature, threshold=threshold, resamples=resamples, seed=seed)
-
-
-def predict_set(bundle: Bundle, data: PreparedData, *, adapt: bool = False,
-                backend: str = "torch") -> tuple[Predictions, dict]:
-    """Probabilities for every image; with ``adapt``, re-estimate class priors on this set (EM).
-
-    ``backend`` "onnx" runs the export beside the bundle instead of the bundle's PyTorch model.
+    ``adapt``: "none"; "priors" (EM re-estimates the class mix of these images); "bn" (AdaBN:
+    BatchNorm statistics re-estimated on these images, always with the PyTorch model); or
+    "bn+priors" (both, in that order). Returns the probabilities and what was done.
     """
-    if data.size != bundle.size:
-        raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
-    logits = model_logits(bundle, backend)(data.images)
-    info: dict = {"temperature": bundle.temperature, "adapt_priors": adapt, "backend": backend}
-    if adapt:
+    from pneumo.adaptation import ADAPT_MODES, adapt_batchnorm
+
+    if adapt not in ADAPT_MODES:
+        raise ValueError(f"The 'adapt' option must be one of {ADAPT_MODES}. Got {adapt!r} instead.")
+    info: dict = {"temperature": bundle.temperature, "adapt": adapt, "adapt_priors": adapt.endswith("priors"),
+                  "backend": backend}
+    if adapt.startswith("bn"):
+        logits = predict_logits(adapt_batchnorm(bundle.model, images), images)
+        info["backend"] = "torch"  # the adapted statistics exist only in the PyTorch model
+        info["adapted_batchnorm_on"] = int(len(images))
+    else:
+        logits = model_logits(bundle, backend)(images)
+    if adapt.endswith("priors"):
         adaptation = PriorAdaptation.of_model(bundle.metadata)
         probs, priors = adaptation.adapt(logits)
         info["estimated_priors"] = dict(zip(SHORT_NAMES, priors.round(4).tolist()))
         info["prior_adaptation"] = adaptation.to_dict()
     else:
         probs = softmax(logits, bundle.temperature)
+    return probs, info
+
+
+def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", adapt: str = "none",
+               resamples: int = 1000, seed: int = 0) -> dict:
+    """The stress battery (``pneumo.evaluation.stress``) with the bundle's temperature and operating point.
+
+    With ``adapt``, the model adapts to each perturbed set as a whole (see adapted_probabilities).
+    """
+    from pneumo.evaluation.stress import stress_test
+
+    if data.size != bundle.size:
+        raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
+    threshold = (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+    result = stress_test(lambda images: adapted_probabilities(bundle, images, adapt=adapt, backend=backend)[0],
+                         data.images, data.labels, data.patients, threshold=threshold, resamples=resamples, seed=seed)
+    return {"adapt": adapt, **result}
+
+
+def predict_set(bundle: Bundle, data: PreparedData, *, adapt: str | bool = "none",
+                backend: str = "torch") -> tuple[Predictions, dict]:
+    """Probabilities for every image, adapted to this set as ``adapt`` says (see adapted_probabilities).
+
+    ``backend`` "onnx" runs the export beside the bundle instead of the bundle's PyTorch model.
+    ``adapt=True`` is "priors" (the older spelling).
+    """
+    if data.size != bundle.size:
+        raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
+    adapt = {True: "priors", False: "none"}.get(adapt, adapt)
+    probs, info = adapted_probabilities(bundle, data.images, adapt=adapt, backend=backend)
     return Predictions(data.paths, data.patients, data.labels, probs), info
 
 
-def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed: int = 0, adapt: bool = False,
+def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed: int = 0, adapt: str | bool = "none",
              source: str = "", backend: str = "torch", stress: bool = False) -> tuple[dict, Predictions]:
     """Point metrics, patient-bootstrap 95% CIs and calibration of ``bundle`` on ``data`` (see predict_set).
 
@@ -144,7 +172,8 @@ def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed:
         **info,
     )
     if stress:
-        metrics["stress"] = stress_set(bundle, data, backend=backend, resamples=resamples, seed=seed)
+        metrics["stress"] = stress_set(bundle, data, backend=backend, adapt=info["adapt"], resamples=resamples,
+                                       seed=seed)
         metrics["seconds"] = round(time.perf_counter() - started, 3)
     return metrics, predictions
 

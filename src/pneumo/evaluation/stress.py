@@ -25,7 +25,6 @@ import torch
 
 from pneumo.data import acquisition
 from pneumo.evaluation.metrics import NORMAL, decide
-from pneumo.inference import softmax
 from pneumo.labels import SHORT_NAMES
 
 __all__ = ["BATTERY", "SEVERITIES", "Perturbation", "perturb", "stress_test", "summarize_stress"]
@@ -157,15 +156,17 @@ def _scores(labels: np.ndarray, predicted: np.ndarray, clean: np.ndarray, patien
     return scores
 
 
-def stress_test(logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
-                patients: np.ndarray, *, temperature: float = 1.0, threshold: float | None = None,
-                battery: tuple[Perturbation, ...] = BATTERY, resamples: int = 1000, seed: int = 0) -> dict:
+def stress_test(probabilities: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
+                patients: np.ndarray, *, threshold: float | None = None, battery: tuple[Perturbation, ...] = BATTERY,
+                resamples: int = 1000, seed: int = 0) -> dict:
     """Run the battery.
 
     Args:
-        logits: the model, uint8 images (N, S, S) -> logits (N, K).
+        probabilities: the model with its calibration, uint8 images (N, S, S) -> probabilities (N, K).
+            It sees each perturbed set whole, so a model that adapts to the images it is given
+            (``--adapt bn``) adapts to each perturbation in turn, as it would at a site.
         images, labels, patients: the evaluated set.
-        temperature, threshold: the model's calibration and decision rule (None: most probable class).
+        threshold: the model's operating point on P(pneumonia); None decides by the most probable class.
         battery: the perturbations (default: the fixed battery).
         resamples, seed: patient bootstrap of the accuracy intervals.
 
@@ -174,7 +175,7 @@ def stress_test(logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
          "summary": summarize_stress(...), "rule": ..., "seed": STRESS_SEED}
     """
     def decided(batch: np.ndarray) -> np.ndarray:
-        return decide(softmax(logits(batch), temperature), threshold)
+        return decide(probabilities(batch), threshold)
 
     clean = decided(images)
     result = {"rule": "operating point" if threshold is not None else "most probable class",

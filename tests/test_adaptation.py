@@ -1,0 +1,169 @@
+"""BatchNorm adaptation (AdaBN): the function on a model trained here, and `pneumo adapt` end to end."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from pneumo.adaptation import MIN_IMAGES, adapt_batchnorm
+from pneumo.cli import app
+from pneumo.errors import PneumoError
+from pneumo.inference import predict_logits
+from pneumo.models.bundle import load_bundle
+from tests.conftest import REPO, jpeg_bytes, xray_like
+
+runner = CliRunner()
+
+
+def stripes(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: horizontal stripes, class 1: vertical, random phase and period, plus noise (uint8, 32 px)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, count)
+    grid = np.arange(32)
+    images = []
+    for label in labels:
+        period, phase = rng.uniform(4, 8), rng.uniform(0, 6.3)
+        wave = np.sin(2 * np.pi * grid / period + phase)
+        pattern = wave[:, None].repeat(32, 1) if label == 0 else wave[None, :].repeat(32, 0)
+        images.append(np.clip(128 + 60 * pattern + rng.normal(0, 15, (32, 32)), 0, 255))
+    return np.asarray(images, np.uint8), labels
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    torch.manual_seed(0)
+    images, labels = stripes(512, seed=0)
+    model = TinyNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.from_numpy(images).float()[:, None] / 255, torch.from_numpy(labels)
+    for _ in range(4):
+        for start in range(0, 512, 64):
+            loss = nn.functional.cross_entropy(model(x[start:start + 64]), y[start:start + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    test_images, test_labels = stripes(256, seed=1)
+    return model.eval(), test_images, test_labels
+
+
+def accuracy(model, images, labels) -> float:
+    return float((predict_logits(model, images).argmax(1) == labels).mean())
+
+
+def test_adaptation_undoes_an_acquisition_shift_and_leaves_unshifted_images_alone(trained):
+    model, images, labels = trained
+    clean = accuracy(model, images, labels)
+    assert clean > 0.95
+    # Another 'scanner': a third of the contrast and a brighter background.
+    shifted = np.clip(images.astype(np.float32) * 0.35 + 150, 0, 255).astype(np.uint8)
+    unadapted = accuracy(model, shifted, labels)
+    adapted = accuracy(adapt_batchnorm(model, shifted), shifted, labels)
+    assert unadapted < 0.8 and adapted > 0.95, (unadapted, adapted)
+    assert abs(accuracy(adapt_batchnorm(model, images), images, labels) - clean) <= 0.02
+
+
+def test_adaptation_changes_only_the_statistics_of_a_copy(trained):
+    model, images, _ = trained
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    adapted = adapt_batchnorm(model, np.clip(images.astype(np.int32) + 60, 0, 255).astype(np.uint8))
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name])  # the source model is untouched
+    changed = {name for name, tensor in adapted.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert changed and all(name.endswith(("running_mean", "running_var", "num_batches_tracked")) for name in changed)
+    assert not adapted.training and all(layer.momentum == 0.1 for layer in adapted.modules()
+                                        if isinstance(layer, nn.BatchNorm2d))
+
+
+def test_too_few_images_and_models_without_batchnorm_are_refused(trained):
+    model, images, _ = trained
+    with pytest.raises(PneumoError, match=f"at least {MIN_IMAGES} images of the site; got {MIN_IMAGES - 1}"):
+        adapt_batchnorm(model, images[:MIN_IMAGES - 1])
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(PneumoError, match="has no BatchNorm layers"):
+        adapt_batchnorm(plain, images)
+
+
+def site_folder(tmp_path, count: int, offset: int = 40):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    for number in range(count):
+        image = np.clip(xray_like(number, 128).astype(np.int32) + offset, 0, 255).astype(np.uint8)
+        (folder / f"case{number:03d}.jpeg").write_bytes(jpeg_bytes(image))
+    return folder
+
+
+def test_adapt_command_writes_a_bundle_onnx_and_card_that_record_the_adaptation(tmp_path):
+    source = REPO / "models" / "pneumo-cnn"
+    folder = site_folder(tmp_path, 24)
+    (folder / "broken.jpeg").write_bytes(b"not an image")
+    out = tmp_path / "adapted"
+    result = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "skipped:" in result.output and "broken.jpeg" in result.output
+    adapted, original = load_bundle(out), load_bundle(source)
+    record = adapted.metadata["adaptation"]
+    assert record["images"] == 24 and record["source"]["bundle_sha256"] == original.file_sha256
+    assert adapted.model_id == "pneumo-cnn-adapted" and adapted.temperature == original.temperature
+    stats = [name for name in adapted.model.state_dict() if name.endswith("running_mean")]
+    assert any(not torch.equal(adapted.model.state_dict()[n], original.model.state_dict()[n]) for n in stats)
+    assert "## Site adaptation" in (out / "MODEL_CARD.md").read_text()
+    predicted = runner.invoke(app, ["predict", "--model", str(out), "--backend", "onnx", "--json",
+                                    str(folder / "case000.jpeg")])
+    assert predicted.exit_code == 0, predicted.output
+    assert json.loads(predicted.stdout)["model"] == "pneumo-cnn-adapted"
+    again = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists and is not empty" in again.output
+
+
+def test_adapt_command_refuses_too_few_images_and_refits_calibration_on_labels(tmp_path):
+    source = REPO / "models" / "pneumo-cnn"
+    folder = site_folder(tmp_path, 24)
+    few = runner.invoke(app, ["adapt", str(source), str(folder / "case00*.jpeg"), "--out", str(tmp_path / "few")])
+    assert few.exit_code == 2 and f"at least {MIN_IMAGES} images" in few.output
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "class"])
+        for number in range(24):
+            writer.writerow([f"site/case{number:03d}.jpeg", ["NORMAL", "bacterial", "viral"][number % 3]])
+    out = tmp_path / "recalibrated"
+    result = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(out), "--labels", str(labels)])
+    assert result.exit_code == 0, result.output
+    adapted = load_bundle(out)
+    assert adapted.metadata["recalibration"]["images"] == 24
+    assert adapted.metadata["operating_point"]["fitted_on"] == "the site's labelled images"
+    assert "recalibrated on 24 labelled images" in " ".join(result.output.split())
+    labels.write_text("path,class\nsite/case000.jpeg,pneumonia\n")
+    bad = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(tmp_path / "bad"), "--labels", str(labels)])
+    assert bad.exit_code == 2 and "labels.csv, line 2: unknown class 'pneumonia'" in " ".join(bad.output.split())
+
+
+def test_predict_adapts_a_batch_with_the_onnx_backend_too(tmp_path):
+    folder = site_folder(tmp_path, 20)
+    outputs = {}
+    for backend in ("torch", "onnx"):
+        result = runner.invoke(app, ["predict", "--model", str(REPO / "models" / "pneumo-cnn"), "--backend", backend,
+                                     "--adapt", "bn", "--json", str(folder)])
+        assert result.exit_code == 0, result.output
+        outputs[backend] = json.loads(result.stdout)
+    assert outputs["torch"]["adapt"] == "bn"
+    torch_probs = [row["probabilities"]["normal"] for row in outputs["torch"]["predictions"]]
+    onnx_probs = [row["probabilities"]["normal"] for row in outputs["onnx"]["predictions"]]
+    np.testing.assert_allclose(torch_probs, onnx_probs, atol=1e-5)
+    conflict = runner.invoke(app, ["predict", "--adapt", "bn", "--adapt-priors", str(folder)])
+    assert conflict.exit_code == 2 and "for both, pass --adapt bn+priors" in conflict.output
