@@ -180,6 +180,50 @@ def show_data(
     console.print(f"wrote {sample_grid(result.data, out, per_class=per_class, seed=seed)}")
 
 
+@app.command()
+def audit(
+    data: Annotated[Path, typer.Argument(help="Data folder (archive layout or organized); default $PNEUMO_DATA.")] = paths.data_dir(),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.json, audit.md and audit.png.")] = Path("out/audit"),
+    split_file: Annotated[Optional[Path], typer.Option(help="Group by the roles of this split CSV (e.g. splits/internal.csv) instead of the archive's folders.")] = None,
+    resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples of the probe's AUC.")] = 300,
+) -> None:
+    """Shortcut audit: low-level image statistics per class, and how well they alone predict it."""
+    import csv
+    import json
+
+    from pneumo.data.audit import audit as run, audit_figure, audit_markdown
+
+    if not Path(data).exists():
+        raise fail(f"{data}: no such data folder; pass DATA or set $PNEUMO_DATA")
+    roles = None
+    if split_file:
+        if not split_file.is_file():
+            raise fail(f"{split_file}: split file not found")
+        with split_file.open(newline="") as handle:
+            roles = {row["sha256"]: row["role"] for row in csv.DictReader(handle)}
+    try:
+        with console.status(f"measuring the images of {escape(str(data))}"):
+            result = run(data, roles=roles, resamples=resamples)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    if not result.records:
+        raise fail(f"{data}: no readable images to audit")
+    summary = result.to_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(summary, indent=1))
+    (out / "audit.md").write_text(audit_markdown(summary) + "\n")
+    audit_figure(result, out / "audit.png")
+    rows = [[task.replace("_", " "), probe["images"], f"{probe['auc']:.3f}",
+             f"{probe['auc_ci95'][0]:.3f} - {probe['auc_ci95'][1]:.3f}",
+             ", ".join(f"{name} {auc:.2f}" for name, auc in list(probe.get("single_feature_auc", {}).items())[:3])]
+            for task, probe in result.probe.items()]
+    console.print(table("Shortcut probe: the class from image statistics alone (0.5 = no shortcut)",
+                        ["task", "images", "AUC", "95% CI", "carried by (own AUC)"], rows))
+    for problem in result.problems:
+        errors.print(f"[yellow]skipped:[/yellow] {escape(problem)}")
+    console.print(f"wrote {out / 'audit.json'}, {out / 'audit.md'}, {out / 'audit.png'}")
+
+
 @app.command("show-augment")
 def show_augment(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("out/augment.png"),
