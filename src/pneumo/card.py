@@ -98,6 +98,10 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                      f"chosen on validation for a pneumonia sensitivity of at least {point.get('target_sensitivity', '?')}"
                      f" (validation sensitivity {point.get('val_sensitivity', float('nan')):.4f}, specificity "
                      f"{point.get('val_specificity', float('nan')):.4f}).")
+        if point.get("holds_under"):
+            lines.append(f"  The threshold keeps that sensitivity on {point['holds_under']} of validation (the threshold "
+                         f"for clean images alone would be {point['clean_only_threshold']:.4f}); the lowest validation "
+                         f"specificity among them is {point['val_stress_worst_specificity']:.4f}.")
     else:
         lines.append("- Operating point: the most probable class (no threshold set).")
     adaptation = metadata.get("prior_adaptation")
@@ -123,6 +127,8 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
             lines += ["", _shortfall(evaluation, training, metadata["preprocessing"])]
     if metadata.get("stress"):
         lines += ["", "## Robustness (stress battery)", "", *stress_lines(metadata["stress"])]
+    if metadata.get("audit"):
+        lines += ["", "## Shortcut audit of the training data", "", *audit_lines(metadata["audit"])]
     lines += ["", "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
     return "\n".join(lines)
 
@@ -152,6 +158,21 @@ def _adaptation_lines(metadata: dict) -> list[str]:
     else:
         lines.append(f"- Calibration: {record['calibration']}; it may no longer hold at the site.")
     lines.append("- The metrics below are the source model's, measured before adaptation, unless stated otherwise.")
+    return lines
+
+
+def audit_lines(audit: dict) -> list[str]:
+    """The shortcut probe's result (``pneumo audit``) as card text."""
+    lines = ["How well low-level statistics alone (sharpness, noise, file bytes per pixel, contrast, intensity, "
+             f"borders) predict the class in the training folder (`pneumo audit`, {audit.get('source', '')}); an AUC "
+             "of 0.5 would mean no shortcut among them.", ""]
+    for task, probe in audit["probe"].items():
+        low, high = probe["auc_ci95"]
+        carriers = ", ".join(f"{name} {auc:.2f}" for name, auc in list(probe.get("single_feature_auc", {}).items())[:3])
+        lines.append(f"- {task.replace('_', ' ')}: AUC {probe['auc']:.3f} ({low:.3f}–{high:.3f}); carried most by {carriers}.")
+    lines += ["", "A model can learn these instead of the lungs. The acquisition augmentation and the stress battery "
+              "above are how this model was trained against them and tested for them; they do not prove the model "
+              "ignores them."]
     return lines
 
 
