@@ -112,3 +112,23 @@ def test_shipped_model_adapts_priors_with_its_validation_fit(shared_images):
     assert not np.allclose(plain, adapted)
     result = runner.invoke(app, ["predict", "--json", "--adapt-priors", *map(str, shared_images)])
     assert result.exit_code == 0 and json.loads(result.stdout)["adapt_priors"] is True
+
+
+def test_file_names_are_printed_as_they_are_never_as_markup(tmp_path):
+    """Rich markup in a file or folder name is shown literally, and never breaks the output."""
+    from tests.conftest import jpeg_bytes, xray_like
+
+    folder = tmp_path / "["
+    folder.mkdir()
+    names = ["[bold red]markup.jpeg", "plain.jpeg"]
+    for name in names:
+        (folder / name).write_bytes(jpeg_bytes(xray_like(3, 128)))
+    (folder / "[broken].jpeg").write_bytes(b"not an image")
+    for extra in ([], ["--json"], ["--csv"]):
+        result = runner.invoke(app, ["predict", "--model", "models/pneumo-cnn", *extra, str(folder)])
+        assert result.exit_code == 1, result.output  # the broken file fails, the others are answered
+        assert isinstance(result.exception, SystemExit), result.exception  # exit 1 for the broken file, not a crash
+        text = "".join(result.output.split())
+        assert "[broken].jpeg" in text and "markup.jpeg" in text
+        if extra:  # JSON and CSV hold the names whole (the table folds long ones over lines)
+            assert "[boldred]markup.jpeg" in text

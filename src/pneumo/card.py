@@ -125,8 +125,9 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         lines += ["", "## Targets", "", metadata["targets"]]
         if "| no," in metadata["targets"] and evaluation:
             lines += ["", _shortfall(evaluation, training, metadata["preprocessing"])]
-    if metadata.get("stress"):
-        lines += ["", "## Robustness (stress battery)", "", *stress_lines(metadata["stress"])]
+    stress = (evaluation or {}).get("stress") or metadata.get("stress")
+    if stress:
+        lines += ["", "## Robustness (stress battery)", "", *stress_lines(stress)]
     if metadata.get("audit"):
         lines += ["", "## Shortcut audit of the training data", "", *audit_lines(metadata["audit"])]
     lines += ["", "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]

@@ -47,7 +47,7 @@ def setup(
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code)
 
 
@@ -56,7 +56,7 @@ def _problems(problems, limit: int = 50) -> None:
         return
     errors.print(f"[yellow]{len(problems)} file(s) could not be used:[/yellow]")
     for problem in problems[:limit]:
-        errors.print(f"  {problem.source}: {problem.reason}")
+        errors.print(f"  {escape(problem.source)}: {escape(problem.reason)}")
     if len(problems) > limit:
         errors.print(f"  ... and {len(problems) - limit} more")
 
@@ -92,7 +92,7 @@ def organize(
         + (" - nothing changed" if not changed else "") + f" ({time.perf_counter() - started:.1f} s)"
     )
     for root in result.ignored_roots:
-        console.print(f"[dim]ignored nested copy {root}[/dim]")
+        console.print(f"[dim]ignored nested copy {escape(str(root))}[/dim]")
     groups = result.duplicate_groups
     if groups:
         extra = sum(len(group) - 1 for group in groups)
@@ -100,7 +100,7 @@ def organize(
         for group in groups:
             console.print("  " + " = ".join(record.path for record in group), soft_wrap=True, highlight=False)
     _problems(result.problems, limit=10_000)
-    console.print(f"manifest: {Path(dest) / 'manifest.csv'}")
+    console.print(f"manifest: {Path(dest) / 'manifest.csv'}", markup=False)
     if result.problems and not skip_bad:
         raise typer.Exit(1)
 
@@ -140,7 +140,7 @@ def prepare(
     overlap = chosen.patient_overlap(prepared.patients)
     console.print(f"patients on both sides: {overlap}" + (
         "  [yellow](the random image-level split leaks these patients)[/yellow]" if any(overlap.values()) else ""))
-    console.print(f"split: {split_path}")
+    console.print(f"split: {split_path}", markup=False)
 
 
 def _split_table(chosen, prepared) -> None:
@@ -177,7 +177,7 @@ def show_data(
         result = prepare_data(data, size, cache_dir)
     except PneumoError as error:
         raise fail(str(error)) from None
-    console.print(f"wrote {sample_grid(result.data, out, per_class=per_class, seed=seed)}")
+    console.print(f"wrote {sample_grid(result.data, out, per_class=per_class, seed=seed)}", markup=False)
 
 
 @app.command()
@@ -221,7 +221,7 @@ def audit(
                         ["task", "images", "AUC", "95% CI", "carried by (own AUC)"], rows))
     for problem in result.problems:
         errors.print(f"[yellow]skipped:[/yellow] {escape(problem)}")
-    console.print(f"wrote {out / 'audit.json'}, {out / 'audit.md'}, {out / 'audit.png'}")
+    console.print(f"wrote {out / 'audit.json'}, {out / 'audit.md'}, {out / 'audit.png'}", markup=False)
 
 
 @app.command("show-augment")
@@ -263,7 +263,7 @@ def show_augment(
         written = augment_grid(result.data, out, config, index=index, seed=seed)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
-    console.print(f"wrote {written}")
+    console.print(f"wrote {written}", markup=False)
 
 
 @app.command()
@@ -361,7 +361,7 @@ def train(
     if result.leaked_patients:
         console.print(f"[yellow]{result.leaked_patients} patients have images in both training and validation "
                       f"(--split random): validation scores are optimistic.[/yellow]")
-    console.print(f"model bundle: {result.bundle}")
+    console.print(f"model bundle: {result.bundle}", markup=False)
 
 
 ModelArgument = Annotated[Path, typer.Argument(help="A run folder, a model.pt bundle or a shipped models/ folder.")]
@@ -479,7 +479,7 @@ def evaluate(
         print(json.dumps(metrics, indent=1))
         return
     _metrics_table(metrics)
-    console.print(f"wrote {', '.join(str(p) for p in written)}")
+    console.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
 
 
 @app.command()
@@ -552,7 +552,7 @@ def report(
         written = build_report(out, data=prepared, roles=roles, results=results, epoch_summary=summary)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
-    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", markup=False)
 
 
 @app.command()
@@ -614,10 +614,10 @@ def predict(
         console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
                                                                           "P(bacterial)", "P(viral)"], rows))
         if overlays:
-            console.print(f"Grad-CAM overlays in {gradcam}")
+            console.print(f"Grad-CAM overlays in {gradcam}", markup=False)
         console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
     for p in failed:
-        errors.print(f"[red]error:[/red] {p.source}: {p.error}")
+        errors.print(f"[red]error:[/red] {escape(p.source)}: {escape(p.error)}")
     if failed:
         raise typer.Exit(1)
 
@@ -684,7 +684,7 @@ def export(
         written = export_onnx(bundle, out or bundle.path.with_suffix(".onnx"))
     except PneumoError as error:
         raise fail(str(error)) from None
-    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", markup=False)
 
 
 @app.command()
@@ -727,7 +727,7 @@ def card(
         raise fail(str(error)) from None
     target = out or bundle.path.parent / "MODEL_CARD.md"
     target.write_text(model_card(bundle.metadata, sha256=bundle.file_sha256, evaluation=evaluation))
-    console.print(f"wrote {target}")
+    console.print(f"wrote {target}", markup=False)
 
 
 experiment_app = typer.Typer(help="Repeated experiments over seeds.", no_args_is_help=True)
@@ -787,7 +787,7 @@ def experiment_epochs(
     rows = [[row["epochs"], row["runs"], *[f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in
                                             ("accuracy", "loss", "macro_f1")]] for row in summary["rows"]]
     console.print(table("epoch study (mean ± sd over seeds)", ["epochs", "runs", "accuracy", "loss", "macro-F1"], rows))
-    console.print(f"wrote {root}/summary.md and summary.json")
+    console.print(f"wrote {root}/summary.md and summary.json", markup=False)
 
 
 if __name__ == "__main__":

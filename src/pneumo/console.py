@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # never break a path in an error message
@@ -30,11 +31,12 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
 
 def table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
     """A rich table with the first column left-aligned and the others right-aligned."""
-    result = Table(title=title, title_justify="left")
+    result = Table(title=Text(title), title_justify="left")
     for number, column in enumerate(columns):
         # The first column holds names and paths: fold them rather than cut them.
         result.add_column(column, justify="left" if number == 0 else "right",
                           overflow="fold" if number == 0 else "ellipsis")
     for row in rows:
-        result.add_row(*(str(cell) for cell in row))
+        # Text, not markup: cells hold file names and other user strings, which may contain "[".
+        result.add_row(*(Text(str(cell)) for cell in row))
     return result

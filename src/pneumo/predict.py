@@ -122,8 +122,15 @@ class Predictor:
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.metadata = read_onnx_metadata(onnx_path)
+        beside = onnx_path.parent / "model.pt"
+        if beside.is_file():
+            # A bundle beside the file is used for Grad-CAM and adaptation: it must be the one exported.
+            bundle_sha256 = hashlib.sha256(beside.read_bytes()).hexdigest()
+            if self.metadata.get("source_bundle_sha256") != bundle_sha256:
+                raise ModelFileError(f"{onnx_path} was not exported from the {beside} beside it; export it again with "
+                                     f"'pneumo export {onnx_path.parent}', or keep the two apart")
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
 
     @property

@@ -57,6 +57,12 @@ def test_evaluate_with_stress_and_batchnorm_adaptation(tiny_run, shared_data, ca
     assert stress["clean"]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert 0 <= stress["summary"]["worst_flip_rate"]["value"] <= 1
     assert "Stress battery" in result and "With BatchNorm adaptation (--adapt bn)" in result
+    invoke("card", tiny_run, "--metrics", tmp_path / "metrics.json", "--out", tmp_path / "CARD.md")
+    card = (tmp_path / "CARD.md").read_text()
+    clean = stress["clean"]
+    assert "## Robustness (stress battery)" in card and "(adaptation: bn)" in card
+    assert f"| none (clean) |  | {clean['accuracy']:.3f} ({clean['accuracy_ci95'][0]:.3f}–" in card
+    assert "| Gaussian blur, sigma 2 px | middle |" in card and "Worst case at the middle severities" in card
 
 
 def test_evaluate_with_the_onnx_backend(tiny_run, tiny_run_b, shared_data, cache_dir, tmp_path):

@@ -211,3 +211,45 @@ def test_runs_record_the_commit_and_whether_the_tree_was_modified(tmp_path, monk
     # A copy of the tree whose .git lags (the device machine) is told its commit.
     monkeypatch.setenv("PNEUMO_GIT_COMMIT", "abc1234")
     assert git_commit(tmp_path) == "abc1234"
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file named ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_load_weights_only_and_only_from_the_run_folder(tmp_path):
+    from pneumo.errors import PneumoError
+    from pneumo.training.train import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    marker = tmp_path / "payload-ran"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": _Payload(marker)}, run_dir / "best.ckpt")
+    with pytest.raises(PneumoError, match=r"best.ckpt: not a checkpoint that loads safely .* may have been altered"):
+        load_checkpoint(run_dir / "best.ckpt", run_dir)
+    assert not marker.exists()
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "elsewhere.ckpt")
+    with pytest.raises(PneumoError, match="lies outside the run folder"):
+        load_checkpoint(run_dir / ".." / "elsewhere.ckpt", run_dir)
+    torch.save({"state_dict": {"w": torch.ones(1)}, "epoch": 3, "loops": {"fit": {"x": [1, 2]}}}, run_dir / "last.ckpt")
+    assert load_checkpoint(run_dir / "last.ckpt", run_dir)["epoch"] == 3
+
+
+def test_resume_from_a_tampered_checkpoint_is_refused_cleanly(shared_data, cache_dir, tmp_path):
+    config = TrainConfig(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
+                         accelerator="cpu", size=64)
+    run_dir = tmp_path / "run"
+    train(config, run_dir, progress_bar=False)
+    marker = tmp_path / "payload-ran"
+    checkpoint = torch.load(run_dir / "last.ckpt", weights_only=True)
+    checkpoint["evil"] = _Payload(marker)
+    torch.save(checkpoint, run_dir / "last.ckpt")
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"])
+    assert result.exit_code == 2 and not marker.exists()
+    assert "last.ckpt: not a checkpoint that loads safely" in " ".join(result.output.split())

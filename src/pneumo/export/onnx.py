@@ -8,12 +8,14 @@ so an ``.onnx`` file is usable on its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 import torch
 
 from pneumo.models.bundle import Bundle
@@ -37,7 +39,8 @@ def export_onnx(bundle: Bundle, out: str | Path) -> Path:
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
         )
     graph = onnx.load(str(temporary))
-    metadata = dict(bundle.metadata, source_bundle_sha256=bundle.file_sha256)
+    metadata = dict(bundle.metadata, source_bundle_sha256=bundle.file_sha256,
+                    onnx_weights_sha256=initializers_sha256(graph))
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     graph.doc_string = f"pneumo {metadata['model_name']}: research software, not a diagnostic device"
@@ -47,15 +50,39 @@ def export_onnx(bundle: Bundle, out: str | Path) -> Path:
     return out
 
 
-def read_onnx_metadata(path: str | Path) -> dict:
-    """The pneumo metadata stored in an exported ONNX file."""
+def initializers_sha256(graph: onnx.ModelProto) -> str:
+    """A hash of an ONNX graph's weights (initializer names, shapes, types and bytes), in name order."""
+    digest = hashlib.sha256()
+    for tensor in sorted(graph.graph.initializer, key=lambda t: t.name):
+        array = onnx.numpy_helper.to_array(tensor)
+        digest.update(f"{tensor.name}:{array.shape}:{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def read_onnx_metadata(path: str | Path, *, verify: bool = True) -> dict:
+    """The pneumo metadata stored in an exported ONNX file, its weights checked against the hash recorded there.
+
+    Raises:
+        ModelFileError: unreadable, no pneumo metadata, or (with ``verify``) weights that differ
+            from those exported.
+    """
     from pneumo.errors import ModelFileError
 
     try:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise ModelFileError(f"{path}: not a readable ONNX file ({error})") from None
-    for entry in graph.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    raise ModelFileError(f"{path}: an ONNX file without pneumo metadata; export it with 'pneumo export'")
+    entry = next((e for e in graph.metadata_props if e.key == METADATA_KEY), None)
+    if entry is None:
+        raise ModelFileError(f"{path}: an ONNX file without pneumo metadata; export it with 'pneumo export'")
+    metadata = json.loads(entry.value)
+    if verify:
+        recorded = metadata.get("onnx_weights_sha256")
+        if recorded is None:
+            raise ModelFileError(f"{path}: records no hash of its weights (exported by an older pneumo); "
+                                 "export it again with 'pneumo export'")
+        if initializers_sha256(graph) != recorded:
+            raise ModelFileError(f"{path}: its weights differ from those it was exported with; the file was altered "
+                                 "or damaged. Export it again from its bundle with 'pneumo export'")
+    return metadata

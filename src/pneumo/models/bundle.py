@@ -137,6 +137,10 @@ def load_bundle(path: str | Path) -> Bundle:
     if content.get("version", 0) > VERSION:
         raise ModelFileError(f"{path}: bundle version {content['version']} is newer than this pneumo ({VERSION}); upgrade")
     metadata = json.loads(content["metadata"])
+    recorded = metadata.get("weights_sha256")
+    if recorded and weights_sha256(content["state_dict"]) != recorded:
+        raise ModelFileError(f"{path}: its weights do not match the weights_sha256 recorded in it; the file was altered "
+                             "or damaged. Restore it (git checkout, or retrain) rather than use it")
     try:
         model = create_model(metadata["model_name"], num_classes=len(metadata["classes"]))
         model.load_state_dict(content["state_dict"], strict=True)

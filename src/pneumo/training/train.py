@@ -122,6 +122,23 @@ def _limit(indices: np.ndarray, labels: np.ndarray, count: int, seed: int) -> np
     return np.sort(chosen)
 
 
+def load_checkpoint(path: str | Path, run_dir: Path) -> dict:
+    """A checkpoint of ``run_dir``, loaded weights-only: a file that would run code when unpickled is refused.
+
+    Raises:
+        PneumoError: the file lies outside the run folder, or is not a checkpoint that loads weights-only.
+    """
+    path = Path(path)
+    if Path(run_dir).resolve() not in path.resolve().parents:
+        raise PneumoError(f"{path}: the checkpoint lies outside the run folder {run_dir}; refusing to load it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise PneumoError(f"{path}: not a checkpoint that loads safely ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]}); it may have been altered or damaged. Move it away "
+                          "to retrain from scratch, or restore it from a backup") from None
+
+
 def _devices(value: str) -> int | str:
     return int(value) if str(value).isdigit() else value
 
@@ -188,7 +205,11 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         # The run folder holds config.yaml and the history before the first checkpoint.
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+        checkpoint = None
+        if resume and last.exists():
+            load_checkpoint(last, run_dir)  # refused here with a clear message rather than inside Lightning
+            checkpoint = str(last)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     seconds = laps.lap("fit")
 
     rows = history.rows
@@ -198,10 +219,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     bundle = run_dir / BUNDLE_NAME
     if trainer.is_global_zero:
         if config.bundle_weights == "best":
-            # Lightning checkpoints hold more than tensors (loop state), so they are not loaded weights-only;
-            # they are our own files, written moments ago.
-            best_state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)["state_dict"]
-            module.load_state_dict(best_state)
+            module.load_state_dict(load_checkpoint(best.best_model_path or last, run_dir)["state_dict"])
         summary = {
             "run": run_dir.name, "weights": config.bundle_weights, "epoch": epoch, "val_loss": val_loss,
             "val_acc": val_acc, "epochs_run": len(rows),

@@ -1,0 +1,58 @@
+"""Bundles and ONNX files are checked against the hashes recorded in them before anything is predicted."""
+
+import shutil
+
+import onnx
+import onnx.numpy_helper
+import pytest
+
+from pneumo.errors import ModelFileError
+from pneumo.models.bundle import load_bundle
+from pneumo.predict import Predictor
+from tests.conftest import REPO
+
+SHIPPED = REPO / "models"
+
+
+@pytest.fixture()
+def copy_of(tmp_path):
+    def copy(name: str):
+        target = tmp_path / name
+        shutil.copytree(SHIPPED / name, target)
+        return target
+    return copy
+
+
+def test_a_bundle_with_altered_weights_is_refused(copy_of):
+    folder = copy_of("pneumo-cnn")
+    raw = bytearray((folder / "model.pt").read_bytes())
+    # Inside the first large tensor's bytes (the zip holds the weights uncompressed).
+    middle = len(raw) // 2
+    raw[middle:middle + 16] = bytes(255 - b for b in raw[middle:middle + 16])
+    (folder / "model.pt").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match=r"model.pt: its weights do not match the weights_sha256 recorded in it"):
+        load_bundle(folder)
+
+
+def test_an_onnx_file_with_altered_weights_is_refused(copy_of):
+    folder = copy_of("pneumo-cnn")
+    graph = onnx.load(str(folder / "model.onnx"))
+    tensor = max(graph.graph.initializer, key=lambda t: t.name)
+    tensor.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(graph, str(folder / "model.onnx"))
+    (folder / "model.pt").unlink()  # the ONNX file alone must still catch it
+    with pytest.raises(ModelFileError, match=r"model.onnx: its weights differ from those it was exported with"):
+        Predictor(folder, backend="onnx")
+
+
+def test_an_onnx_file_beside_another_models_bundle_is_refused(copy_of):
+    folder = copy_of("pneumo-mobilenet")
+    shutil.copy(SHIPPED / "pneumo-cnn" / "model.onnx", folder / "model.onnx")
+    with pytest.raises(ModelFileError, match=r"model.onnx was not exported from the .*model.pt beside it"):
+        Predictor(folder, backend="onnx")
+
+
+def test_the_shipped_files_pass_their_own_checks():
+    for name in ("pneumo-cnn", "pneumo-mobilenet"):
+        assert Predictor(SHIPPED / name, backend="onnx").model_id == name
+        assert load_bundle(SHIPPED / name).model_id == name
