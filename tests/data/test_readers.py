@@ -110,3 +110,29 @@ def test_load_for_model_resizes(tmp_path, size):
     path = tmp_path / "a.jpeg"
     path.write_bytes(jpeg_bytes(xray_like(0, 200)))
     assert load_for_model(path, size).shape == (size, size)
+
+
+def test_pipes_devices_and_folders_are_refused_without_reading(tmp_path):
+    import os
+
+    from pneumo.data.readers import read_gray
+
+    pipe = tmp_path / "pipe.jpeg"
+    os.mkfifo(pipe)  # reading it would block forever: nobody writes
+    with pytest.raises(ImageReadError, match=r"pipe.jpeg: not a regular file \(a pipe, device or socket\)"):
+        read_gray(pipe)
+    with pytest.raises(ImageReadError, match=r"/dev/zero: not a regular file"):
+        read_gray("/dev/zero")
+    with pytest.raises(ImageReadError, match="a folder; pass image files"):
+        read_gray(tmp_path)
+
+
+def test_files_over_the_size_limit_are_refused_before_reading(tmp_path, monkeypatch):
+    from pneumo.data import readers
+
+    big = tmp_path / "big.jpeg"
+    big.write_bytes(b"\xff\xd8" + b"\x00" * 2000)
+    monkeypatch.setattr(readers, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ImageReadError, match=r"big.jpeg: file is 2,002 bytes, over the limit of 1,000") as caught:
+        readers.read_gray(big)
+    assert caught.value.status == 413

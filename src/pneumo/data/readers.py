@@ -8,6 +8,7 @@ Headers are checked before decoding so that a decompression bomb is refused chea
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,8 @@ from pneumo.errors import ImageReadError
 
 #: Largest image accepted, in pixels (a 10k x 10k detector image is well inside).
 MAX_PIXELS = 100_000_000
+#: Largest file read, in bytes: an uncompressed 16-bit 4300 x 3500 DICOM is ~30 MB.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 SUPPORTED = "JPEG, PNG, BMP, TIFF or DICOM"
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 
@@ -36,11 +39,24 @@ def read_gray(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        info = path.stat()
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except OSError as error:
         raise ImageReadError(path, f"cannot be read ({error.strerror or error})") from None
+    # Only regular files: reading a pipe can block forever and a device (/dev/zero) never ends.
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, device or socket)"
+        raise ImageReadError(path, f"{kind}; pass image files", status=415)
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageReadError(path, f"file is {info.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}", status=413)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows meanwhile
+    except OSError as error:
+        raise ImageReadError(path, f"cannot be read ({error.strerror or error})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageReadError(path, f"file grew over the limit of {MAX_FILE_BYTES:,} bytes while being read", status=413)
     return decode_gray(data, str(path))
 
 
