@@ -71,17 +71,18 @@ def organize(
     src: Annotated[Path, typer.Argument(help="The archive: its 'chest_xray' folder or the .zip.")],
     dest: Annotated[Path, typer.Argument(help="Where the three-class layout and manifest.csv go.")],
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Exit 0 even when some files could not be placed.")] = False,
+    link: Annotated[bool, typer.Option("--link", help="Hard-link instead of copying (saves disk on huge archives). Risk: DEST's files are then SRC's files, so editing one in place edits your archive.")] = False,
 ) -> None:
     """Organize the archive into NORMAL / Bacterial Pneumonia / Viral Pneumonia, with a manifest.
 
-    Never moves, renames or deletes anything in SRC: files are hard-linked where possible, else copied.
+    Never moves, renames or deletes anything in SRC: files are copied (or hard-linked with --link).
     """
     from pneumo.data.archive import organize as run
 
     started = time.perf_counter()
     try:
         with progress_bar("organize") as update:
-            result = run(src, dest, progress=update)
+            result = run(src, dest, progress=update, link=link)
     except PneumoError as error:
         raise fail(str(error)) from None
     counts = {split: [result.counts[split][label] for label in range(len(CLASSES))] for split in sorted(result.counts)}
@@ -98,7 +99,8 @@ def organize(
         extra = sum(len(group) - 1 for group in groups)
         console.print(f"{extra} byte-identical duplicate file(s) in {len(groups)} group(s):")
         for group in groups:
-            console.print("  " + " = ".join(record.path for record in group), soft_wrap=True, highlight=False)
+            console.print("  " + " = ".join(record.path for record in group), soft_wrap=True, highlight=False,
+                          markup=False)
     _problems(result.problems, limit=10_000)
     console.print(f"manifest: {Path(dest) / 'manifest.csv'}", markup=False)
     if result.problems and not skip_bad:

@@ -56,7 +56,25 @@ def test_organize_makes_three_classes_and_manifest(tmp_path):
     with (tmp_path / "out" / "manifest.csv").open() as handle:
         assert next(csv.reader(handle)) == ["path", "split", "class", "patient", "sha256", "width", "height", "source"]
     assert tree_digest(src) == before  # nothing in SRC changed
-    assert result.linked == 12  # same file system: hard links
+    assert result.copied == 12 and result.linked == 0  # copies by default: DEST is not the user's archive
+    placed = tmp_path / "out" / "train" / "NORMAL" / "IM-0000-0000.jpeg"
+    assert not placed.samefile(src / "train" / "NORMAL" / "IM-0000-0000.jpeg")
+
+
+def test_organize_links_only_when_asked(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    result = organize(src, tmp_path / "out", link=True)
+    assert result.linked == 12
+    assert (tmp_path / "out" / "train" / "NORMAL" / "IM-0000-0000.jpeg").samefile(src / "train" / "NORMAL" / "IM-0000-0000.jpeg")
+
+
+def test_images_in_nested_folders_are_reported_not_skipped_silently(tmp_path):
+    src = write_archive(tmp_path / "chest_xray")
+    nested = src / "train" / "NORMAL" / "batch2"
+    nested.mkdir()
+    (nested / "IM-0100-0001.jpeg").write_bytes(b"x")
+    result = organize(src, tmp_path / "out")
+    assert any(p.source.endswith("batch2") and "a folder inside train/NORMAL/" in p.reason for p in result.problems)
 
 
 def test_organize_twice_changes_nothing(tmp_path):
@@ -76,7 +94,7 @@ def test_organize_finishes_a_killed_run(tmp_path):
     (victim.parent / ".IM-0000-0000.jpeg.pneumo-tmp").write_bytes(b"half")
     (dest / "manifest.csv").unlink()
     result = organize(src, dest)
-    assert result.linked == 1 and result.unchanged == 11
+    assert result.copied == 1 and result.unchanged == 11
     assert victim.read_bytes() == (src / "train" / "NORMAL" / "IM-0000-0000.jpeg").read_bytes()
     assert not any(p.name.endswith(".pneumo-tmp") for p in dest.rglob("*"))
     assert len(read_manifest(dest / "manifest.csv")) == 12
@@ -138,10 +156,12 @@ def test_empty_source_is_an_error(tmp_path):
     assert result.exit_code == 2 and "no train/, val/ or test/ folder" in " ".join(result.output.split())
 
 
-def test_dest_inside_src_is_refused(tmp_path):
+def test_dest_inside_src_and_src_inside_dest_are_refused(tmp_path):
     src = write_archive(tmp_path / "chest_xray")
     with pytest.raises(DataLayoutError, match="lies inside SRC"):
         organize(src, src / "organized")
+    with pytest.raises(DataLayoutError, match="SRC .*chest_xray lies inside DEST"):
+        organize(src, tmp_path)
 
 
 def test_duplicates_are_grouped(tmp_path):

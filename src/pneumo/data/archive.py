@@ -146,7 +146,12 @@ def iter_archive_dir(root: Path) -> tuple[list[SourceFile], list[Problem], list[
                 problems.append(Problem(str(class_dir), f"missing class folder {folder}/ in {split}/"))
                 continue
             for path in sorted(class_dir.iterdir()):
-                if path.is_file() and not _is_litter(path.name):
+                if _is_litter(path.name):
+                    continue
+                if path.is_dir():
+                    problems.append(Problem(str(path), f"a folder inside {split}/{folder}/: its images are not used "
+                                                       f"(the archive keeps them directly in {folder}/; move them there)"))
+                elif path.is_file():
                     files.append(SourceFile(split, folder, path.name, str(path), path.read_bytes))
     return files, problems, ignored
 
@@ -221,8 +226,10 @@ def scan(src: Path, progress: Callable[[int, int], None] | None = None) -> tuple
     return records, problems
 
 
-def _place(file: SourceFile, data: bytes, digest: str, target: Path) -> str:
-    """Put one file at target atomically; returns 'linked', 'copied' or 'unchanged'.
+def _place(file: SourceFile, data: bytes, digest: str, target: Path, *, link: bool = False) -> str:
+    """Put one file at target atomically: a copy, or with ``link`` a hard link where the file system allows.
+
+    Returns 'linked', 'copied' or 'unchanged'.
 
     Raises:
         FileExistsError: target exists with other content (it is never overwritten).
@@ -235,30 +242,34 @@ def _place(file: SourceFile, data: bytes, digest: str, target: Path) -> str:
     temporary = target.with_name(f".{target.name}{_TMP_SUFFIX}")
     temporary.unlink(missing_ok=True)
     how = "copied"
-    if "::" not in file.source:
+    if link and "::" not in file.source:
         try:
             os.link(file.source, temporary)
             how = "linked"
         except OSError:  # other file system, or links not allowed
             shutil.copyfile(file.source, temporary)
     else:
-        temporary.write_bytes(data)
+        temporary.write_bytes(data)  # the bytes that were hashed, so the manifest is true to the copy
     os.replace(temporary, target)  # atomic: DEST never holds a half-written image
     return how
 
 
-def organize(src: Path, dest: Path, progress: Callable[[int, int], None] | None = None) -> OrganizeResult:
+def organize(src: Path, dest: Path, progress: Callable[[int, int], None] | None = None, *,
+             link: bool = False) -> OrganizeResult:
     """Build ``dest/<split>/<class>/`` and ``dest/manifest.csv`` from the archive at ``src``.
 
-    Hard-links where possible, else copies; never touches ``src``. Idempotent, and a run
-    killed halfway is finished by running it again.
+    Copies the images; with ``link``, hard-links them where possible (no extra disk space, but
+    DEST's files are then SRC's files: editing one in place edits the other). Never touches
+    ``src``. Idempotent, and a run killed halfway is finished by running it again.
 
     Raises:
-        DataLayoutError: src has no archive layout, or dest lies inside src.
+        DataLayoutError: src has no archive layout, or one of src and dest lies inside the other.
     """
     src, dest = Path(src).resolve(), Path(dest).resolve()
     if src.is_dir() and (dest == src or src in dest.parents):
         raise DataLayoutError(f"DEST {dest} lies inside SRC {src}; choose a folder outside the archive")
+    if src in dest.parents or dest in src.parents:
+        raise DataLayoutError(f"SRC {src} lies inside DEST {dest}; choose a DEST that does not hold the archive")
     files, problems, ignored = iter_archive(src)
     result = OrganizeResult(records=[], problems=problems, ignored_roots=ignored)
     for number, file in enumerate(files, 1):
@@ -266,7 +277,7 @@ def organize(src: Path, dest: Path, progress: Callable[[int, int], None] | None 
             label, data, (width, height) = _classify(file)
             digest = hashlib.sha256(data).hexdigest()
             relative = PurePosixPath(file.split, CLASSES[label], file.name)
-            how = _place(file, data, digest, dest / relative)
+            how = _place(file, data, digest, dest / relative, link=link)
         except (LabelError, ImageReadError, FileExistsError) as error:
             result.problems.append(Problem(file.source, getattr(error, "reason", str(error))))
         else:
