@@ -696,6 +696,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.")] = 20.0,
+    model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.")] = False,
 ) -> None:
     """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
     import uvicorn
@@ -703,7 +704,7 @@ def serve(
     from pneumo.serving.app import create_app
 
     try:
-        application = create_app(model, backend=backend, max_bytes=int(max_mb * 1024 * 1024))
+        application = create_app(model, backend=backend, max_bytes=int(max_mb * 1024 * 1024), model_details=model_details)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
     console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")

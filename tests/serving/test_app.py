@@ -65,6 +65,24 @@ def test_model_card_page_and_docs(client):
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
+def test_model_endpoint_keeps_the_training_machine_private():
+    shipped = REPO / "models" / "pneumo-cnn"  # its bundle records where it was trained
+    card = TestClient(create_app(shipped)).get("/v1/model").json()
+    assert "environment" not in card["training"] and "data" not in card["training"]["config"]
+    detailed = TestClient(create_app(shipped, model_details=True)).get("/v1/model").json()
+    assert "git_commit" in detailed["training"]["environment"]
+
+
+def test_several_files_or_none_get_the_apps_error_schema(client, shared_images):
+    image = shared_images[0].read_bytes()
+    response = client.post("/v1/predict", files=[("file", ("a.jpeg", image)), ("file", ("b.jpeg", image))])
+    assert response.status_code == 400 and "2 files in one request" in response.json()["error"]
+    missing = client.post("/v1/predict", files={"image": ("a.jpeg", image)})
+    assert missing.status_code == 422 and "send one image as the multipart field 'file'" in missing.json()["error"]
+    assert "detail" not in missing.json()
+    assert client.post("/v1/predict", files={"file": ("a.jpeg", image)}).status_code == 200
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

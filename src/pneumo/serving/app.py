@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from pneumo import DISCLAIMER, __version__
@@ -25,14 +27,37 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "disclaimer": DISCLAIMER}, status_code=status)
 
 
-def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
-    """Build the app around one model (loaded once, here)."""
+# What /v1/model leaves out unless asked: where and on what the model was trained (GPU, platform,
+# git commit, the training machine's paths) says nothing about its answers and helps an attacker.
+_PRIVATE_TRAINING_KEYS = ("environment",)
+_PRIVATE_CONFIG_KEYS = ("data", "cache_dir", "pretrained", "split_file")
+
+
+def _public_training(training: dict) -> dict:
+    public = {key: value for key, value in training.items() if key not in _PRIVATE_TRAINING_KEYS}
+    if isinstance(public.get("config"), dict):
+        public["config"] = {k: v for k, v in public["config"].items() if k not in _PRIVATE_CONFIG_KEYS}
+    return public
+
+
+def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES,
+               model_details: bool = False) -> FastAPI:
+    """Build the app around one model (loaded once, here).
+
+    ``model_details`` adds the training environment (device, platform, git commit) to /v1/model.
+    """
     predictor = Predictor(model, backend=backend)
     # One inference at a time: the model already uses every core, and Grad-CAM hooks are not thread-safe.
     lock = threading.Lock()
     app = FastAPI(title="pneumo", version=__version__,
                   description=f"Pediatric chest X-ray classification. {DISCLAIMER}")
     page = resources.files("pneumo.serving").joinpath("static/index.html").read_text()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        # The same {"error": ...} body as every other 4xx of this API, instead of FastAPI's {"detail": ...}.
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in error.errors())
+        return _error(422, f"invalid request ({problems}); send one image as the multipart field 'file'")
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -56,13 +81,21 @@ def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DE
             "id": predictor.model_id, "sha256": predictor.sha256, "backend": predictor.backend,
             "model_name": metadata["model_name"], "classes": predictor.classes,
             "preprocessing": metadata["preprocessing"], "temperature": predictor.temperature,
-            "operating_point": metadata.get("operating_point"), "training": metadata.get("training", {}),
+            "operating_point": metadata.get("operating_point"),
+            "training": metadata.get("training", {}) if model_details else _public_training(metadata.get("training", {})),
             "evaluation": metadata.get("evaluation", {}), "intended_use": DISCLAIMER,
         }
 
     @app.post("/v1/predict")
-    def predict(file: UploadFile = File(..., description="An X-ray image: JPEG, PNG, BMP, TIFF or DICOM."),
-                gradcam: bool = Query(False, description="Also return a Grad-CAM overlay as base64 PNG.")):
+    async def predict(request: Request,
+                      file: UploadFile = File(..., description="An X-ray image: JPEG, PNG, BMP, TIFF or DICOM."),
+                      gradcam: bool = Query(False, description="Also return a Grad-CAM overlay as base64 PNG.")):
+        parts = (await request.form()).getlist("file")  # parsed once already, for the 'file' argument
+        if len(parts) > 1:
+            return _error(400, f"{len(parts)} files in one request; send one image per request (field 'file')")
+        return await run_in_threadpool(answer, file, gradcam)
+
+    def answer(file: UploadFile, gradcam: bool):
         name = file.filename or "upload"
         data = file.file.read(max_bytes + 1)
         if len(data) > max_bytes:
