@@ -567,6 +567,7 @@ def predict(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM); the same as --adapt priors.")] = False,
     adapt: AdaptOption = "none",
+    decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays."""
     import csv
@@ -576,7 +577,7 @@ def predict(
     from pneumo.predict import Predictor, expand_inputs
 
     try:
-        predictor = Predictor(model, backend=backend)
+        predictor = Predictor(model, backend=backend, decision=decision)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
     files = expand_inputs(inputs)
@@ -600,21 +601,26 @@ def predict(
     failed = [p for p in predictions if not p.ok]
     if as_json:
         rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
-        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "adapt": mode,
+        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "decision_rule": predictor.rule,
+                          "adapt": mode,
                           "adapt_priors": mode.endswith("priors"), "disclaimer": DISCLAIMER, "predictions": rows}, indent=1))
     elif as_csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "error"])
+        writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "p_pneumonia", "reason", "error"])
         for p in predictions:
             probs = [f"{p.probabilities[k]:.6f}" for k in ("normal", "bacterial", "viral")] if p.ok else ["", "", ""]
-            writer.writerow([p.source, p.label, *probs, p.error])
+            writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason, p.error])
         print(f"# {DISCLAIMER}")
     else:
-        rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")]]
-                for p in predictions if p.ok]
+        rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")],
+                 f"{p.p_pneumonia:.3f}"] for p in predictions if p.ok]
         adapted = f", adapted to this batch (--adapt {mode})" if mode != "none" else ""
         console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
-                                                                          "P(bacterial)", "P(viral)"], rows))
+                                                                          "P(bacterial)", "P(viral)", "P(pneumonia)"], rows))
+        console.print(f"Decision: {predictor.rule}.", markup=False)
+        for p in predictions:
+            if p.ok and p.label == CLASSES[0] and max(p.probabilities, key=p.probabilities.get) != "normal":
+                console.print(f"  {p.source}: {p.reason}", markup=False)
         if overlays:
             console.print(f"Grad-CAM overlays in {gradcam}", markup=False)
         console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")

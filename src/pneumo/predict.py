@@ -20,7 +20,7 @@ from pneumo.adaptation import ADAPT_MODES, adapt_batchnorm
 from pneumo.data.readers import decode_gray, read_gray, resize
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.evaluation.calibration import PriorAdaptation
-from pneumo.evaluation.metrics import decide
+from pneumo.decision import DECISIONS, decide, reason
 from pneumo.inference import predict_logits, softmax
 from pneumo.labels import SHORT_NAMES
 
@@ -37,15 +37,21 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str = ""
     image: np.ndarray | None = field(default=None, repr=False)  # (S, S) uint8, as the model saw it
+    reason: str = ""  # why this class: the rule, P(pneumonia) and the threshold (pneumo.decision)
 
     @property
     def ok(self) -> bool:
         return not self.error
 
+    @property
+    def p_pneumonia(self) -> float:
+        return 1 - self.probabilities["normal"]
+
     def as_dict(self) -> dict:
         if not self.ok:
             return {"file": self.source, "error": self.error}
-        return {"file": self.source, "class": self.label, "probabilities": self.probabilities}
+        return {"file": self.source, "class": self.label, "probabilities": self.probabilities,
+                "p_pneumonia": round(self.p_pneumonia, 6), "reason": self.reason}
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -90,9 +96,12 @@ class Predictor:
         backend: ``torch`` or ``onnx``.
     """
 
-    def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None):
+    def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None,
+                 decision: str = "operating-point"):
         if backend not in BACKENDS:
             raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
+        if decision not in DECISIONS:
+            raise ValueError(f"The 'decision' must be one of {DECISIONS}. Got {decision!r} instead.")
         self.backend = backend
         self.bundle = None
         path = Path(model)
@@ -108,7 +117,10 @@ class Predictor:
         self.size = int(self.metadata["preprocessing"]["size"])
         self.temperature = float(self.metadata.get("temperature", 1.0))
         self.prior_adaptation = PriorAdaptation.of_model(self.metadata)
-        self.threshold = (self.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+        point = self.metadata.get("operating_point") or {}
+        # The operating point where the model has one (and it is asked for), else the most probable class.
+        self.threshold = point.get("pneumonia_threshold") if decision == "operating-point" else None
+        self.target_sensitivity = point.get("target_sensitivity")
         self.model_id = str(self.metadata.get("id") or self.metadata["model_name"])
 
     def _load_onnx(self, path: Path, threads: int | None) -> None:
@@ -188,9 +200,20 @@ class Predictor:
         probs = self.probabilities(stack, adapt=adapt)
         labels = decide(probs, self.threshold)
         return [
-            Prediction(source, self.classes[label], dict(zip(SHORT_NAMES, map(float, p.round(6)))), image=image)
+            Prediction(source, self.classes[label], dict(zip(SHORT_NAMES, map(float, p.round(6)))), image=image,
+                       reason=reason(p, label, self.threshold, self.target_sensitivity))
             for source, label, p, image in zip(sources, labels, probs, images)
         ]
+
+    @property
+    def rule(self) -> str:
+        """The decision rule in one sentence."""
+        if self.threshold is None:
+            return "the most probable class"
+        target = f", chosen on validation for pneumonia sensitivity >= {self.target_sensitivity:g}" \
+            if self.target_sensitivity else ""
+        return (f"pneumonia when P(bacterial) + P(viral) >= {self.threshold:.3f} (the operating point{target}), "
+                "then the likelier kind; otherwise NORMAL")
 
     def predict_files(self, files: list[str], *, adapt: bool | str = False, workers: int = 4) -> list[Prediction]:
         """Predictions in the order of ``files``; a bad file gets ``error`` and the rest go on."""

@@ -80,7 +80,8 @@ def test_several_files_or_none_get_the_apps_error_schema(client, shared_images):
     missing = client.post("/v1/predict", files={"image": ("a.jpeg", image)})
     assert missing.status_code == 422 and "send one image as the multipart field 'file'" in missing.json()["error"]
     assert "detail" not in missing.json()
-    assert client.post("/v1/predict", files={"file": ("a.jpeg", image)}).status_code == 200
+    answer = client.post("/v1/predict", files={"file": ("a.jpeg", image)})
+    assert answer.status_code == 200 and answer.json()["reason"] and "p_pneumonia" in answer.json()
 
 
 def free_port() -> int:
@@ -139,6 +140,7 @@ def test_page_in_chromium(server, shared_images, tmp_path):
         predicted = page.inner_text("#class")
         assert predicted in ("NORMAL", "Bacterial Pneumonia", "Viral Pneumonia")
         assert len(page.query_selector_all(".bar")) == 3
+        assert page.inner_text("#reason").startswith("Why: ") and "Rule: " in page.inner_text("#reason")
         page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=10_000)
         page.screenshot(path=str(tmp_path / "page.png"))
         page.set_input_files("#file", str(bad))

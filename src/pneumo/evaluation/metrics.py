@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from pneumo.decision import decide
 from pneumo.labels import BACTERIAL, CLASSES, NORMAL, SHORT_NAMES, VIRAL
 
 ECE_BINS = 15
@@ -79,16 +80,6 @@ def reliability(y: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> dict[
         rows["confidence"].append(float(confidence[members].mean()) if members.any() else float("nan"))
         rows["accuracy"].append(float(correct[members].mean()) if members.any() else float("nan"))
     return rows
-
-
-def decide(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Predicted classes: the most probable one, or with an operating point ``threshold``,
-    pneumonia whenever P(bacterial) + P(viral) >= threshold (then the likelier of the two)."""
-    probs = np.asarray(probs)
-    if threshold is None:
-        return probs.argmax(1)
-    pneumonia = 1 - probs[:, NORMAL] >= threshold
-    return np.where(pneumonia, np.where(probs[:, VIRAL] > probs[:, BACTERIAL], VIRAL, BACTERIAL), NORMAL)
 
 
 def _core(y: np.ndarray, probs: np.ndarray, weight: np.ndarray, threshold: float | None = None) -> dict[str, float]:

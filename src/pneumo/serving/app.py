@@ -108,7 +108,7 @@ def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DE
             prediction = predictor.predict_images([name], [image])[0]
             overlay = predictor.explain([prediction])[0] if gradcam else None
         body = {
-            "file": name, "class": prediction.label, "probabilities": prediction.probabilities,
+            **prediction.as_dict(), "decision_rule": predictor.rule,
             "model": {"id": predictor.model_id, "sha256": predictor.sha256}, "disclaimer": DISCLAIMER,
         }
         if overlay is not None:
