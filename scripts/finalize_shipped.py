@@ -33,10 +33,10 @@ from sklearn.model_selection import GroupKFold
 from pneumo.allocator import keep_freed_memory
 from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
-from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature, operating_point
+from pneumo.evaluation.calibrate import fit_calibration
+from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.evaluation.metrics import bootstrap, summarize
-from pneumo.evaluation.stress import BATTERY, perturb
 from pneumo.export.onnx import export_onnx
 from pneumo.inference import predict_logits, softmax
 from pneumo.models.bundle import load_bundle, save_bundle
@@ -114,21 +114,6 @@ def prior_shift_levers(logits, labels, patients, train_priors):
     return results
 
 
-def stress_operating_point(model, images, labels, temperature, target):
-    """The operating point that keeps ``target`` sensitivity on clean validation and every middle-severity perturbation.
-
-    Returns the threshold and, per image set, the sensitivity and specificity it gives there.
-    """
-    sets = {"clean": images, **{p.name: perturb(images, p) for p in BATTERY if p.severity == "middle"}}
-    probs = {name: softmax(predict_logits(model, pictures), temperature) for name, pictures in sets.items()}
-    threshold = min(operating_point(labels, p, target) for p in probs.values())
-    effect = {}
-    for name, p in probs.items():
-        point = summarize(labels, p, threshold)
-        effect[name] = {"sensitivity": point["pneumonia_sensitivity"], "specificity": point["pneumonia_specificity"]}
-    return threshold, effect
-
-
 def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
     pattern = pattern or str(RUNS / "ship" / f"pneumo-{kind}-s*")
     runs = sorted(Path(p) for p in glob.glob(pattern))
@@ -152,12 +137,11 @@ def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/
     chosen = int(np.argmin([s["val"]["loss"] for s in per_seed]))
     bundle, vl = bundles[chosen], val_logits[chosen]
 
-    temperature = fit_temperature(vl, val.labels)
+    calibration = fit_calibration(models[chosen], val.images, val.labels, target=TARGET_SENSITIVITY,
+                                  source="validation of splits/internal.csv")
+    temperature = calibration["temperature"]
+    threshold = calibration["operating_point"]["pneumonia_threshold"]
     val_probs = softmax(vl, temperature)
-    clean_threshold = operating_point(val.labels, val_probs, TARGET_SENSITIVITY)
-    threshold, threshold_effect = stress_operating_point(models[chosen], val.images, val.labels, temperature,
-                                                         TARGET_SENSITIVITY)
-    val_point = summarize(val.labels, val_probs, threshold)
 
     levers = {"raw": scores(val.labels, softmax(vl), val.patients),
               "temperature": scores(val.labels, val_probs, val.patients),
@@ -167,7 +151,6 @@ def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/
     levers["tta_8"] = scores(val.labels, softmax(tta_logits(models[chosen], val.images), temperature), val.patients)
     train_counts = np.array(bundle.metadata["training"].get("train_class_counts"), float)
     levers["prior_shift"] = prior_shift_levers(vl, val.labels, val.patients, train_counts / train_counts.sum())
-    prior_adaptation = PriorAdaptation.fit(vl, val.labels)
 
     out = REPO / "models" / f"pneumo-{kind}"
     out.mkdir(parents=True, exist_ok=True)
@@ -176,13 +159,8 @@ def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/
     environment = yaml.safe_load((runs[chosen] / "environment.yaml").read_text())
     extra = dict(
         id=f"pneumo-{kind}", temperature=temperature, training={**bundle.metadata["training"], "environment": environment},
-        operating_point={"pneumonia_threshold": threshold, "target_sensitivity": TARGET_SENSITIVITY,
-                         "val_sensitivity": val_point["pneumonia_sensitivity"],
-                         "val_specificity": val_point["pneumonia_specificity"],
-                         "holds_under": "clean validation images and every middle-severity stress perturbation",
-                         "clean_only_threshold": clean_threshold,
-                         "val_stress_worst_specificity": min(e["specificity"] for e in threshold_effect.values())},
-        seeds=seeds_text, prior_adaptation=prior_adaptation.to_dict(),
+        operating_point=calibration["operating_point"], seeds=seeds_text,
+        prior_adaptation=calibration["prior_adaptation"],
     )
     save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)
     shipped = load_bundle(out)
@@ -204,8 +182,7 @@ def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/
     (out / "metrics-adapt-priors.json").write_text(json.dumps(adapted, indent=1))
     (out / "levers.json").write_text(json.dumps({"per_seed": per_seed, "chosen": runs[chosen].name,
                                                  "temperature": temperature, "threshold": threshold,
-                                                 "clean_only_threshold": clean_threshold,
-                                                 "threshold_on_validation": threshold_effect,
+                                                 "operating_point": calibration["operating_point"],
                                                  "levers_on_validation": levers}, indent=1))
     print(json.dumps({"chosen": runs[chosen].name, "temperature": temperature, "threshold": threshold,
                       "test": {k: metrics[k] for k in KEYS}}, indent=1))

@@ -631,6 +631,42 @@ def predict(
 
 
 @app.command()
+def calibrate(
+    model: ModelArgument,
+    data: DataOption = paths.data_dir(),
+    split_file: SplitFileOption = None,
+    split: Annotated[str, typer.Option("--split", help="Which labelled images to fit on (default: the validation role).")] = "val",
+    cache_dir: CacheOption = paths.cache_dir(),
+    target: Annotated[float, typer.Option(help="Pneumonia sensitivity the operating point must keep.")] = 0.97,
+    stress: Annotated[bool, typer.Option("--stress/--no-stress", help="Keep the target under the stress battery's middle severities too (default).")] = True,
+) -> None:
+    """Fit a model's temperature and operating point on its validation images and write them into its bundle."""
+    from pneumo.evaluation.calibrate import calibrate_bundle
+    from pneumo.evaluation.evaluate import select_images
+    from pneumo.models.bundle import load_bundle
+
+    if not 0 < target <= 1:
+        raise fail(f"--target must be a sensitivity in (0, 1]; got {target}")
+    try:
+        bundle = load_bundle(model)
+        images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=split,
+                                       split_file=split_file or _run_split([model]))
+        with console.status(f"calibrating {bundle.model_id} on {len(images)} images"):
+            result = calibrate_bundle(bundle.path, images.images, images.labels, target=target, stress=stress,
+                                      source=source)
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    point = result["operating_point"]
+    console.print(f"{escape(bundle.model_id)}: temperature {result['temperature']:.4f}; operating point P(pneumonia) >= "
+                  f"{point['pneumonia_threshold']:.4f} (sensitivity {point['val_sensitivity']:.3f}, specificity "
+                  f"{point['val_specificity']:.3f} on {len(images)} images of {escape(source)})")
+    if stress:
+        console.print(f"under the stress battery's middle severities: sensitivity >= "
+                      f"{point['val_stress_worst_sensitivity']:.3f}, specificity >= {point['val_stress_worst_specificity']:.3f}")
+    console.print(f"wrote {bundle.path}", markup=False)
+
+
+@app.command()
 def adapt(
     model: ModelArgument,
     inputs: Annotated[list[str], typer.Argument(help="Unlabeled images of one site: files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],

@@ -136,3 +136,23 @@ def test_report_renders_in_chromium(tiny_run, tiny_run_b, shared_data, cache_dir
     assert all(ok for _, ok in images), images
     assert "Research software, not a diagnostic device" in text
     assert f"{metrics['accuracy']:.4f}" in text and "Comparison" in text and "McNemar" in text
+
+
+def test_calibrate_writes_temperature_and_a_stress_proof_operating_point(tiny_run, shared_data, cache_dir, tmp_path):
+    from pneumo.models.bundle import load_bundle
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    invoke("export", run, "--format", "onnx")
+    result = invoke("calibrate", run, "--data", shared_data, "--cache-dir", cache_dir)
+    bundle = load_bundle(run)
+    point = bundle.metadata["operating_point"]
+    assert bundle.temperature != 1.0 and point["target_sensitivity"] == 0.97
+    assert point["pneumonia_threshold"] <= point["clean_only_threshold"]  # stricter sets can only lower it
+    assert point["val_stress_worst_sensitivity"] >= 0.97 and point["val_sensitivity"] >= 0.97
+    assert f"temperature {bundle.temperature:.4f}" in result and "under the stress battery" in result
+    # The ONNX export beside it was redone, so the pair still matches.
+    invoke("evaluate", run, "--data", shared_data, "--cache-dir", cache_dir, "--backend", "onnx", "--resamples", 20,
+           "--out", tmp_path / "ev")
+    refused = runner.invoke(app, ["calibrate", str(run), "--target", "1.5"])
+    assert refused.exit_code == 2 and "--target must be a sensitivity" in refused.output

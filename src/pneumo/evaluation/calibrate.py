@@ -1,0 +1,76 @@
+"""Calibrate a model on labelled images: temperature, operating point, prior-adaptation fit.
+
+``pneumo calibrate RUN`` uses a run's validation images; the shipped models are calibrated the
+same way by ``scripts/finalize_shipped.py``. The operating point is the highest threshold on
+P(pneumonia) whose sensitivity is at least the target on the clean images and, by default,
+also under every middle-severity perturbation of the stress battery, so that the promised
+sensitivity does not vanish with a change of scanner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from pneumo.evaluation.calibration import PriorAdaptation, fit_temperature, operating_point
+from pneumo.evaluation.metrics import summarize
+from pneumo.evaluation.stress import BATTERY, perturb
+from pneumo.inference import predict_logits, softmax
+
+__all__ = ["DEFAULT_TARGET", "calibrate_bundle", "fit_calibration"]
+
+DEFAULT_TARGET = 0.97
+
+
+def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, target: float = DEFAULT_TARGET,
+                    stress: bool = True, source: str = "validation") -> dict:
+    """The bundle metadata that calibrates ``model`` on labelled uint8 images (N, S, S).
+
+    Returns:
+        {"temperature": T, "operating_point": {...}, "prior_adaptation": {...}}, ready for save_bundle.
+    """
+    logits = predict_logits(model, images)
+    temperature = fit_temperature(logits, labels)
+    probs = {"clean": softmax(logits, temperature)}
+    if stress:
+        for perturbation in BATTERY:
+            if perturbation.severity == "middle":
+                shifted = perturb(images, perturbation)
+                probs[perturbation.name] = softmax(predict_logits(model, shifted), temperature)
+    thresholds = {name: operating_point(labels, p, target) for name, p in probs.items()}
+    threshold = min(thresholds.values())
+    effect = {name: summarize(labels, p, threshold) for name, p in probs.items()}
+    point = {
+        "pneumonia_threshold": threshold, "target_sensitivity": target,
+        "val_sensitivity": effect["clean"]["pneumonia_sensitivity"],
+        "val_specificity": effect["clean"]["pneumonia_specificity"], "fitted_on": source,
+    }
+    if stress:
+        point.update(holds_under="clean validation images and every middle-severity stress perturbation",
+                     clean_only_threshold=thresholds["clean"],
+                     val_stress_worst_specificity=min(e["pneumonia_specificity"] for e in effect.values()),
+                     val_stress_worst_sensitivity=min(e["pneumonia_sensitivity"] for e in effect.values()))
+    return {"temperature": temperature, "operating_point": point,
+            "prior_adaptation": PriorAdaptation.fit(logits, labels).to_dict()}
+
+
+def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, **options) -> dict:
+    """Fit the calibration (see fit_calibration) and write it into the bundle at ``path``; returns it.
+
+    An ONNX export beside the bundle is exported again, so that the two stay a pair.
+    """
+    from pneumo.export.onnx import export_onnx
+    from pneumo.models.bundle import load_bundle, save_bundle
+
+    bundle = load_bundle(path)
+    calibration = fit_calibration(bundle.model, images, labels, **options)
+    metadata = {key: value for key, value in bundle.metadata.items()
+                if key not in ("model_name", "classes", "preprocessing", "weights_sha256")}
+    metadata.update(calibration)
+    save_bundle(bundle.path, bundle.model, model_name=bundle.metadata["model_name"], size=bundle.size, **metadata)
+    onnx_file = bundle.path.with_suffix(".onnx")
+    if onnx_file.is_file():
+        export_onnx(load_bundle(bundle.path), onnx_file)
+    return calibration
