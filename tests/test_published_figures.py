@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.evaluation.compare import table_row
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.parent for p in (REPO / "models").glob("*/metrics.json"))
@@ -29,9 +28,14 @@ def test_accuracy_md_is_exactly_what_the_report_script_writes():
     assert written == load_script("accuracy_report").render(), "rerun: python scripts/accuracy_report.py"
 
 
+def test_robustness_md_is_exactly_what_the_report_script_writes():
+    written = (REPO / "benchmarks" / "robustness.md").read_text()
+    assert written == load_script("robustness_report").render(), "rerun: python scripts/robustness_report.py"
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
 def test_readme_results_row_is_the_shipped_metrics(folder):
-    row = "| " + " | ".join(table_row(json.loads((folder / "metrics.json").read_text()))) + " |"
+    row = load_script("robustness_report").readme_row(folder.name, json.loads((folder / "metrics.json").read_text()))
     assert row in (REPO / "README.md").read_text()
 
 

@@ -388,7 +388,8 @@ def _run_split(models: list[Path]) -> Optional[Path]:
 
 
 def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path,
-                         resamples: int, seed: int, adapt: str | bool, backend: str = "torch", stress: bool = False):
+                         resamples: int, seed: int, adapt: str | bool, backend: str = "torch", stress: bool = False,
+                         decision: str = "operating-point"):
     from pneumo.evaluation.evaluate import evaluate as run, select_images
     from pneumo.models.bundle import load_bundle
 
@@ -397,7 +398,7 @@ def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optiona
     with console.status(f"evaluating {bundle.model_id} ({resamples} bootstrap resamples)"):
         images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=role, split_file=split_file)
         return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source, backend=backend,
-                   stress=stress)
+                   stress=stress, decision=decision)
 
 
 def _metrics_table(metrics: dict) -> None:
@@ -464,6 +465,7 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="torch, or onnx: the model.onnx exported beside the bundle (faster on CPU).")] = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json instead of tables.")] = False,
     stress: Annotated[bool, typer.Option(help="Also run the stress battery: fixed blur, resampling, sharpening, tone, noise, JPEG and framing changes.")] = False,
+    decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
 ) -> None:
     """Test accuracy and loss, confusion matrices, classification report, AUCs and calibration, with 95% CIs."""
     import json
@@ -472,7 +474,7 @@ def evaluate(
 
     try:
         metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, seed,
-                                                    _adapt_mode(adapt, adapt_priors), backend, stress)
+                                                    _adapt_mode(adapt, adapt_priors), backend, stress, decision)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
     out = out or Path("out") / f"evaluate-{metrics['model_id']}"
@@ -533,12 +535,16 @@ def report(
     experiment: Annotated[Optional[Path], typer.Option(help="An epoch-study folder (with summary.json) to include.")] = None,
     cache_dir: CacheOption = paths.cache_dir(),
     resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
+    stress: Annotated[bool, typer.Option(help="Also run and show the stress battery for each model (slower).")] = False,
+    audit: Annotated[Optional[Path], typer.Option(help="A 'pneumo audit' output folder (audit.json, audit.png) to include.")] = None,
 ) -> None:
-    """One self-contained HTML report: data, curves, metrics with CIs, figures, comparison, epoch study."""
+    """One self-contained HTML report: data, curves, metrics with CIs, figures, comparison, stress, audit, epoch study."""
     from pneumo.data.splits import load_split
     from pneumo.evaluation.report import build_report
 
     split_file = split_file or _run_split(models)
+    if audit is not None and not (audit / "audit.json").is_file():
+        raise fail(f"{audit}: no audit.json; run 'pneumo audit DATA --out {audit}' first")
     summary = None
     if experiment is not None:
         summary = experiment / "summary.json"
@@ -547,11 +553,13 @@ def report(
     try:
         results = []
         for model in models:
-            metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, 0, False)
+            metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, 0, False,
+                                                        stress=stress)
             results.append((metrics, predictions, Path(model) if Path(model).is_dir() else None))
         prepared = prepare_data(data, results[0][0]["size"], cache_dir).data
         roles = load_split(split_file, prepared).roles if split_file else prepared.splits
-        written = build_report(out, data=prepared, roles=roles, results=results, epoch_summary=summary)
+        written = build_report(out, data=prepared, roles=roles, results=results, epoch_summary=summary,
+                               audit_folder=audit)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
     console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", markup=False)

@@ -156,3 +156,18 @@ def test_calibrate_writes_temperature_and_a_stress_proof_operating_point(tiny_ru
            "--out", tmp_path / "ev")
     refused = runner.invoke(app, ["calibrate", str(run), "--target", "1.5"])
     assert refused.exit_code == 2 and "--target must be a sensitivity" in refused.output
+
+
+def test_report_with_stress_and_audit(tiny_run, shared_data, cache_dir, tmp_path):
+    from tests.conftest import write_archive
+
+    archive = write_archive(tmp_path / "archive", normal=12, bacteria=12, virus=12)
+    invoke("audit", archive, "--out", tmp_path / "audit", "--resamples", 20)
+    out = tmp_path / "report.html"
+    invoke("report", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", out, "--resamples", 50,
+           "--stress", "--audit", tmp_path / "audit")
+    text = out.read_text()
+    assert "<h2>Shortcut audit</h2>" in text and "normal vs pneumonia" in text
+    assert "<h3>Stress battery (" in text and "blur/middle: Gaussian blur, sigma 2 px" in text
+    missing = runner.invoke(app, ["report", str(tiny_run), "--audit", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no audit.json" in missing.output

@@ -121,8 +121,19 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
     return probs, info
 
 
+def decision_threshold(bundle: Bundle, decision: str = "operating-point") -> float | None:
+    """The bundle's operating point, or None (the most probable class) for "argmax" or a bundle without one."""
+    from pneumo.decision import DECISIONS
+
+    if decision not in DECISIONS:
+        raise ValueError(f"The 'decision' must be one of {DECISIONS}. Got {decision!r} instead.")
+    if decision == "argmax":
+        return None
+    return (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+
+
 def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", adapt: str = "none",
-               resamples: int = 1000, seed: int = 0) -> dict:
+               resamples: int = 1000, seed: int = 0, decision: str = "operating-point") -> dict:
     """The stress battery (``pneumo.evaluation.stress``) with the bundle's temperature and operating point.
 
     With ``adapt``, the model adapts to each perturbed set as a whole (see adapted_probabilities).
@@ -131,7 +142,7 @@ def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", ad
 
     if data.size != bundle.size:
         raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
-    threshold = (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+    threshold = decision_threshold(bundle, decision)
     result = stress_test(lambda images: adapted_probabilities(bundle, images, adapt=adapt, backend=backend)[0],
                          data.images, data.labels, data.patients, threshold=threshold, resamples=resamples, seed=seed)
     return {"adapt": adapt, **result}
@@ -152,14 +163,15 @@ def predict_set(bundle: Bundle, data: PreparedData, *, adapt: str | bool = "none
 
 
 def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed: int = 0, adapt: str | bool = "none",
-             source: str = "", backend: str = "torch", stress: bool = False) -> tuple[dict, Predictions]:
+             source: str = "", backend: str = "torch", stress: bool = False,
+             decision: str = "operating-point") -> tuple[dict, Predictions]:
     """Point metrics, patient-bootstrap 95% CIs and calibration of ``bundle`` on ``data`` (see predict_set).
 
     With ``stress``, ``metrics["stress"]`` holds the stress battery's results (``stress_set``).
     """
     started = time.perf_counter()
     predictions, info = predict_set(bundle, data, adapt=adapt, backend=backend)
-    threshold = (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+    threshold = decision_threshold(bundle, decision)
     metrics = summarize(predictions.labels, predictions.probs, threshold)
     metrics["ci95"] = bootstrap(predictions.labels, predictions.probs, predictions.patients, resamples=resamples,
                                 seed=seed, threshold=threshold)
@@ -173,7 +185,7 @@ def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed:
     )
     if stress:
         metrics["stress"] = stress_set(bundle, data, backend=backend, adapt=info["adapt"], resamples=resamples,
-                                       seed=seed)
+                                       seed=seed, decision=decision)
         metrics["seconds"] = round(time.perf_counter() - started, 3)
     return metrics, predictions
 

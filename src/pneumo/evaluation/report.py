@@ -76,7 +76,38 @@ def _model_section(metrics: dict, predictions: Predictions, run_dir: Path | None
               "<h3>Classification report</h3>", f"<pre>{html.escape(metrics['classification_report_text'])}</pre>",
               "<h3>ROC curves</h3>", _image(folder / "roc.png", "ROC curves"),
               "<h3>Calibration</h3>", _image(folder / "reliability.png", "reliability diagram")]
+    if metrics.get("stress"):
+        parts.append(_stress_section(metrics))
     return "".join(parts)
+
+
+def _stress_section(metrics: dict) -> str:
+    stress = metrics["stress"]
+    rows = [[f"{row['name']}: {row['description']}" if "name" in row else "clean",
+             f"{row['accuracy']:.3f} ({row['accuracy_ci95'][0]:.3f} – {row['accuracy_ci95'][1]:.3f})",
+             f"{row['recall_normal']:.3f} / {row['recall_bacterial']:.3f} / {row['recall_viral']:.3f}",
+             f"{row['pneumonia_sensitivity']:.3f} / {row['pneumonia_specificity']:.3f}", f"{row['flip_rate']:.1%}"]
+            for row in [stress["clean"], *stress["perturbations"]]]
+    summary = stress["summary"]
+    return (f"<h3>Stress battery ({html.escape(stress['rule'])})</h3>"
+            + _table(["change", "accuracy (95% CI)", "recall normal / bacterial / viral", "pneumonia sens. / spec.",
+                      "flips"], rows)
+            + f"<p>Middle severities, worst case: accuracy {summary['worst_accuracy']['value']:.3f} "
+              f"({html.escape(summary['worst_accuracy']['perturbation'])}), normal recall "
+              f"{summary['worst_recall_normal']['value']:.3f}, pneumonia sensitivity "
+              f"{summary['worst_pneumonia_sensitivity']['value']:.3f}.</p>")
+
+
+def _audit_section(folder: Path) -> str:
+    audit = json.loads((folder / "audit.json").read_text())
+    rows = [[task.replace("_", " "), probe["images"], f"{probe['auc']:.3f}",
+             f"{probe['auc_ci95'][0]:.3f} – {probe['auc_ci95'][1]:.3f}",
+             ", ".join(f"{name} {auc:.2f}" for name, auc in list(probe.get("single_feature_auc", {}).items())[:3])]
+            for task, probe in audit["probe"].items()]
+    figure = _image(folder / "audit.png", "image statistics per class") if (folder / "audit.png").is_file() else ""
+    return ("<h2>Shortcut audit</h2><p>How well low-level image statistics alone predict the class (AUC 0.5: not "
+            "at all); a high AUC means acquisition carries the label, which a model can learn instead of the lungs.</p>"
+            + _table(["task", "images", "AUC", "95% CI", "carried by (own AUC)"], rows) + figure)
 
 
 def _epoch_section(summary: dict) -> str:
@@ -91,11 +122,17 @@ def _epoch_section(summary: dict) -> str:
 
 
 def build_report(out: Path, *, data: PreparedData, roles, results: list[tuple[dict, Predictions, Path | None]],
-                 epoch_summary: Path | None = None, title: str = "pneumo report") -> Path:
-    """Write the report to ``out`` and return its path."""
+                 epoch_summary: Path | None = None, audit_folder: Path | None = None,
+                 title: str = "pneumo report") -> Path:
+    """Write the report to ``out`` and return its path.
+
+    ``audit_folder``: the output of ``pneumo audit`` (audit.json, audit.png), shown after the data.
+    """
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         sections = [_data_section(data, roles, work)]
+        if audit_folder is not None:
+            sections.append(_audit_section(Path(audit_folder)))
         sections += [_model_section(m, p, run, work) for m, p, run in results]
         if len(results) > 1:
             comparison = comparing.compare([(m, p) for m, p, _ in results])
