@@ -618,7 +618,7 @@ def predict(
         for p in predictions:
             probs = [f"{p.probabilities[k]:.6f}" for k in ("normal", "bacterial", "viral")] if p.ok else ["", "", ""]
             writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason, p.error])
-        print(f"# {DISCLAIMER}")
+        errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
     else:
         rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")],
                  f"{p.p_pneumonia:.3f}"] for p in predictions if p.ok]

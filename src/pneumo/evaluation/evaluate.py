@@ -13,7 +13,7 @@ import numpy as np
 from pneumo import DISCLAIMER
 from pneumo.data.cache import PreparedData, prepare_folder
 from pneumo.data.splits import load_split
-from pneumo.errors import DataLayoutError, ModelFileError
+from pneumo.errors import DataLayoutError
 from pneumo.evaluation import plots
 from pneumo.evaluation.calibration import PriorAdaptation
 from pneumo.evaluation.metrics import bootstrap, summarize
@@ -68,16 +68,12 @@ def onnx_logits(bundle: Bundle, images: np.ndarray) -> np.ndarray:
     """Logits from the ONNX export beside the bundle (onnxruntime: several times faster on a CPU).
 
     Raises:
-        ModelFileError: no model.onnx beside the bundle, or one exported from other weights.
+        ModelFileError: no model.onnx beside the bundle, or one exported from other weights
+            (``Predictor`` checks the pair).
     """
     from pneumo.predict import Predictor
 
-    folder = Path(bundle.path).parent
-    predictor = Predictor(folder / "model.onnx", backend="onnx")
-    if predictor.metadata.get("source_bundle_sha256") != bundle.file_sha256:
-        raise ModelFileError(f"{folder / 'model.onnx'} was exported from other weights than {bundle.path}; "
-                             f"run 'pneumo export {folder} --format onnx' again")
-    return predictor.logits(images)
+    return Predictor(Path(bundle.path).parent / "model.onnx", backend="onnx").logits(images)
 
 
 def model_logits(bundle: Bundle, backend: str = "torch"):
