@@ -11,7 +11,10 @@ LIMITATIONS = [
     "Training data are pediatric (1-5 years) anterior-posterior chest X-rays from one centre (Guangzhou Women and "
     "Children's Medical Center). Adults, other centres, other scanners and lateral views are untested.",
     "Shortcut risk: markers, text, devices, positioning and image borders can correlate with the class in this "
-    "archive; Grad-CAM overlays help spot this but do not rule it out.",
+    "archive; Grad-CAM overlays help spot this but do not rule it out. Low-level statistics (sharpness, noise, "
+    "file size) alone predict normal vs pneumonia in the training data (`pneumo audit`), and the stress battery "
+    "shows which changes of acquisition or framing move this model's answers: expect worse results on images "
+    "acquired, exported or framed differently, and consider `pneumo adapt` for a new site.",
     "The shared copy of the training split was re-encoded at 224x224; full-resolution images from the original "
     "archive are resized the same way but were not seen in training.",
     "The archive's test split has 37.5% normal images against 25.7% in training: the class balance at deployment "
