@@ -65,6 +65,22 @@ def test_model_card_page_and_docs(client):
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
+def test_a_chunked_body_over_the_limit_is_cut_off_by_bytes_received(client, shared_images):
+    """No Content-Length to trust: the body's bytes are counted as they arrive."""
+
+    def chunks():
+        boundary = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpeg\"\r\n\r\n"
+        yield boundary
+        for _ in range(100):  # 10 MB in all, against a 2 MB limit
+            yield b"\x00" * 100_000
+        yield b"\r\n--xyz--\r\n"
+
+    response = client.post("/v1/predict", content=chunks(),
+                           headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert response.status_code == 413 and "request body is over the limit" in response.json()["error"]
+    assert client.post("/v1/predict", files={"file": ("x.jpeg", shared_images[0].read_bytes())}).status_code == 200
+
+
 def test_model_endpoint_keeps_the_training_machine_private():
     shipped = REPO / "models" / "pneumo-cnn"  # its bundle records where it was trained
     card = TestClient(create_app(shipped)).get("/v1/model").json()

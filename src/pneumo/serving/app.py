@@ -40,6 +40,57 @@ def _public_training(training: dict) -> dict:
     return public
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413, counted as it arrives.
+
+    A Content-Length header can be absent (chunked uploads) or wrong, so the bytes themselves
+    are counted, and the request is cut off before more than the limit reaches the app, which
+    would otherwise spool the whole upload to a temporary file before looking at it.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received, too_large, answered = 0, False, False
+
+        async def counted_receive():
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        async def answer_413():
+            nonlocal answered
+            if not answered:
+                answered = True
+                await _error(413, f"request body is over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
+
+        async def guarded_send(message):
+            # FastAPI turns an exception while parsing a form into its own 400; send the 413 instead.
+            if too_large:
+                await answer_413()
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if too_large:
+            await answer_413()
+
+
 def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES,
                model_details: bool = False) -> FastAPI:
     """Build the app around one model (loaded once, here).
@@ -52,6 +103,8 @@ def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DE
     app = FastAPI(title="pneumo", version=__version__,
                   description=f"Pediatric chest X-ray classification. {DISCLAIMER}")
     page = resources.files("pneumo.serving").joinpath("static/index.html").read_text()
+    # Multipart framing around the file is small; the file itself is checked against max_bytes below.
+    app.add_middleware(BodyLimit, max_bytes=max_bytes + 64 * 1024)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
