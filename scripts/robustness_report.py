@@ -49,12 +49,13 @@ def side_by_side(results: dict[str, dict], key: str, label: str) -> list[str]:
 
 
 def summary_table(results: dict[str, dict]) -> list[str]:
-    lines = ["| Model | Clean accuracy | Worst middle accuracy | Lowest middle normal recall | "
-             "Lowest middle pneumonia sensitivity | Middle blur flip rate |", "|---|---|---|---|---|---|"]
+    lines = ["| Model | Rule | Clean accuracy | Worst middle accuracy | Lowest middle normal recall | "
+             "Lowest middle pneumonia sensitivity | Middle blur flip rate |", "|---|---|---|---|---|---|---|"]
     for name, stress in results.items():
         summary = stress["summary"]
+        rule = stress["rule"] + (f" {stress['threshold']:.3f}" if stress.get("threshold") is not None else "")
         lines.append(
-            f"| {name} | {summary['clean_accuracy']:.3f} | {summary['worst_accuracy']['value']:.3f} "
+            f"| {name} | {rule} | {summary['clean_accuracy']:.3f} | {summary['worst_accuracy']['value']:.3f} "
             f"({summary['worst_accuracy']['perturbation']}) | {summary['worst_recall_normal']['value']:.3f} "
             f"({summary['worst_recall_normal']['perturbation']}) | {summary['worst_pneumonia_sensitivity']['value']:.3f} "
             f"({summary['worst_pneumonia_sensitivity']['perturbation']}) | {summary['blur_flip_rate']:.1%} |")
