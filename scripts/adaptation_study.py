@@ -98,7 +98,8 @@ def main() -> None:
     bundle = load_bundle(args.model)
     data, source = select_images(Path(args.data), size=bundle.size, cache_dir=Path(args.cache), role=args.split,
                                  split_file=REPO / "splits" / "internal.csv")
-    result = {"model": bundle.model_id, "model_sha256": bundle.file_sha256, "data": source, "images": len(data),
+    result = {"model": bundle.model_id, "model_sha256": bundle.file_sha256, "data": source.replace(f"{REPO}/", ""),
+              "images": len(data),
               "date": time.strftime("%Y-%m-%d"), "stress": {}}
     # Each perturbed set's logits, plain and after AdaBN, computed once for the three modes.
     cache: dict[tuple[str, str], np.ndarray] = {}

@@ -83,8 +83,7 @@ def seed_spread(results: dict[str, dict]) -> list[str]:
 
 def adaptation_tables(study: dict) -> list[str]:
     modes = list(study["stress"])
-    data = study["data"].replace(f"{REPO}/", "")
-    lines = [f"**{study['model']}** on {study['images']} images ({data}), {study['date']}. Accuracy "
+    lines = [f"**{study['model']}** on {study['images']} images ({study['data']}), {study['date']}. Accuracy "
              "(patient-bootstrap 95% CI) at the model's rule, each perturbed set adapted to as a whole:", "",
              "| Change | " + " | ".join(f"adapt: {mode}" for mode in modes) + " | recall normal (" + " / ".join(modes) + ") |",
              "|---|" + "---|" * (len(modes) + 1)]
