@@ -85,14 +85,15 @@ def adaptation_tables(study: dict) -> list[str]:
     modes = list(study["stress"])
     lines = [f"**{study['model']}** on {study['images']} images ({study['data']}), {study['date']}. Accuracy "
              "(patient-bootstrap 95% CI) at the model's rule, each perturbed set adapted to as a whole:", "",
-             "| Change | " + " | ".join(f"adapt: {mode}" for mode in modes) + " | recall normal (" + " / ".join(modes) + ") |",
-             "|---|" + "---|" * (len(modes) + 1)]
+             "| Change | " + " | ".join(f"adapt: {mode}" for mode in modes) + " | "
+             + " | ".join(f"recall N / B / V ({mode})" for mode in modes) + " |",
+             "|---|" + "---|" * (2 * len(modes))]
     per_mode = {mode: _stress_rows(study["stress"][mode]) for mode in modes}
     for perturbation in per_mode[modes[0]]:
-        cells = [f"{per_mode[m][perturbation]['accuracy']:.3f} ({per_mode[m][perturbation]['accuracy_ci95'][0]:.3f}–"
-                 f"{per_mode[m][perturbation]['accuracy_ci95'][1]:.3f})" for m in modes]
-        recalls = " / ".join(f"{per_mode[m][perturbation]['recall_normal']:.2f}" for m in modes)
-        lines.append(f"| {perturbation} | " + " | ".join(cells) + f" | {recalls} |")
+        rows = [per_mode[m][perturbation] for m in modes]
+        cells = [f"{r['accuracy']:.3f} ({r['accuracy_ci95'][0]:.3f}–{r['accuracy_ci95'][1]:.3f})" for r in rows]
+        recalls = [f"{r['recall_normal']:.2f} / {r['recall_bacterial']:.2f} / {r['recall_viral']:.2f}" for r in rows]
+        lines.append(f"| {perturbation} | " + " | ".join(cells + recalls) + " |")
     curve = study["batch_size_curve"]
     sizes = list(next(iter(curve.values()))["adapted_on"])
     lines += ["", "Images needed: accuracy (most probable class) on the whole perturbed set after AdaBN on n of its "
