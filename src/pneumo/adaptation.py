@@ -100,11 +100,10 @@ def adapt_bundle(bundle, images: np.ndarray, files: list[str], out: Path, *, nam
     Returns:
         The path of the written ``model.pt``.
     """
-    from pneumo.models.bundle import BUNDLE_NAME, save_bundle
+    from pneumo.models.bundle import BUNDLE_NAME, carried_metadata, save_bundle
 
     adapted = adapt_batchnorm(bundle.model, images)
-    metadata = {key: value for key, value in bundle.metadata.items()
-                if key not in ("model_name", "classes", "preprocessing", "weights_sha256")}
+    metadata = carried_metadata(bundle.metadata)
     metadata["id"] = name or f"{bundle.model_id}-adapted"
     metadata["adaptation"] = {
         "method": "AdaBN: BatchNorm statistics re-estimated on unlabeled site images (Li et al. 2016)",
@@ -161,7 +160,7 @@ def recalibrate(bundle_path: Path, labels_path: Path) -> None:
     from pneumo.evaluation.calibration import fit_temperature, operating_point
     from pneumo.evaluation.metrics import summarize
     from pneumo.inference import predict_logits, softmax
-    from pneumo.models.bundle import load_bundle, save_bundle
+    from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
     from pneumo.predict import load_images
 
     bundle = load_bundle(bundle_path)
@@ -179,8 +178,7 @@ def recalibrate(bundle_path: Path, labels_path: Path) -> None:
     target = (bundle.metadata.get("operating_point") or {}).get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY)
     threshold = operating_point(labels, probs, target)
     scores = summarize(labels, probs, threshold)
-    metadata = {key: value for key, value in bundle.metadata.items()
-                if key not in ("model_name", "classes", "preprocessing", "weights_sha256")}
+    metadata = carried_metadata(bundle.metadata)
     metadata.update(
         temperature=temperature,
         operating_point={"pneumonia_threshold": threshold, "target_sensitivity": target,

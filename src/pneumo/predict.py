@@ -217,19 +217,11 @@ class Predictor:
 
     def predict_files(self, files: list[str], *, adapt: bool | str = False, workers: int = 4) -> list[Prediction]:
         """Predictions in the order of ``files``; a bad file gets ``error`` and the rest go on."""
-
-        def load(source: str) -> np.ndarray | str:
-            try:
-                return self.load(source)
-            except ImageReadError as error:
-                return error.reason
-
-        with ThreadPoolExecutor(workers) as pool:
-            loaded = list(pool.map(load, files))
-        good = [(s, image) for s, image in zip(files, loaded) if not isinstance(image, str)]
-        answered = iter(self.predict_images([s for s, _ in good], [i for _, i in good], adapt=adapt))
-        return [Prediction(s, error=image) if isinstance(image, str) else next(answered)
-                for s, image in zip(files, loaded)]
+        good, bad = load_images(files, self.size, workers=workers)
+        answered = dict(zip((s for s, _ in good),
+                            self.predict_images([s for s, _ in good], [i for _, i in good], adapt=adapt)))
+        errors = dict(bad)
+        return [answered[s] if s in answered else Prediction(s, error=errors[s]) for s in files]
 
     def explain(self, predictions: list[Prediction]) -> list[np.ndarray]:
         """Grad-CAM overlays (original beside heatmap, RGB uint8) for successful predictions."""

@@ -62,12 +62,11 @@ def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, *
     An ONNX export beside the bundle is exported again, so that the two stay a pair.
     """
     from pneumo.export.onnx import export_onnx
-    from pneumo.models.bundle import load_bundle, save_bundle
+    from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
 
     bundle = load_bundle(path)
     calibration = fit_calibration(bundle.model, images, labels, **options)
-    metadata = {key: value for key, value in bundle.metadata.items()
-                if key not in ("model_name", "classes", "preprocessing", "weights_sha256")}
+    metadata = carried_metadata(bundle.metadata)
     metadata.update(calibration)
     save_bundle(bundle.path, bundle.model, model_name=bundle.metadata["model_name"], size=bundle.size, **metadata)
     onnx_file = bundle.path.with_suffix(".onnx")

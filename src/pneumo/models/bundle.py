@@ -108,6 +108,13 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
     return metadata
 
 
+def carried_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A bundle's metadata without what ``save_bundle`` derives itself: to save new weights or calibration
+    under the same description (``save_bundle(path, model, model_name=..., size=..., **carried_metadata(m))``)."""
+    return {key: value for key, value in metadata.items()
+            if key not in ("model_name", "classes", "preprocessing", "weights_sha256")}
+
+
 def resolve_bundle_path(path: str | Path) -> Path:
     """A bundle file from a path to it, to a run folder, or to a shipped model folder."""
     path = Path(path)
