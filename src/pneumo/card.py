@@ -58,12 +58,11 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     training = metadata.get("training", {})
     config = training.get("config", {})
     name = metadata.get("id") or metadata["model_name"]
-    spec = get_spec(metadata["model_name"])
     lines = [
         f"# Model card: {name}", "",
         f"> **{DISCLAIMER}**", "",
         "## Model details", "",
-        f"- Architecture: `{metadata['model_name']}` — {spec.description}.",
+        f"- Architecture: {_architecture(metadata)}.",
         f"- Classes (output order): {', '.join(metadata['classes'])}.",
         f"- Weights sha256: `{metadata.get('weights_sha256', '')}`" + (f"; bundle file sha256 `{sha256}`." if sha256 else "."),
         "- Made with pneumo; bundle format `model.pt` (loads with `torch.load(weights_only=True)`), ONNX export beside it.",
@@ -81,15 +80,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         "", "## Preprocessing", "",
         *[f"- {key}: {value}" for key, value in metadata["preprocessing"].items()],
         "", "## Training", "",
-        f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
-        f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "
-        f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
-        "- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
-            "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
-            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma",
-            "crop", "blur", "sharpen", "downsample", "noise", "jpeg", "mixup") if k in config) + ".",
-        f"- Initial weights: {_initial_weights(config.get('pretrained'))}.",
-        f"- Training time: {training.get('train_seconds_total', '?')} s{_trained_on(training.get('environment'))}.",
+        *(_member_lines(metadata["ensemble"]) if "ensemble" in metadata else _training_lines(training)),
     ]
     if metadata.get("seeds"):
         lines += ["", "## Seed spread (validation)", "", metadata["seeds"]]
@@ -135,6 +126,41 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         lines += ["", "## Shortcut audit of the training data", "", *audit_lines(metadata["audit"])]
     lines += ["", "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], ""]
     return "\n".join(lines)
+
+
+def _architecture(metadata: dict) -> str:
+    if "ensemble" in metadata:
+        members = metadata["ensemble"]["members"]
+        return f"`ensemble` of {len(members)} models — {metadata['ensemble']['combination']}"
+    return f"`{metadata['model_name']}` — {get_spec(metadata['model_name']).description}"
+
+
+def _training_lines(training: dict) -> list[str]:
+    config = training.get("config", {})
+    return [
+        f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
+        f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "
+        f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
+        "- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
+            "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
+            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma",
+            "crop", "blur", "sharpen", "downsample", "noise", "jpeg", "mixup") if k in config) + ".",
+        f"- Initial weights: {_initial_weights(config.get('pretrained'))}.",
+        f"- Training time: {training.get('train_seconds_total', '?')} s{_trained_on(training.get('environment'))}.",
+    ]
+
+
+def _member_lines(ensemble: dict) -> list[str]:
+    """The members of an ensemble: each trained on its own, combined after training (nothing trained jointly)."""
+    lines = ["The members were trained separately on the same split and combined afterwards; each keeps its own "
+             "validation temperature.", "",
+             "| Member | Architecture | Input | Seed | Temperature | Validation accuracy | Weights sha256 |",
+             "|---|---|---|---|---|---|---|"]
+    for member in ensemble["members"]:
+        accuracy = f"{member['val_acc']:.4f}" if member.get("val_acc") is not None else "?"
+        lines.append(f"| {member['id']} | `{member['model_name']}` | {member['size']} px | {member.get('seed', '?')} | "
+                     f"{member['temperature']:.4f} | {accuracy} | `{member['weights_sha256'][:16]}…` |")
+    return lines
 
 
 def _initial_weights(pretrained: str | None) -> str:

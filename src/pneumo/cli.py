@@ -571,6 +571,7 @@ def predict(
     model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx (default: the shipped pneumo-mobilenet).")] = paths.default_model(),
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
+    cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM); the same as --adapt priors.")] = False,
@@ -602,7 +603,11 @@ def predict(
 
         gradcam.mkdir(parents=True, exist_ok=True)
         ok = [p for p in predictions if p.ok]
-        for number, (prediction, picture) in enumerate(zip(ok, predictor.explain(ok))):
+        try:
+            pictures = predictor.explain(ok, member=cam_member)
+        except (PneumoError, ValueError) as error:
+            raise fail(str(error)) from None
+        for number, (prediction, picture) in enumerate(zip(ok, pictures)):
             target = gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png"
             target.write_bytes(png_bytes(picture))
             overlays[prediction.source] = str(target)
@@ -717,6 +722,51 @@ def adapt(
         console.print(f"recalibrated on {recal['images']} labelled images: temperature {adapted.temperature:.3f}, "
                       f"operating point P(pneumonia) >= {recal['pneumonia_threshold']:.3f}")
     console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
+
+
+@app.command()
+def ensemble(
+    members: Annotated[list[Path], typer.Argument(help="Two or more run folders, model.pt bundles or models/ folders, trained on the same split.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the ensemble's model.pt, model.onnx and MODEL_CARD.md.")],
+    name: Annotated[Optional[str], typer.Option(help="Id of the ensemble (default pneumo-ensemble-<number of members>).")] = None,
+    data: DataOption = paths.data_dir(),
+    split_file: SplitFileOption = None,
+    cache_dir: CacheOption = paths.cache_dir(),
+) -> None:
+    """Combine models into one: the average of their calibrated probabilities, with its own temperature and
+    operating point fitted on the members' validation images."""
+    from pneumo.card import model_card
+    from pneumo.evaluation.evaluate import select_images
+    from pneumo.export.onnx import export_onnx
+    from pneumo.models.bundle import load_bundle
+    from pneumo.models.ensemble import write_ensemble
+
+    if out.exists() and any(out.iterdir()):
+        raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")
+    try:
+        bundles = [load_bundle(member) for member in members]
+        size = max(bundle.size for bundle in bundles)
+        split_file = split_file or _run_split(members) or _recorded_split(bundles[0])
+        images, source = select_images(data, size=size, cache_dir=cache_dir, role="val", split_file=split_file)
+        with console.status(f"calibrating an ensemble of {len(bundles)} on {len(images)} validation images"):
+            written = write_ensemble(bundles, out, images.images, images.labels,
+                                     name=name or f"pneumo-ensemble-{len(bundles)}", source=source)
+            result = load_bundle(written)
+            export_onnx(result, out / "model.onnx")
+            (out / "MODEL_CARD.md").write_text(model_card(result.metadata, sha256=result.file_sha256))
+    except (PneumoError, ValueError) as error:
+        raise fail(str(error)) from None
+    point = result.metadata["operating_point"]
+    console.print(f"{escape(result.model_id)}: {len(bundles)} members at {size} px; temperature {result.temperature:.4f}; "
+                  f"operating point P(pneumonia) >= {point['pneumonia_threshold']:.4f} (validation sensitivity "
+                  f"{point['val_sensitivity']:.3f}, specificity {point['val_specificity']:.3f})")
+    console.print(f"wrote {out} (model.pt, model.onnx, MODEL_CARD.md)", markup=False)
+
+
+def _recorded_split(bundle) -> Optional[Path]:
+    """The split file a bundle's training recorded, when it is here (shipped models name splits/internal.csv)."""
+    recorded = bundle.metadata.get("training", {}).get("config", {}).get("split_file")
+    return Path(recorded) if recorded and Path(recorded).is_file() else None
 
 
 @app.command()

@@ -223,8 +223,11 @@ class Predictor:
         errors = dict(bad)
         return [answered[s] if s in answered else Prediction(s, error=errors[s]) for s in files]
 
-    def explain(self, predictions: list[Prediction]) -> list[np.ndarray]:
-        """Grad-CAM overlays (original beside heatmap, RGB uint8) for successful predictions."""
+    def explain(self, predictions: list[Prediction], *, member: int | None = None) -> list[np.ndarray]:
+        """Grad-CAM overlays (original beside heatmap, RGB uint8) for successful predictions.
+
+        For an ensemble, ``member`` picks one member to explain; by default its members' heatmaps are averaged.
+        """
         from pneumo.explain.gradcam import gradcam, overlay
 
         bundle = self._torch_bundle()  # gradients need PyTorch, also under the ONNX backend
@@ -232,7 +235,8 @@ class Predictor:
         if not ok:
             return []
         classes = [self.classes.index(p.label) for p in ok]
-        heatmaps = gradcam(bundle.model, self.metadata["model_name"], np.stack([p.image for p in ok]), classes)
+        heatmaps = gradcam(bundle.model, self.metadata["model_name"], np.stack([p.image for p in ok]), classes,
+                           member=member)
         return [overlay(p.image, heat) for p, heat in zip(ok, heatmaps)]
 
 

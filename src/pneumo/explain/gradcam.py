@@ -11,24 +11,49 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from pneumo.models import get_spec
+from pneumo.models.ensemble import Ensemble
 
 
-def gradcam(model: nn.Module, model_name: str, images: np.ndarray, classes: list[int]) -> np.ndarray:
+def gradcam(model: nn.Module, model_name: str, images: np.ndarray, classes: list[int], *,
+            member: int | None = None) -> np.ndarray:
     """Heatmaps in [0, 1] of where ``model`` looked for ``classes``.
 
     Args:
-        model: a model built by ``create_model(model_name)``.
-        model_name: its registry name (tells which layer to look at).
+        model: a model built by ``create_model(model_name)``, or an ``Ensemble``.
+        model_name: its registry name (tells which layer to look at); ignored for an ensemble.
         images: (N, S, S) uint8 images as the model sees them.
         classes: the class to explain for each image.
+        member: for an ensemble, the one member to explain; None averages all members' heatmaps
+            (each member at its own input size, its heatmap resized back to S).
 
     Returns:
         (N, S, S) float32 heatmaps.
+
+    Raises:
+        ValueError: ``member`` out of range, or given for a model that is not an ensemble.
     """
-    layer = model.get_submodule(get_spec(model_name).cam_layer)
     inputs = torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0)[:, None]  # (N, 1, S, S)
+    if not isinstance(model, Ensemble):
+        if member is not None:
+            raise ValueError(f"The 'member' option is for ensembles; {model_name} is a single model. Got {member} instead.")
+        return _gradcam(model, get_spec(model_name).cam_layer, inputs, classes)
+    chosen = range(len(model.members)) if member is None else [member]
+    if member is not None and not 0 <= member < len(model.members):
+        raise ValueError(f"The 'member' must be in 0..{len(model.members) - 1}. Got {member} instead.")
+    side = images.shape[-1]
+    heatmaps = []
+    for index in chosen:
+        name = model.member_names[index]
+        with torch.no_grad():
+            member_inputs = model.member_input(inputs, index)
+        heat = _gradcam(model.members[index], get_spec(name).cam_layer, member_inputs, classes)  # (N, s, s)
+        heatmaps.append(np.stack([cv2.resize(h, (side, side), interpolation=cv2.INTER_LINEAR) for h in heat]))
+    return np.mean(heatmaps, axis=0).astype(np.float32)
+
+
+def _gradcam(model: nn.Module, layer_name: str, inputs: torch.Tensor, classes: list[int]) -> np.ndarray:
     model.eval()
-    with GradCAM(model=model, target_layers=[layer]) as cam:
+    with GradCAM(model=model, target_layers=[model.get_submodule(layer_name)]) as cam:
         heatmaps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(c) for c in classes])
     return heatmaps.astype(np.float32)
 

@@ -115,6 +115,15 @@ def carried_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
             if key not in ("model_name", "classes", "preprocessing", "weights_sha256")}
 
 
+def model_from_metadata(metadata: dict[str, Any]) -> nn.Module:
+    """The untrained network a bundle's metadata describes (a registered model, or an ensemble of them)."""
+    from pneumo.models.ensemble import ENSEMBLE_NAME, build_ensemble
+
+    if metadata["model_name"] == ENSEMBLE_NAME:
+        return build_ensemble(metadata)
+    return create_model(metadata["model_name"], num_classes=len(metadata["classes"]))
+
+
 def resolve_bundle_path(path: str | Path) -> Path:
     """A bundle file from a path to it, to a run folder, or to a shipped model folder."""
     path = Path(path)
@@ -149,7 +158,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ModelFileError(f"{path}: its weights do not match the weights_sha256 recorded in it; the file was altered "
                              "or damaged. Restore it (git checkout, or retrain) rather than use it")
     try:
-        model = create_model(metadata["model_name"], num_classes=len(metadata["classes"]))
+        model = model_from_metadata(metadata)
         model.load_state_dict(content["state_dict"], strict=True)
     except (RuntimeError, ValueError, KeyError) as error:
         raise ModelFileError(f"{path}: weights do not fit model {metadata.get('model_name')!r} ({error})") from None
