@@ -49,12 +49,12 @@ def write_archive(root: Path, *, normal: int = 4, bacteria: int = 4, virus: int 
     return root
 
 
-def png_with_size(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose header claims width x height (a decompression-bomb header)."""
+def png_with_size(width: int, height: int, *, bit_depth: int = 8, colour_type: int = 0) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression-bomb header); colour type 6 is RGBA."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
 
 

@@ -794,21 +794,45 @@ def serve(
     model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle or models/ folder (default: the shipped pneumo-mobilenet).")] = paths.default_model(),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
-    max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.")] = 20.0,
-    model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.")] = False,
+    backend: Annotated[str, typer.Option(help="auto (ONNX Runtime where the model has an export), torch or onnx.")] = "auto",
+    max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.", rich_help_panel="Limits")] = 20.0,
+    max_image_mb: Annotated[float, typer.Option(help="Largest decoded image in MB (width x height x channels x bytes per sample).", rich_help_panel="Limits")] = 64.0,
+    decoders: Annotated[int, typer.Option(help="Uploads decoded at the same time; the rest wait.", rich_help_panel="Limits")] = 2,
+    api_key: Annotated[Optional[str], typer.Option(envvar="PNEUMO_API_KEY", help="Require this key (X-API-Key header) on /v1/*; prefer the environment variable.", rich_help_panel="Security")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(help="Host header to accept (repeatable); default the --host address and, on loopback, localhost.", rich_help_panel="Security")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(help="Origin whose web pages may call the API (repeatable); default none.", rich_help_panel="Security")] = None,
+    rate_limit: Annotated[int, typer.Option(help="Requests per minute per client address on /v1/*; 0 for no limit.", rich_help_panel="Security")] = 0,
+    max_batch: Annotated[int, typer.Option(help="Most images classified in one model call.", rich_help_panel="Batching")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for more images to batch once one is queued.", rich_help_panel="Batching")] = 5.0,
+    model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.", rich_help_panel="Security")] = False,
 ) -> None:
     """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
     import uvicorn
 
-    from pneumo.serving.app import create_app
+    from pneumo.serving.app import ServerSettings, create_app
 
     try:
-        application = create_app(model, backend=backend, max_bytes=int(max_mb * 1024 * 1024), model_details=model_details)
+        settings = ServerSettings(
+            max_bytes=int(max_mb * 1024 * 1024), max_decoded_bytes=int(max_image_mb * 1024 * 1024), decoders=decoders,
+            api_key=api_key, allowed_hosts=tuple(allowed_host or default_hosts(host)), cors_origins=tuple(cors_origin or ()),
+            rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details)
+        application = create_app(model, backend=backend, settings=settings)
     except (PneumoError, ValueError) as error:
         raise fail(str(error)) from None
+    if not settings.allowed_hosts:
+        errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
+                     "with the name clients use")
     console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")
     uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+def default_hosts(host: str) -> list[str]:
+    """Host names to accept by default: the bound address, plus localhost on loopback; none for a wildcard bind."""
+    if host in ("0.0.0.0", "::", ""):
+        return []
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return ["127.0.0.1", "localhost", "::1"]
+    return [host]
 
 
 @app.command()

@@ -24,7 +24,7 @@ from pneumo.decision import DECISIONS, decide, reason
 from pneumo.inference import predict_logits, softmax
 from pneumo.labels import SHORT_NAMES
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "auto")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
@@ -93,7 +93,8 @@ class Predictor:
     Args:
         model: a run folder, a ``model.pt`` bundle, a folder holding ``model.pt`` / ``model.onnx``,
             or an ``.onnx`` file exported by pneumo.
-        backend: ``torch`` or ``onnx``.
+        backend: ``torch``, ``onnx``, or ``auto``: ONNX Runtime (faster on a CPU) where the model has an
+            ONNX export (a ``model.onnx`` beside its bundle), else PyTorch.
     """
 
     def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None,
@@ -102,10 +103,12 @@ class Predictor:
             raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
         if decision not in DECISIONS:
             raise ValueError(f"The 'decision' must be one of {DECISIONS}. Got {decision!r} instead.")
-        self.backend = backend
         self.bundle = None
         path = Path(model)
         self._folder = path if path.is_dir() else path.parent
+        if backend == "auto":
+            backend = "onnx" if path.suffix == ".onnx" or (self._folder / "model.onnx").is_file() else "torch"
+        self.backend = backend
         if backend == "onnx":
             self._load_onnx(path, threads)
         else:
@@ -188,9 +191,15 @@ class Predictor:
                 raise ModelFileError(f"this needs the PyTorch bundle next to the ONNX file: {error}") from None
         return self.bundle
 
-    def load(self, source: str, data: bytes | None = None) -> np.ndarray:
-        """Read (or decode given bytes) and resize one image; raises ImageReadError."""
-        image = decode_gray(data, source) if data is not None else read_gray(source)
+    def load(self, source: str, data: bytes | None = None, *, max_decoded_bytes: int | None = None) -> np.ndarray:
+        """Read (or decode given bytes) and resize one image; raises ImageReadError.
+
+        ``max_decoded_bytes`` overrides the readers' limit on the decoded image size.
+        """
+        if data is not None:
+            image = decode_gray(data, source, max_decoded_bytes=max_decoded_bytes)
+        else:
+            image = read_gray(source, max_decoded_bytes=max_decoded_bytes)
         return resize(image, self.size)
 
     def predict_images(self, sources: list[str], images: list[np.ndarray], *, adapt: bool | str = False) -> list[Prediction]:

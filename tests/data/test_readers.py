@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -17,13 +19,13 @@ def test_jpeg_is_read_as_gray_uint8(tmp_path):
 
 def test_rgb_jpeg_becomes_gray(tmp_path):
     color = np.zeros((40, 60, 3), np.uint8)
-    color[..., 2] = 200  # red in BGR
+    color[:, :40, 2] = 200  # red in BGR; the rest black
     path = tmp_path / "rgb.jpg"
     path.write_bytes(cv2.imencode(".jpg", color)[1].tobytes())
     image = read_gray(path)
     assert image.shape == (40, 60)
     # OpenCV's gray weights: 0.299 R -> about 60
-    assert 55 <= int(np.median(image)) <= 65
+    assert 55 <= int(np.median(image[:, :30])) <= 65
 
 
 def test_16_bit_png_is_scaled_to_8_bit(tmp_path):
@@ -38,7 +40,7 @@ def test_16_bit_png_is_scaled_to_8_bit(tmp_path):
 
 def test_rgba_png_drops_alpha(tmp_path):
     rgba = np.zeros((20, 20, 4), np.uint8)
-    rgba[..., :3] = 90
+    rgba[:, :10, :3] = 90
     rgba[..., 3] = 10  # nearly transparent: alpha must not darken the image
     path = tmp_path / "rgba.png"
     cv2.imwrite(str(path), rgba)
@@ -61,7 +63,7 @@ def test_dicom_monochrome(tmp_path, photometric):
 
 def test_dicom_without_suffix_is_recognised_by_preamble(tmp_path):
     path = tmp_path / "scan"
-    path.write_bytes(dicom_bytes(np.full((8, 8), 7, np.uint16)))
+    path.write_bytes(dicom_bytes(np.arange(8 * 8).reshape(8, 8)))
     assert read_gray(path).shape == (8, 8)
 
 
@@ -136,3 +138,47 @@ def test_files_over_the_size_limit_are_refused_before_reading(tmp_path, monkeypa
     with pytest.raises(ImageReadError, match=r"big.jpeg: file is 2,002 bytes, over the limit of 1,000") as caught:
         readers.read_gray(big)
     assert caught.value.status == 413
+
+
+def test_decoded_size_is_checked_from_the_header_before_decoding():
+    """A 10000 x 10000 16-bit RGBA PNG is within the pixel limit but would decode to 800 MB."""
+    data = png_with_size(10_000, 10_000, bit_depth=16, colour_type=6)
+    with pytest.raises(ImageReadError, match=r"bomb.png: image would take 800,000,000 bytes decoded \(10000x10000, "
+                                             r"PNG RGBA, 8 bytes a pixel\), over the limit of 67,108,864") as caught:
+        decode_gray(data, "bomb.png")
+    assert caught.value.status == 413
+    # A real detector image (4300 x 3500, 16-bit gray) fits.
+    assert probe(png_with_size(4300, 3500, bit_depth=16), "cr.png") == (4300, 3500)
+
+
+def test_the_decoded_size_limit_can_be_set_per_call():
+    data = jpeg_bytes(xray_like(0, 200))
+    with pytest.raises(ImageReadError, match=r"small.jpeg: image would take 40,000 bytes decoded .* over the limit of 1,000"):
+        decode_gray(data, "small.jpeg", max_decoded_bytes=1000)
+    assert decode_gray(data, "small.jpeg").shape == (200, 200)
+
+
+def test_deflated_dicom_is_refused_before_it_is_inflated():
+    from pydicom.data import get_testdata_file
+
+    data = Path(get_testdata_file("image_dfl.dcm")).read_bytes()  # pydicom's own deflated test file
+    with pytest.raises(ImageReadError, match=r"scan.dcm: deflated DICOM \(transfer syntax 1.2.840.10008.1.2.1.99\) is "
+                                             "not accepted") as caught:
+        decode_gray(data, "scan.dcm")
+    assert caught.value.status == 415
+
+
+def test_a_dicom_whose_frames_are_too_large_is_refused_before_its_pixels_are_read():
+    pixels = np.arange(64 * 64).reshape(64, 64)
+    with pytest.raises(ImageReadError, match=r"image would take 8,192 bytes decoded \(64x64, DICOM, 1 frame\(s\) of "
+                                             r"1 x 16 bits\), over the limit of 4,000"):
+        decode_gray(dicom_bytes(pixels), "scan.dcm", max_decoded_bytes=4000)
+
+
+@pytest.mark.parametrize("value", [0, 255, 128])
+def test_nearly_uniform_images_are_refused(value):
+    blank = np.full((300, 300), value, np.uint8)
+    blank[0, 0] = 255 - value  # one odd pixel: still nothing to classify
+    with pytest.raises(ImageReadError, match=r"blank.png: image is nearly uniform \(standard deviation 0.\d\d grey "
+                                             "levels, under 2\\): there is no X-ray in it to classify"):
+        decode_gray(cv2.imencode(".png", blank)[1].tobytes(), "blank.png")

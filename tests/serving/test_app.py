@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from pneumo.serving.app import create_app
+from pneumo.serving.app import ServerSettings, create_app
 from tests.conftest import dicom_bytes, jpeg_bytes, png_with_size, xray_like
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def client(tiny_run):
-    return TestClient(create_app(tiny_run, max_bytes=2_000_000))
+    return TestClient(create_app(tiny_run, settings=ServerSettings(max_bytes=2_000_000)))
 
 
 def test_predict_with_gradcam(client, shared_images):
@@ -61,7 +61,9 @@ def test_model_card_page_and_docs(client):
     card = client.get("/v1/model").json()
     assert card["classes"] == ["NORMAL", "Bacterial Pneumonia", "Viral Pneumonia"] and "diagnostic" in card["intended_use"]
     assert "Research software, not a diagnostic device" in client.get("/").text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    assert client.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
@@ -85,7 +87,7 @@ def test_model_endpoint_keeps_the_training_machine_private():
     shipped = REPO / "models" / "pneumo-cnn"  # its bundle records where it was trained
     card = TestClient(create_app(shipped)).get("/v1/model").json()
     assert "environment" not in card["training"] and "data" not in card["training"]["config"]
-    detailed = TestClient(create_app(shipped, model_details=True)).get("/v1/model").json()
+    detailed = TestClient(create_app(shipped, settings=ServerSettings(model_details=True))).get("/v1/model").json()
     assert "git_commit" in detailed["training"]["environment"]
 
 
@@ -163,3 +165,66 @@ def test_page_in_chromium(server, shared_images, tmp_path):
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
         assert "not a recognised image" in page.inner_text("#error")
         browser.close()
+
+
+KEY = "k" * 24
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_run):
+    """A server with every optional guard on."""
+    settings = ServerSettings(api_key=KEY, allowed_hosts=("testserver",), cors_origins=("https://viewer.example",),
+                              rate_limit=5)
+    return TestClient(create_app(tiny_run, settings=settings))
+
+
+def test_api_key_is_required_on_the_api_only(guarded, shared_images):
+    image = {"file": ("a.jpeg", shared_images[0].read_bytes())}
+    refused = guarded.post("/v1/predict", files=image)
+    assert refused.status_code == 401 and refused.json()["error"].startswith("missing or wrong API key")
+    assert guarded.post("/v1/predict", files=image, headers={"X-API-Key": KEY[:-1] + "x"}).status_code == 401
+    assert guarded.post("/v1/predict", files=image, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert guarded.get("/healthz").status_code == 200
+    assert 'id="keyline" >' in guarded.get("/").text  # the page shows its key field
+
+
+def test_unknown_hosts_and_foreign_origins_are_refused(guarded):
+    wrong_host = guarded.get("/healthz", headers={"Host": "evil.example"})
+    assert wrong_host.status_code == 400 and "Host 'evil.example' is not served here" in wrong_host.json()["error"]
+    foreign = guarded.get("/v1/model", headers={"Origin": "https://evil.example", "X-API-Key": KEY})
+    assert foreign.status_code == 403 and "cross-origin requests from https://evil.example" in foreign.json()["error"]
+    allowed = guarded.get("/v1/model", headers={"Origin": "https://viewer.example", "X-API-Key": KEY})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://viewer.example"
+
+
+def test_the_rate_limit_answers_429_with_retry_after(tiny_run):
+    client = TestClient(create_app(tiny_run, settings=ServerSettings(rate_limit=3)))
+    codes = [client.get("/v1/model").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    limited = client.get("/v1/model")
+    assert "rate limit of 3 requests a minute" in limited.json()["error"] and int(limited.headers["retry-after"]) >= 1
+    assert client.get("/healthz").status_code == 200  # the page and health checks stay open
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        ServerSettings(api_key="short")
+    with pytest.raises(ValueError, match="The 'decoders' server setting must be >= 1. Got 0 instead."):
+        ServerSettings(decoders=0)
+
+
+def test_concurrent_requests_are_classified_in_batches(tiny_run, shared_images):
+    """Eight clients at once: every answer equals the one-by-one answer, and some model calls held several images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(tiny_run, settings=ServerSettings(batch_wait_ms=50))
+    images = [p.read_bytes() for p in shared_images]
+    with TestClient(app) as client:
+        alone = [client.post("/v1/predict", files={"file": (f"{i}.jpeg", data)}).json() for i, data in enumerate(images)]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda item: client.post("/v1/predict", files={"file": (f"{item[0]}.jpeg", item[1])}).json(),
+                                     enumerate(images)))
+    for one, other in zip(alone, together):
+        assert one["class"] == other["class"] and one["probabilities"] == pytest.approx(other["probabilities"], abs=1e-5)
+    sizes = app.state.batcher.batch_sizes
+    assert max(sizes) > 1 and sum(sizes) == 2 * len(images)

@@ -128,24 +128,31 @@ def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):
     assert (first.val_loss, first.val_acc) == (second.val_loss, second.val_acc)
 
 
-def test_resume_after_kill_9(shared_data, cache_dir, tmp_path):
-    """A real training process is killed with SIGKILL after its first checkpoint, then resumed."""
+def test_a_run_killed_and_resumed_is_the_run_it_replaces(shared_data, cache_dir, tmp_path):
+    """SIGKILL during epoch 2 (after the first checkpoint), then --resume: the same history as a run never stopped."""
+    def command(name):
+        return [sys.executable, "-m", "pneumo.cli", "train", "--model", "cnn", "--epochs", "3", "--max-train-images",
+                "96", "--size", "64", "--zoom", "0.1", "--noise", "0.02", "--data", str(shared_data), "--cache-dir",
+                str(cache_dir), "--runs-dir", str(tmp_path), "--name", name, "--accelerator", "cpu", "--quiet"]
+
+    subprocess.run(command("whole"), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "pneumo.cli", "train", "--model", "cnn", "--epochs", "4", "--max-train-images",
-               "96", "--data", str(shared_data), "--cache-dir", str(cache_dir), "--runs-dir", str(tmp_path),
-               "--name", "killed", "--accelerator", "cpu", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (run_dir / "last.ckpt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert (run_dir / "last.ckpt").exists()
     resumed = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
-    assert [row["epoch"] for row in history(run_dir)] == ["1", "2", "3", "4"]
+    assert [row["epoch"] for row in history(run_dir)] == ["1", "2", "3"]
+    for whole, again in zip(history(tmp_path / "whole"), history(run_dir)):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert float(again[key]) == pytest.approx(float(whole[key]), abs=1e-6), (whole["epoch"], key)
     checkpoint = torch.load(run_dir / "last.ckpt", weights_only=False, map_location="cpu")
-    assert [row["epoch"] for row in checkpoint["callbacks"]["History"]["rows"]] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in checkpoint["callbacks"]["History"]["rows"]] == [1, 2, 3]
 
 
 def test_bad_option_is_refused(shared_data):

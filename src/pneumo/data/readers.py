@@ -2,7 +2,11 @@
 
 JPEG, PNG (8/16-bit; gray, RGB, RGBA), BMP and TIFF are decoded with OpenCV, as in the
 original study; DICOM with pydicom (modality and VOI LUTs applied, MONOCHROME1 inverted).
-Headers are checked before decoding so that a decompression bomb is refused cheaply.
+Headers are checked before decoding so that a decompression bomb is refused cheaply: the
+pixel count and the decoded size (width x height x channels x bytes per sample) must be within
+limits sized for real chest X-rays, and deflated DICOM, which inflates without a bound before
+its header can be read, is refused. A nearly uniform image (a blank page, an empty bomb) is
+refused after decoding: there is nothing in it to classify.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ from pneumo.errors import ImageReadError
 MAX_PIXELS = 100_000_000
 #: Largest file read, in bytes: an uncompressed 16-bit 4300 x 3500 DICOM is ~30 MB.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+#: Largest decoded image, in bytes (width x height x channels x bytes per sample): the largest
+#: CR/DX detectors give ~4300 x 3500 x 16 bit = 30 MB, an 8-bit RGB export of them 45 MB.
+MAX_DECODED_BYTES = 64 * 1024 * 1024
+#: Smallest standard deviation, in grey levels of the 8-bit image, of an image worth classifying.
+MIN_STD = 2.0
+DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
+# Decoded bytes per pixel of the PIL header modes, as OpenCV decodes them (a palette becomes BGR).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 3, "PA": 4, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 3,
+               "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 SUPPORTED = "JPEG, PNG, BMP, TIFF or DICOM"
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 
@@ -30,8 +43,10 @@ def is_dicom(data: bytes, name: str = "") -> bool:
     return data[128:132] == b"DICM" or Path(name).suffix.lower() in _DICOM_SUFFIXES
 
 
-def read_gray(path: str | Path) -> np.ndarray:
+def read_gray(path: str | Path, *, max_decoded_bytes: int | None = None) -> np.ndarray:
     """Read one file as a 2-D uint8 grayscale image at its own size.
+
+    ``max_decoded_bytes`` overrides MAX_DECODED_BYTES.
 
     Raises:
         ImageReadError: the file is missing, empty, of an unsupported type, truncated,
@@ -57,49 +72,80 @@ def read_gray(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, f"cannot be read ({error.strerror or error})") from None
     if len(data) > MAX_FILE_BYTES:
         raise ImageReadError(path, f"file grew over the limit of {MAX_FILE_BYTES:,} bytes while being read", status=413)
-    return decode_gray(data, str(path))
+    return decode_gray(data, str(path), max_decoded_bytes=max_decoded_bytes)
 
 
-def decode_gray(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes (``name`` is used for messages and the DICOM suffix) to uint8 (H, W)."""
+def decode_gray(data: bytes, name: str, *, max_decoded_bytes: int | None = None) -> np.ndarray:
+    """Decode image bytes (``name`` is used for messages and the DICOM suffix) to uint8 (H, W).
+
+    ``max_decoded_bytes`` overrides MAX_DECODED_BYTES.
+    """
     if not data:
         raise ImageReadError(name, "file is empty (0 bytes)")
     if is_dicom(data, name):
-        return _decode_dicom(data, name)
-    probe(data, name)
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None or array.size == 0:
-        raise ImageReadError(name, "image data could not be decoded (corrupt file?)")
-    return to_gray_uint8(array, name)
+        image = _decode_dicom(data, name, max_decoded_bytes)
+    else:
+        probe(data, name, max_decoded_bytes=max_decoded_bytes)
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if array is None or array.size == 0:
+            raise ImageReadError(name, "image data could not be decoded (corrupt file?)")
+        image = to_gray_uint8(array, name)
+    spread = float(cv2.meanStdDev(image)[1][0, 0])
+    if spread < MIN_STD:
+        raise ImageReadError(name, f"image is nearly uniform (standard deviation {spread:.2f} grey levels, under "
+                                   f"{MIN_STD:g}): there is no X-ray in it to classify")
+    return image
 
 
-def probe(data: bytes, name: str) -> tuple[int, int]:
+def _check_decoded_size(name: str, width: int, height: int, per_pixel: int, limit: int | None, what: str) -> None:
+    limit = MAX_DECODED_BYTES if limit is None else limit
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(
+            name, f"image is {width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,}", status=413)
+    if width * height * per_pixel > limit:
+        raise ImageReadError(name, f"image would take {width * height * per_pixel:,} bytes decoded ({width}x{height}, "
+                                   f"{what}), over the limit of {limit:,}", status=413)
+
+
+def _bytes_per_pixel(header: Image.Image, data: bytes) -> int:
+    """Decoded bytes per pixel of an image whose header PIL has read (16-bit PNG and TIFF counted as such)."""
+    per_pixel = _MODE_BYTES.get(header.mode, 4)
+    if header.format == "PNG" and len(data) > 25 and data[24] == 16:  # IHDR bit depth: PIL reports 8-bit modes
+        per_pixel = {"L": 2, "I;16": 2, "LA": 4, "RGB": 6, "RGBA": 8}.get(header.mode, 2 * per_pixel)
+    if header.format == "TIFF":
+        bits = header.tag_v2.get(258, (8,))
+        samples = int(header.tag_v2.get(277, 1))
+        per_pixel = max(per_pixel, samples * -(-max(bits if isinstance(bits, tuple) else (bits,)) // 8))
+    return per_pixel
+
+
+def probe(data: bytes, name: str, *, max_decoded_bytes: int | None = None) -> tuple[int, int]:
     """Check that bytes are a supported, complete, not oversized image without decoding it.
 
     Returns:
         (width, height) read from the header.
 
     Raises:
-        ImageReadError: empty, not an image, unsupported type, oversized or truncated.
+        ImageReadError: empty, not an image, unsupported type, oversized (in pixels or decoded
+            bytes) or truncated.
     """
     if not data:
         raise ImageReadError(name, "file is empty (0 bytes)")
     if is_dicom(data, name):
-        return _probe_dicom(data, name)[1:]
+        return _probe_dicom(data, name, max_decoded_bytes)[1:]
     try:
         with Image.open(io.BytesIO(data)) as header:  # reads the header only
             width, height = header.size
             kind = header.format
+            per_pixel = _bytes_per_pixel(header, data)
+            mode = header.mode
     except UnidentifiedImageError:
         raise ImageReadError(name, f"not a recognised image (expected {SUPPORTED})", status=415) from None
     except Image.DecompressionBombError:
         raise ImageReadError(name, f"image is too large (over the limit of {MAX_PIXELS:,} pixels)", status=413) from None
     except Exception as error:  # PIL raises many types for broken headers
         raise ImageReadError(name, f"broken image header ({error})") from None
-    if width * height > MAX_PIXELS:
-        raise ImageReadError(
-            name, f"image is {width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,}", status=413
-        )
+    _check_decoded_size(name, width, height, per_pixel, max_decoded_bytes, f"{kind} {mode}, {per_pixel} bytes a pixel")
     if kind not in {"JPEG", "PNG", "BMP", "TIFF", "MPO"}:
         raise ImageReadError(name, f"{kind} images are not supported (expected {SUPPORTED})", status=415)
     if kind in {"JPEG", "MPO"} and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
@@ -135,27 +181,49 @@ def _rescale_to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def _probe_dicom(data: bytes, name: str):
-    """Parse a DICOM file; returns (dataset, columns, rows) after the size check."""
+def _transfer_syntax(data: bytes) -> str:
+    """The transfer syntax UID in a DICOM file's meta header, read without touching the dataset after it."""
+    import pydicom.filereader
+
+    stream = io.BytesIO(data)
+    try:
+        pydicom.filereader.read_preamble(stream, True)
+        # Private in pydicom, but the only reader of the meta group alone from a stream: dcmread
+        # would inflate a deflated dataset in full before anything could be checked.
+        meta = pydicom.filereader._read_file_meta_info(stream)
+    except Exception:  # no meta header: pydicom reads the rest as uncompressed, which is bounded by the file
+        return ""
+    return str(meta.get("TransferSyntaxUID", ""))
+
+
+def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
+    """Parse a DICOM file; returns (dataset, columns, rows) after the size checks."""
     import pydicom
 
+    if _transfer_syntax(data) == DEFLATED_DICOM:
+        raise ImageReadError(name, "deflated DICOM (transfer syntax 1.2.840.10008.1.2.1.99) is not accepted: it "
+                                   "inflates without a bound before it can be checked; convert it to an uncompressed "
+                                   "or JPEG transfer syntax (e.g. dcmconv +te)", status=415)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
         rows, columns = int(dataset.Rows), int(dataset.Columns)
+        samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
+        bits = int(getattr(dataset, "BitsAllocated", 16) or 16)
+        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
     except Exception as error:  # pydicom raises many types for non-DICOM bytes
         raise ImageReadError(name, f"not a readable DICOM image ({type(error).__name__}: {error})") from None
-    if rows * columns > MAX_PIXELS:
-        raise ImageReadError(name, f"DICOM image is {columns}x{rows}, over the limit of {MAX_PIXELS:,} pixels", status=413)
+    _check_decoded_size(name, columns, rows * frames, samples * -(-bits // 8), max_decoded_bytes,
+                        f"DICOM, {frames} frame(s) of {samples} x {bits} bits")
     return dataset, columns, rows
 
 
-def _decode_dicom(data: bytes, name: str) -> np.ndarray:
+def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) -> np.ndarray:
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom < 3
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-    dataset = _probe_dicom(data, name)[0]
+    dataset = _probe_dicom(data, name, max_decoded_bytes)[0]
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # missing pixel data, unsupported transfer syntax, ...

@@ -1,26 +1,75 @@
 """FastAPI app: a web page to drop an X-ray on, and a JSON API.
 
 Bad input never yields a 500: an oversized body gets 413, an unsupported type 415, an
-undecodable image 422, each with a message, and the server keeps serving.
+undecodable image 422, each with a message, and the server keeps serving. Uploads are decoded
+a few at a time (decoding is where hostile files cost memory) and classified in micro-batches.
+Optional guards, all off unless set: an API key, trusted Host names, allowed cross-origin
+callers and a per-client rate limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hmac
 import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from pneumo import DISCLAIMER, __version__
 from pneumo.errors import ImageReadError
 from pneumo.predict import Predictor
+from pneumo.serving.batching import MicroBatcher
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the server accepts and from whom.
+
+    Attributes:
+        max_bytes: largest upload (bytes received are counted, chunked bodies included).
+        max_decoded_bytes: largest decoded image (None: the readers' default, sized for CR/DX).
+        decoders: uploads decoded at the same time; the rest wait (bounds memory under a flood of bombs).
+        api_key: when set, /v1/* requires it as ``X-API-Key`` or ``Authorization: Bearer``.
+        allowed_hosts: Host header values accepted (DNS-rebinding guard); empty accepts any.
+        cors_origins: other origins whose pages may call the API; requests from any other
+            origin are refused (403) rather than processed.
+        rate_limit: requests per minute per client address on /v1/*; 0 is no limit.
+        max_batch: most images classified in one model call.
+        batch_wait_ms: longest wait for more images once one is queued.
+        model_details: add the training environment (device, platform, git commit) to /v1/model.
+    """
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_decoded_bytes: int | None = None
+    decoders: int = 2
+    api_key: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    rate_limit: int = 0
+    max_batch: int = 16
+    batch_wait_ms: float = 5.0
+    model_details: bool = False
+
+    def __post_init__(self):
+        for name, low in (("max_bytes", 1), ("decoders", 1), ("rate_limit", 0), ("max_batch", 1), ("batch_wait_ms", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"The '{name}' server setting must be >= {low}. Got {getattr(self, name)} instead.")
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ValueError("The API key must have at least 16 characters (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe())'). Got a shorter one instead.")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -91,20 +140,97 @@ class BodyLimit:
             await answer_413()
 
 
-def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DEFAULT_MAX_BYTES,
-               model_details: bool = False) -> FastAPI:
+class RateLimit:
+    """At most ``per_minute`` requests in any 60 s from one client address (a sliding window)."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._seen: dict[str, deque] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def wait_time(self, client: str) -> float:
+        """0 when the request may go ahead (and it is counted), else seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._seen) > 10_000:  # forget clients idle for a minute, so that the table stays small
+                self._seen = defaultdict(deque, {c: s for c, s in self._seen.items() if s and now - s[-1] < 60})
+            seen = self._seen[client]
+            while seen and now - seen[0] >= 60:
+                seen.popleft()
+            if len(seen) >= self.per_minute:
+                return 60 - (now - seen[0])
+            seen.append(now)
+            return 0.0
+
+
+def _guard(settings: ServerSettings):
+    """An HTTP middleware that applies the optional guards of ``settings`` in a fixed order."""
+    limiter = RateLimit(settings.rate_limit) if settings.rate_limit else None
+    hosts = {host.lower() for host in settings.allowed_hosts}
+    origins = set(settings.cors_origins)
+
+    async def guard(request: Request, call_next):
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+        if hosts and host not in hosts:
+            return _error(400, f"Host {host!r} is not served here; allowed: {', '.join(sorted(hosts))}")
+        origin = request.headers.get("origin")
+        same_origin = origin is not None and origin.split("://", 1)[-1].lower() == request.headers.get("host", "").lower()
+        if origin and not same_origin and origin not in origins:
+            return _error(403, f"cross-origin requests from {origin} are not allowed (see --cors-origin)")
+        if request.url.path.startswith("/v1/"):
+            if settings.api_key is not None and not _has_key(request, settings.api_key):
+                return JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
+                                     "disclaimer": DISCLAIMER}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            if limiter is not None:
+                wait = limiter.wait_time(request.client.host if request.client else "unknown")
+                if wait:
+                    return JSONResponse({"error": f"rate limit of {settings.rate_limit} requests a minute reached; "
+                                                  f"retry in {wait:.0f} s", "disclaimer": DISCLAIMER},
+                                        status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+        response = await call_next(request)
+        if origin and origin in origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return guard
+
+
+def _has_key(request: Request, key: str) -> bool:
+    given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), key.encode())  # constant time: the key cannot be guessed byte by byte
+
+
+def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSettings | None = None) -> FastAPI:
     """Build the app around one model (loaded once, here).
 
-    ``model_details`` adds the training environment (device, platform, git commit) to /v1/model.
+    Args:
+        model: a run folder, bundle, shipped models/ folder or ONNX file.
+        backend: ``torch``, ``onnx``, or ``auto`` (ONNX Runtime where the model has an export).
+        settings: limits and guards (defaults: ServerSettings()).
     """
+    settings = settings or ServerSettings()
     predictor = Predictor(model, backend=backend)
-    # One inference at a time: the model already uses every core, and Grad-CAM hooks are not thread-safe.
-    lock = threading.Lock()
-    app = FastAPI(title="pneumo", version=__version__,
+    # One model call at a time: it already uses every core, and Grad-CAM hooks are not thread-safe.
+    model_lock = threading.Lock()
+
+    def classify(names, images):
+        with model_lock:
+            return predictor.predict_images(names, images)
+
+    batcher = MicroBatcher(classify, max_batch=settings.max_batch, max_wait=settings.batch_wait_ms / 1000)
+    decoding = asyncio.Semaphore(settings.decoders)
+    app = FastAPI(title="pneumo", version=__version__, docs_url=None, redoc_url=None,
                   description=f"Pediatric chest X-ray classification. {DISCLAIMER}")
+    app.router.on_shutdown.append(batcher.close)
+    app.state.batcher = batcher
     page = resources.files("pneumo.serving").joinpath("static/index.html").read_text()
+    page = page.replace("{{API_KEY_FIELD}}", "hidden" if settings.api_key is None else "")
+    max_bytes = settings.max_bytes
     # Multipart framing around the file is small; the file itself is checked against max_bytes below.
     app.add_middleware(BodyLimit, max_bytes=max_bytes + 64 * 1024)
+    app.middleware("http")(_guard(settings))
+    _serve_docs_offline(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -130,12 +256,13 @@ def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DE
     @app.get("/v1/model")
     def model_card() -> dict:
         metadata = predictor.metadata
+        training = metadata.get("training", {})
         return {
             "id": predictor.model_id, "sha256": predictor.sha256, "backend": predictor.backend,
             "model_name": metadata["model_name"], "classes": predictor.classes,
             "preprocessing": metadata["preprocessing"], "temperature": predictor.temperature,
-            "operating_point": metadata.get("operating_point"),
-            "training": metadata.get("training", {}) if model_details else _public_training(metadata.get("training", {})),
+            "operating_point": metadata.get("operating_point"), "decision_rule": predictor.rule,
+            "training": training if settings.model_details else _public_training(training),
             "evaluation": metadata.get("evaluation", {}), "intended_use": DISCLAIMER,
         }
 
@@ -146,20 +273,13 @@ def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DE
         parts = (await request.form()).getlist("file")  # parsed once already, for the 'file' argument
         if len(parts) > 1:
             return _error(400, f"{len(parts)} files in one request; send one image per request (field 'file')")
-        return await run_in_threadpool(answer, file, gradcam)
-
-    def answer(file: UploadFile, gradcam: bool):
         name = file.filename or "upload"
-        data = file.file.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            return _error(413, f"{name}: file is over the limit of {max_bytes:,} bytes")
-        try:
-            image = predictor.load(name, data)
-        except ImageReadError as error:
-            return _error(error.status, str(error))
-        with lock:
-            prediction = predictor.predict_images([name], [image])[0]
-            overlay = predictor.explain([prediction])[0] if gradcam else None
+        async with decoding:
+            image = await run_in_threadpool(decode, file, name)
+        if isinstance(image, JSONResponse):
+            return image
+        prediction = await asyncio.wrap_future(batcher.submit(name, image))
+        overlay = await run_in_threadpool(explain, prediction) if gradcam else None
         body = {
             **prediction.as_dict(), "decision_rule": predictor.rule,
             "model": {"id": predictor.model_id, "sha256": predictor.sha256}, "disclaimer": DISCLAIMER,
@@ -170,4 +290,31 @@ def create_app(model: str | Path, *, backend: str = "torch", max_bytes: int = DE
             body["gradcam_png"] = base64.b64encode(png_bytes(overlay)).decode()
         return body
 
+    def decode(file: UploadFile, name: str):
+        data = file.file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return _error(413, f"{name}: file is over the limit of {max_bytes:,} bytes")
+        try:
+            return predictor.load(name, data, max_decoded_bytes=settings.max_decoded_bytes)
+        except ImageReadError as error:
+            return _error(error.status, str(error))
+
+    def explain(prediction):
+        with model_lock:
+            return predictor.explain([prediction])[0]
+
     return app
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    """/docs with Swagger UI's files served from the swagger-ui-bundle package, not a CDN: works offline."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger-ui/favicon-32x32.png")

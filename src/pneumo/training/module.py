@@ -146,12 +146,17 @@ class Classifier(L.LightningModule):
         frozen = self.current_epoch < self.config.freeze_epochs
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(not frozen or name.startswith(self.classifier_prefix))
-        # Fresh streams per epoch (augmentation, and dropout through torch's global generator)
-        # make a run resumed after a kill train exactly like an uninterrupted one.
+        # Fresh streams per epoch (augmentation here, dropout and mixup at the first batch) make a run
+        # resumed after a kill train exactly like an uninterrupted one.
         self._generator = None
-        torch.manual_seed(self.config.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
         self._epoch_started, self._epoch_images = time.perf_counter(), 0
         self._sums = torch.zeros(2, device=self.device)  # loss x images, correct predictions
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if batch_idx == 0:
+            # Seeded here, not at epoch start: a fresh run and a resumed one create the epoch's
+            # DataLoader iterator (which draws its base seed from this generator) at different points.
+            torch.manual_seed(self.config.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
