@@ -58,8 +58,9 @@ def png_with_size(width: int, height: int, *, bit_depth: int = 8, colour_type: i
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
 
 
-def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2") -> bytes:
-    """A minimal valid DICOM file (explicit VR little endian) holding ``pixels`` (uint16)."""
+def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", *, bits: int = 12,
+                window: tuple[float, float] | None = None, modality: str = "DX") -> bytes:
+    """A minimal valid DICOM file (explicit VR little endian) holding ``pixels`` (uint16, or uint8 when bits <= 8)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -71,13 +72,16 @@ def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2") -> bytes:
     dataset.file_meta = meta
     dataset.SOPClassUID = meta.MediaStorageSOPClassUID
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
+    dataset.Modality = modality
     dataset.Rows, dataset.Columns = pixels.shape
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    allocated = 8 if bits <= 8 else 16
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = allocated, bits, bits - 1
     dataset.PixelRepresentation = 0
-    dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    if window is not None:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    dataset.PixelData = pixels.astype(np.uint8 if allocated == 8 else np.uint16).tobytes()
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True) if _pydicom3() else dataset.save_as(buffer, write_like_original=False)
     return buffer.getvalue()

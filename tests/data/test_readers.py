@@ -182,3 +182,29 @@ def test_nearly_uniform_images_are_refused(value):
     with pytest.raises(ImageReadError, match=r"blank.png: image is nearly uniform \(standard deviation 0.\d\d grey "
                                              "levels, under 2\\): there is no X-ray in it to classify"):
         decode_gray(cv2.imencode(".png", blank)[1].tobytes(), "blank.png")
+
+
+def test_an_8_bit_dicom_reads_exactly_as_its_png_export():
+    """No stretch of values that already fit 8 bits: the DICOM and the PNG of the same pixels are the same image."""
+    pixels = xray_like(3, 96)
+    pixels[pixels > 200] = 200  # not spanning 0-255: a min-max stretch would change it
+    from_dicom = decode_gray(dicom_bytes(pixels, bits=8), "scan.dcm")
+    from_png = decode_gray(cv2.imencode(".png", pixels)[1].tobytes(), "scan.png")
+    np.testing.assert_array_equal(from_dicom, from_png)
+
+
+def test_the_dicom_window_is_applied_as_a_viewer_would():
+    """Linear window (PS3.3 C.11.2.1.2), centre 2000 and width 1001: 1500 -> 0, 2000 -> 128, 2500 -> 255."""
+    pixels = np.array([[1000, 1500, 2000], [2500, 3000, 4000]] * 3, np.uint16)
+    image = decode_gray(dicom_bytes(pixels, window=(2000, 1001)), "scan.dcm")
+    assert image[:2].tolist() == [[0, 0, 128], [255, 255, 255]]
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm",
+                                  "SC_rgb_jpeg_gdcm.dcm", "JPEGLSNearLossless_16.dcm"])
+def test_compressed_dicom_transfer_syntaxes_decode(name):
+    """pydicom's own test files: JPEG-LS, JPEG 2000, RLE and baseline JPEG, through the installed decoders."""
+    from pydicom.data import get_testdata_file
+
+    image = decode_gray(Path(get_testdata_file(name)).read_bytes(), name)
+    assert image.dtype == np.uint8 and image.ndim == 2 and image.std() > 2

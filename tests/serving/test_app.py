@@ -141,6 +141,7 @@ def test_load_on_a_real_server(server, shared_images):
 
 @pytest.mark.browser
 def test_page_in_chromium(server, shared_images, tmp_path):
+    """Several files at once (one of them not an image): each gets its card, and /docs renders with no network."""
     from playwright.sync_api import sync_playwright
 
     from tests.conftest import CHROMIUM_ARGS, chromium_or_skip
@@ -151,19 +152,33 @@ def test_page_in_chromium(server, shared_images, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         page = browser.new_page()
+        external = []
+        page.on("request", lambda request: external.append(request.url) if not request.url.startswith(
+            (server, "data:")) else None)
         page.goto(server)
         assert "not a diagnostic device" in page.inner_text(".note")
-        page.set_input_files("#file", str(shared_images[-1]))
-        page.wait_for_selector("#result:not([hidden])", timeout=30_000)
-        predicted = page.inner_text("#class")
+        assert not page.is_visible("#keyline")  # no API key on this server
+        page.set_input_files("#file", [str(shared_images[-1]), str(bad), str(shared_images[0])])
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Done: 3')", timeout=60_000)
+        cards = page.query_selector_all(".result")
+        assert [c.query_selector(".file").inner_text() for c in cards] == [shared_images[-1].name, "notes.jpeg",
+                                                                          shared_images[0].name]
+        first = cards[0]
+        predicted = first.query_selector(".class").inner_text()
         assert predicted in ("NORMAL", "Bacterial Pneumonia", "Viral Pneumonia")
-        assert len(page.query_selector_all(".bar")) == 3
-        assert page.inner_text("#reason").startswith("Why: ") and "Rule: " in page.inner_text("#reason")
-        page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=10_000)
-        page.screenshot(path=str(tmp_path / "page.png"))
-        page.set_input_files("#file", str(bad))
-        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
-        assert "not a recognised image" in page.inner_text("#error")
+        assert len(first.query_selector_all(".bar")) == 3
+        assert first.query_selector(".reason").inner_text().startswith("Why: ")
+        assert f'looked for "{predicted}"' in first.query_selector(".caption").inner_text()
+        assert first.query_selector(".scale").is_visible()
+        page.wait_for_function("document.querySelector('.result .overlay').naturalWidth > 0", timeout=10_000)
+        assert "not a recognised image" in cards[1].query_selector(".error").inner_text()
+        assert not cards[1].query_selector(".answer").is_visible()
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+        page.goto(f"{server}/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)  # Swagger UI rendered from local files
+        assert "/v1/predict" in page.inner_text(".swagger-ui")
+        assert external == []
         browser.close()
 
 

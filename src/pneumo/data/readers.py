@@ -218,28 +218,58 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
 
 
 def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) -> np.ndarray:
+    dataset = _probe_dicom(data, name, max_decoded_bytes)[0]
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # missing pixel data, unsupported transfer syntax, ...
+        hint = ""
+        if str(getattr(dataset.file_meta, "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.4.51":
+            hint = ("; 12-bit JPEG Extended needs pylibjpeg-libjpeg (GPL-3.0): pip install 'pneumo[dicom-gpl]'")
+        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({error}){hint}") from None
+    if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
+        pixels = pixels[0]  # multi-frame: take the first frame
+    photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric.startswith("MONOCHROME"):
+        image = dicom_display(pixels, dataset)
+        return 255 - image if photometric == "MONOCHROME1" else image  # low values white: invert to the usual look
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return to_gray_uint8(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR), name)
+    raise ImageReadError(name, f"unsupported DICOM photometric interpretation {photometric}", status=415)
+
+
+def _first(value) -> float:
+    """The first of a DICOM attribute's values (window centre and width may hold several)."""
+    from pydicom.multival import MultiValue
+
+    return float(value[0]) if isinstance(value, MultiValue) else float(value)
+
+
+def dicom_display(pixels: np.ndarray, dataset) -> np.ndarray:
+    """Stored DICOM values -> the 8-bit picture a viewer (or a JPEG export) shows.
+
+    The modality LUT (rescale slope/intercept) first, then the file's own display choice: its
+    VOI LUT, or its first window (linear, DICOM PS3.3 C.11.2.1.2) mapped to 0-255. A file
+    without either is shown as stored when its values fit 8 bits (an 8-bit export stays exactly
+    itself), else stretched from its minimum to its maximum, as viewers do by default.
+    """
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom < 3
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-    dataset = _probe_dicom(data, name, max_decoded_bytes)[0]
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:  # missing pixel data, unsupported transfer syntax, ...
-        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({error})") from None
-    if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: take the first frame
-    photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric.startswith("MONOCHROME"):
-        pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset)
-        image = _rescale_to_uint8(np.asarray(pixels, np.float64))
-        if photometric == "MONOCHROME1":  # low values are white: invert to the usual look
-            image = 255 - image
-        return image
-    if pixels.ndim == 3 and pixels.shape[2] == 3:
-        return to_gray_uint8(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR), name)
-    raise ImageReadError(name, f"unsupported DICOM photometric interpretation {photometric}", status=415)
+    values = np.asarray(apply_modality_lut(pixels, dataset), np.float64)
+    if "VOILUTSequence" in dataset:
+        lut = dataset.VOILUTSequence[0]
+        top = 2 ** int(lut.LUTDescriptor[2]) - 1
+        return np.clip(np.round(np.asarray(apply_voi_lut(pixels, dataset), np.float64) * 255 / top), 0, 255).astype(np.uint8)
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
+        if width >= 1:
+            shown = ((values - (center - 0.5)) / max(width - 1, 1) + 0.5) * 255
+            return np.clip(np.round(shown), 0, 255).astype(np.uint8)
+    if values.min() >= 0 and values.max() <= 255 and int(getattr(dataset, "BitsStored", 16)) <= 8:
+        return values.astype(np.uint8)
+    return _rescale_to_uint8(values)
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:

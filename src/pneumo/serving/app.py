@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumo import DISCLAIMER, __version__
 from pneumo.errors import ImageReadError
@@ -231,6 +232,12 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
     app.add_middleware(BodyLimit, max_bytes=max_bytes + 64 * 1024)
     app.middleware("http")(_guard(settings))
     _serve_docs_offline(app)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # 404, 405, ...: the app's {"error": ...} schema too.
+        return JSONResponse({"error": str(error.detail), "disclaimer": DISCLAIMER}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
