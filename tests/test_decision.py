@@ -6,7 +6,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from pneumo.cli import app
-from pneumo.decision import decide, reason
+from pneumo.inference.decision import decide, reason
 from tests.conftest import REPO, jpeg_bytes, xray_like
 
 runner = CliRunner()

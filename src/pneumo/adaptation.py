@@ -157,7 +157,7 @@ def recalibrate(bundle_path: Path, labels_path: Path) -> None:
     Raises:
         PneumoError: fewer than MIN_LABELLED readable images, or no normal or no pneumonia image among them.
     """
-    from pneumo.evaluation.calibration import fit_temperature, operating_point
+    from pneumo.inference.calibration import fit_temperature, operating_point
     from pneumo.evaluation.metrics import summarize
     from pneumo.inference import predict_logits, softmax
     from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle

@@ -19,10 +19,11 @@ from pneumo import DISCLAIMER
 from pneumo.adaptation import ADAPT_MODES, adapt_batchnorm
 from pneumo.data.readers import decode_gray, read_gray, resize
 from pneumo.errors import ImageReadError, ModelFileError
-from pneumo.evaluation.calibration import PriorAdaptation
-from pneumo.decision import DECISIONS, decide, reason
+from pneumo.inference.calibration import PriorAdaptation
+from pneumo.inference.decision import DECISIONS, decide, reason
 from pneumo.inference import predict_logits, softmax
 from pneumo.labels import SHORT_NAMES
+from pneumo.paths import resolve_model
 
 BACKENDS = ("torch", "onnx", "auto")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
@@ -37,7 +38,8 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str = ""
     image: np.ndarray | None = field(default=None, repr=False)  # (S, S) uint8, as the model saw it
-    reason: str = ""  # why this class: the rule, P(pneumonia) and the threshold (pneumo.decision)
+    reason: str = ""  # why this class: the rule, P(pneumonia) and the threshold (pneumo.inference.decision)
+    gradcam: np.ndarray | None = field(default=None, repr=False)  # overlay, when asked for (pneumo.api)
 
     @property
     def ok(self) -> bool:
@@ -91,8 +93,8 @@ class Predictor:
     """A loaded model and its metadata, ready to classify images.
 
     Args:
-        model: a run folder, a ``model.pt`` bundle, a folder holding ``model.pt`` / ``model.onnx``,
-            or an ``.onnx`` file exported by pneumo.
+        model: a shipped model's name (``pneumo-mobilenet``), a run folder, a ``model.pt`` bundle, a
+            folder holding ``model.pt`` / ``model.onnx``, or an ``.onnx`` file exported by pneumo.
         backend: ``torch``, ``onnx``, or ``auto``: ONNX Runtime (faster on a CPU) where the model has an
             ONNX export (a ``model.onnx`` beside its bundle), else PyTorch.
     """
@@ -104,7 +106,7 @@ class Predictor:
         if decision not in DECISIONS:
             raise ValueError(f"The 'decision' must be one of {DECISIONS}. Got {decision!r} instead.")
         self.bundle = None
-        path = Path(model)
+        path = resolve_model(model)
         self._folder = path if path.is_dir() else path.parent
         if backend == "auto":
             backend = "onnx" if path.suffix == ".onnx" or (self._folder / "model.onnx").is_file() else "torch"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature
+from pneumo.inference.calibration import PriorAdaptation, adapt_priors, fit_temperature
 from pneumo.evaluation.metrics import _weighted_auc, bootstrap, decide, mcnemar, summarize
 from pneumo.inference import softmax
 

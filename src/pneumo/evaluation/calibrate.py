@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from pneumo.evaluation.calibration import PriorAdaptation, fit_temperature, operating_point
+from pneumo.inference.calibration import PriorAdaptation, fit_temperature, operating_point
 from pneumo.evaluation.metrics import summarize
 from pneumo.evaluation.stress import BATTERY, perturb
 from pneumo.inference import predict_logits, softmax

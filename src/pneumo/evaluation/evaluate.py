@@ -15,7 +15,7 @@ from pneumo.data.cache import PreparedData, prepare_folder
 from pneumo.data.splits import load_split
 from pneumo.errors import DataLayoutError
 from pneumo.evaluation import plots
-from pneumo.evaluation.calibration import PriorAdaptation
+from pneumo.inference.calibration import PriorAdaptation
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.inference import predict_logits, softmax
 from pneumo.labels import CLASSES, SHORT_NAMES
@@ -119,7 +119,7 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
 
 def decision_threshold(bundle: Bundle, decision: str = "operating-point") -> float | None:
     """The bundle's operating point, or None (the most probable class) for "argmax" or a bundle without one."""
-    from pneumo.decision import DECISIONS
+    from pneumo.inference.decision import DECISIONS
 
     if decision not in DECISIONS:
         raise ValueError(f"The 'decision' must be one of {DECISIONS}. Got {decision!r} instead.")

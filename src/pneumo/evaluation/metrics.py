@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from pneumo.decision import decide
+from pneumo.inference.decision import decide
 from pneumo.labels import BACTERIAL, CLASSES, NORMAL, SHORT_NAMES, VIRAL
 
 ECE_BINS = 15

@@ -125,12 +125,15 @@ def model_from_metadata(metadata: dict[str, Any]) -> nn.Module:
 
 
 def resolve_bundle_path(path: str | Path) -> Path:
-    """A bundle file from a path to it, to a run folder, or to a shipped model folder."""
-    path = Path(path)
+    """A bundle file from a path to it, to a run folder or model folder, or from a shipped model's name."""
+    from pneumo.paths import resolve_model, shipped_models
+
+    path = resolve_model(path)
     if path.is_dir():
         path = path / BUNDLE_NAME
     if not path.is_file():
-        raise ModelFileError(f"{path}: no model bundle here; pass a model.pt file, a run folder or a models/ folder")
+        raise ModelFileError(f"{path}: no model bundle here; pass a model.pt file, a run folder, a model folder or "
+                             f"the name of a shipped model ({', '.join(shipped_models()) or 'none installed'})")
     return path
 
 

@@ -1,0 +1,124 @@
+"""The Python API: ``pneumo.load(...)`` then ``model.predict(...)``.
+
+    >>> import pneumo
+    >>> model = pneumo.load("pneumo-mobilenet")          # or a run folder, a bundle, an .onnx file
+    >>> result = model.predict("xray.jpeg")               # or an array, a PIL image, a list of them
+    >>> result.label, result.p_pneumonia, result.reason
+
+Research software, not a diagnostic device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pneumo import DISCLAIMER
+from pneumo.data.readers import MIN_STD, resize, to_gray_uint8
+from pneumo.errors import ImageReadError
+from pneumo.predict import Prediction, Predictor
+
+__all__ = ["Model", "load"]
+
+
+def load(model: str | Path = "pneumo-mobilenet", *, backend: str = "auto",
+         decision: str = "operating-point") -> "Model":
+    """Load a model for prediction.
+
+    Args:
+        model: a shipped model's name (``pneumo-mobilenet``, ``pneumo-cnn``, ...), a run folder,
+            a ``model.pt`` bundle, a model folder or an exported ``.onnx`` file.
+        backend: ``auto`` (ONNX Runtime where the model has an export), ``torch`` or ``onnx``.
+        decision: ``operating-point`` (the model's threshold on P(pneumonia)) or ``argmax``.
+
+    Raises:
+        ModelFileError: no such model, or a model file that fails its integrity checks.
+    """
+    return Model(Predictor(model, backend=backend, decision=decision))
+
+
+class Model:
+    """A loaded model. ``predict`` takes paths, arrays or PIL images; every result carries its reason."""
+
+    disclaimer = DISCLAIMER
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    @property
+    def id(self) -> str:
+        return self.predictor.model_id
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.classes
+
+    @property
+    def rule(self) -> str:
+        """The decision rule in one sentence."""
+        return self.predictor.rule
+
+    def __repr__(self) -> str:
+        return f"Model({self.id!r}, backend={self.predictor.backend!r})"
+
+    def predict(self, images: Any, *, gradcam: bool = False) -> Prediction | list[Prediction]:
+        """Classify one image or a list of them.
+
+        Args:
+            images: a path; a numpy array (H, W) gray or (H, W, 3|4) RGB(A), any size and dtype;
+                a PIL image; or a list of these.
+            gradcam: also attach a Grad-CAM overlay (RGB uint8, original beside heatmap) as
+                ``result.gradcam``.
+
+        Returns:
+            One ``Prediction`` for one image (``label``, ``probabilities``, ``p_pneumonia``,
+            ``reason``); a list for a list, where an image that cannot be read gets ``error``
+            instead and the rest go on.
+
+        Raises:
+            ImageReadError: a single image that cannot be read (the message says why).
+        """
+        single = not isinstance(images, Sequence) or isinstance(images, (str, bytes))
+        items = [images] if single else list(images)
+        sources, prepared, results = [], [], []
+        for number, item in enumerate(items):
+            source = str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} {number}>"
+            try:
+                prepared.append(self._prepare(item, source))
+                sources.append(source)
+                results.append(None)
+            except ImageReadError as error:
+                if single:
+                    raise
+                results.append(Prediction(source, error=error.reason))
+        answered = iter(self.predictor.predict_images(sources, prepared))
+        results = [next(answered) if result is None else result for result in results]
+        if gradcam:
+            good = [r for r in results if r.ok]
+            for result, overlay in zip(good, self.predictor.explain(good)):
+                result.gradcam = overlay
+        return results[0] if single else results
+
+    def _prepare(self, item: Any, source: str) -> np.ndarray:
+        """One input as the (S, S) uint8 image the model takes."""
+        if isinstance(item, (str, Path)):
+            return self.predictor.load(str(item))
+        if type(item).__module__.startswith("PIL."):
+            item = np.asarray(item.convert("L"))
+        if not isinstance(item, np.ndarray):
+            raise ImageReadError(source, f"cannot classify a {type(item).__name__}; pass a path, a numpy array or a "
+                                         "PIL image")
+        if item.ndim == 3 and item.shape[2] in (3, 4):
+            item = cv2.cvtColor(np.ascontiguousarray(item), cv2.COLOR_RGB2BGR if item.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+        if item.ndim not in (2, 3) or min(item.shape[:2]) < 1:
+            raise ImageReadError(source, f"an array of shape {item.shape} is not an image; pass (H, W) gray or "
+                                         "(H, W, 3) RGB")
+        gray = to_gray_uint8(item, source)
+        if float(gray.std()) < MIN_STD:
+            raise ImageReadError(source, f"image is nearly uniform (standard deviation {gray.std():.2f} grey levels): "
+                                         "there is no X-ray in it to classify")
+        return resize(gray, self.predictor.size)
