@@ -1,0 +1,132 @@
+"""Which models to ship: single seeds and ensembles compared on validation, clean and under stress.
+
+    python scripts/ensemble_study.py RUN... [--out benchmarks/ensembles]
+
+Each run's logits on the validation role of splits/internal.csv are computed once for the
+clean images and for every middle-severity perturbation of the stress battery (cached in
+runs/ensemble-study/), each run gets its temperature from its clean validation logits, and
+every candidate (each run alone, each recipe's seeds together, mixes across recipes) is the
+mean of its members' temperature-scaled probabilities, as ``pneumo ensemble`` builds it.
+Printed and written (``ensembles.json``, ``ensembles.md``): accuracy and macro-F1 (most
+probable class) with patient-bootstrap intervals, the worst middle-severity accuracy and normal
+recall, the middle-blur flip rate, and the size of the weights. The internal test role is not
+touched: the choice is made here, and the chosen models are evaluated once afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.evaluation.evaluate import select_images
+from pneumo.evaluation.metrics import bootstrap, decide, summarize
+from pneumo.evaluation.stress import BATTERY, perturb
+from pneumo.inference import predict_logits, softmax
+from pneumo.inference.calibration import fit_temperature
+from pneumo.labels import NORMAL
+from pneumo.models.bundle import load_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = REPO / "splits" / "internal.csv"
+MIDDLE = [p for p in BATTERY if p.severity == "middle"]
+
+
+def member_logits(run: Path, data: str, cache: str, store: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """{"clean" | perturbation name: (N, K) logits} on validation, with the labels and patients."""
+    bundle = load_bundle(run)
+    images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
+    target = store / f"{run.name}-{bundle.metadata['weights_sha256'][:12]}.npz"
+    if target.is_file():
+        saved = np.load(target)
+        return {key: saved[key] for key in saved.files}, images.labels, images.patients
+    logits = {"clean": predict_logits(bundle.model, images.images)}
+    for perturbation in MIDDLE:
+        logits[perturbation.name] = predict_logits(bundle.model, perturb(images.images, perturbation))
+    store.mkdir(parents=True, exist_ok=True)
+    np.savez(target, **logits)
+    return logits, images.labels, images.patients
+
+
+def score(probs: dict[str, np.ndarray], labels: np.ndarray, patients: np.ndarray) -> dict:
+    clean = probs["clean"]
+    point = summarize(labels, clean)
+    ci = bootstrap(labels, clean, patients, resamples=1000, seed=0)
+    clean_called = decide(clean, None)
+    stressed = {}
+    for perturbation in MIDDLE:
+        called = decide(probs[perturbation.name], None)
+        normal = labels == NORMAL
+        stressed[perturbation.name] = {"accuracy": float((called == labels).mean()),
+                                       "recall_normal": float((called[normal] == NORMAL).mean()),
+                                       "flip_rate": float((called != clean_called).mean())}
+    worst = min(stressed, key=lambda name: stressed[name]["accuracy"])
+    worst_normal = min(stressed, key=lambda name: stressed[name]["recall_normal"])
+    return {
+        "accuracy": point["accuracy"], "accuracy_ci95": [ci["accuracy"]["low"], ci["accuracy"]["high"]],
+        "macro_f1": point["macro_f1"], "macro_f1_ci95": [ci["macro_f1"]["low"], ci["macro_f1"]["high"]],
+        "recall": [point["recall_normal"], point["recall_bacterial"], point["recall_viral"]],
+        "nll": point["loss"], "worst_middle_accuracy": stressed[worst]["accuracy"], "worst_middle": worst,
+        "worst_middle_recall_normal": stressed[worst_normal]["recall_normal"], "worst_normal": worst_normal,
+        "blur_flip_rate": stressed["blur/middle"]["flip_rate"], "stress": stressed,
+    }
+
+
+def candidates(runs: list[Path]) -> dict[str, list[Path]]:
+    """Each run alone; each recipe's runs together; one of each recipe; every run; the pairs across recipes."""
+    recipes: dict[str, list[Path]] = {}
+    for run in runs:
+        recipes.setdefault(run.name.rsplit("-s", 1)[0], []).append(run)
+    chosen = {run.name: [run] for run in runs}
+    for recipe, members in recipes.items():
+        if len(members) > 1:
+            chosen[f"{recipe} x{len(members)}"] = members
+    if len(recipes) > 1:
+        chosen[f"all {len(runs)}"] = runs
+        for pair in itertools.product(*recipes.values()):
+            chosen[" + ".join(run.name for run in pair)] = list(pair)
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    parser.add_argument("--cache-dir", default=os.environ.get("PNEUMO_CACHE", "cache"))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "ensembles")
+    args = parser.parse_args()
+    store = REPO / "runs" / "ensemble-study"
+    members, labels, patients = {}, None, None
+    for run in args.runs:
+        logits, labels, patients = member_logits(run, args.data, args.cache_dir, store)
+        temperature = fit_temperature(logits["clean"], labels)
+        members[run] = {key: softmax(value, temperature) for key, value in logits.items()}
+        members[run]["megabytes"] = (run / "model.pt").stat().st_size / 1e6
+        print(f"{run.name}: temperature {temperature:.3f}", flush=True)
+    rows = {}
+    for name, chosen in candidates(args.runs).items():
+        probs = {key: np.mean([members[run][key] for run in chosen], axis=0) for key in members[chosen[0]]
+                 if key != "megabytes"}
+        rows[name] = {"members": [run.name for run in chosen], **score(probs, labels, patients),
+                      "weights_mb": round(sum(members[run]["megabytes"] for run in chosen), 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ensembles.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| Candidate | Accuracy (95% CI) | Macro-F1 (95% CI) | Recall N / B / V | NLL | Worst middle accuracy | "
+             "Worst middle normal recall | Middle-blur flips | Weights MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in sorted(rows.items(), key=lambda item: -item[1]["accuracy"]):
+        lines.append(
+            f"| {name} | {row['accuracy']:.3f} ({row['accuracy_ci95'][0]:.3f}–{row['accuracy_ci95'][1]:.3f}) | "
+            f"{row['macro_f1']:.3f} ({row['macro_f1_ci95'][0]:.3f}–{row['macro_f1_ci95'][1]:.3f}) | "
+            f"{' / '.join(f'{r:.3f}' for r in row['recall'])} | {row['nll']:.3f} | {row['worst_middle_accuracy']:.3f} "
+            f"({row['worst_middle']}) | {row['worst_middle_recall_normal']:.3f} ({row['worst_normal']}) | "
+            f"{row['blur_flip_rate']:.1%} | {row['weights_mb']} |")
+    (args.out / "ensembles.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
