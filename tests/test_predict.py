@@ -105,7 +105,7 @@ def test_shipped_model_adapts_priors_with_its_validation_fit(shared_images):
     for backend in ("torch", "onnx"):
         predictor = Predictor("models/pneumo-mobilenet", backend=backend)
         assert predictor.metadata["prior_adaptation"]["source"] == "validation"
-    images = np.stack([predictor.load(str(path)) for path in shared_images])
+    images = np.stack([predictor.load(str(path))[0] for path in shared_images])
     plain, adapted = predictor.probabilities(images), predictor.probabilities(images, adapt=True)
     np.testing.assert_allclose(adapted.sum(1), 1, atol=1e-6)
     assert not np.allclose(plain, adapted)

@@ -172,7 +172,7 @@ def recalibrate(bundle_path: Path, labels_path: Path) -> None:
     if len(loaded) < MIN_LABELLED or len(set((labels != 0).tolist())) < 2:
         raise PneumoError(f"{labels_path}: recalibration needs at least {MIN_LABELLED} labelled images with both normal and "
                           f"pneumonia cases; got {len(loaded)} ({int((labels == 0).sum())} normal)")
-    logits = predict_logits(bundle.model, np.stack([image for _, image in loaded]))
+    logits = predict_logits(bundle.model, np.stack([image for _, image, _ in loaded]))
     temperature = fit_temperature(logits, labels)
     probs = softmax(logits, temperature)
     target = (bundle.metadata.get("operating_point") or {}).get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY)

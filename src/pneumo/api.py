@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from pneumo import DISCLAIMER
-from pneumo.data.readers import MIN_STD, resize, to_gray_uint8
+from pneumo.data.readers import MIN_STD, ImageInfo, is_colour, resize, to_gray_uint8
 from pneumo.errors import ImageReadError
 from pneumo.predict import Prediction, Predictor
 
@@ -76,7 +76,7 @@ class Model:
 
         Returns:
             One ``Prediction`` for one image (``label``, ``probabilities``, ``p_pneumonia``,
-            ``reason``); a list for a list, where an image that cannot be read gets ``error``
+            ``reason``, ``warnings`` from the input checks, ``dicom`` attributes); a list for a list, where an image that cannot be read gets ``error``
             instead and the rest go on.
 
         Raises:
@@ -84,18 +84,21 @@ class Model:
         """
         single = not isinstance(images, Sequence) or isinstance(images, (str, bytes))
         items = [images] if single else list(images)
-        sources, prepared, results = [], [], []
+        sources, prepared, infos, results = [], [], [], []
         for number, item in enumerate(items):
             source = str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} {number}>"
             try:
-                prepared.append(self._prepare(item, source))
-                sources.append(source)
-                results.append(None)
+                image, info = self._prepare(item, source)
             except ImageReadError as error:
                 if single:
                     raise
                 results.append(Prediction(source, error=error.reason))
-        answered = iter(self.predictor.predict_images(sources, prepared))
+                continue
+            sources.append(source)
+            prepared.append(image)
+            infos.append(info)
+            results.append(None)
+        answered = (p.describe_input(info) for p, info in zip(self.predictor.predict_images(sources, prepared), infos))
         results = [next(answered) if result is None else result for result in results]
         if gradcam:
             good = [r for r in results if r.ok]
@@ -103,8 +106,8 @@ class Model:
                 result.gradcam = overlay
         return results[0] if single else results
 
-    def _prepare(self, item: Any, source: str) -> np.ndarray:
-        """One input as the (S, S) uint8 image the model takes."""
+    def _prepare(self, item: Any, source: str) -> tuple[np.ndarray, ImageInfo]:
+        """One input as the (S, S) uint8 image the model takes, with what is known of it."""
         if isinstance(item, (str, Path)):
             return self.predictor.load(str(item))
         if type(item).__module__.startswith("PIL."):
@@ -121,4 +124,4 @@ class Model:
         if float(gray.std()) < MIN_STD:
             raise ImageReadError(source, f"image is nearly uniform (standard deviation {gray.std():.2f} grey levels): "
                                          "there is no X-ray in it to classify")
-        return resize(gray, self.predictor.size)
+        return resize(gray, self.predictor.size), ImageInfo(gray.shape[1], gray.shape[0], colour=is_colour(item))

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from pneumo import DISCLAIMER, __version__, paths
 from pneumo.allocator import keep_freed_memory
@@ -618,11 +619,15 @@ def predict(
                           "adapt": mode,
                           "adapt_priors": mode.endswith("priors"), "disclaimer": DISCLAIMER, "predictions": rows}, indent=1))
     elif as_csv:
+        from pneumo.data.readers import DICOM_FIELDS
+
         writer = csv.writer(sys.stdout)
-        writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "p_pneumonia", "reason", "error"])
+        writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "p_pneumonia", "reason", "warnings",
+                         *DICOM_FIELDS, "error"])
         for p in predictions:
             probs = [f"{p.probabilities[k]:.6f}" for k in ("normal", "bacterial", "viral")] if p.ok else ["", "", ""]
-            writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason, p.error])
+            writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason,
+                             "; ".join(p.warnings), *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error])
         errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
     else:
         rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")],
@@ -634,6 +639,9 @@ def predict(
         for p in predictions:
             if p.ok and p.label == CLASSES[0] and max(p.probabilities, key=p.probabilities.get) != "normal":
                 console.print(f"  {p.source}: {p.reason}", markup=False)
+        for p in predictions:
+            for warning in p.warnings:
+                console.print(Text.assemble(("warning: ", "yellow"), f"{p.source}: {warning}"))
         if overlays:
             console.print(f"Grad-CAM overlays in {gradcam}", markup=False)
         console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
@@ -705,8 +713,8 @@ def adapt(
         for source, reason in problems:
             errors.print(f"[yellow]skipped:[/yellow] {escape(source)}: {escape(reason)}")
         with console.status(f"re-estimating BatchNorm statistics on {len(loaded)} images"):
-            images = np.stack([image for _, image in loaded]) if loaded else np.zeros((0, bundle.size, bundle.size), np.uint8)
-            written = adapt_bundle(bundle, images, [source for source, _ in loaded], out, name=name)
+            images = np.stack([image for _, image, _ in loaded]) if loaded else np.zeros((0, bundle.size, bundle.size), np.uint8)
+            written = adapt_bundle(bundle, images, [source for source, _, _ in loaded], out, name=name)
             if labels is not None:
                 recalibrate(written, labels)
             adapted = load_bundle(written)

@@ -17,11 +17,12 @@ import numpy as np
 
 from pneumo import DISCLAIMER
 from pneumo.adaptation import ADAPT_MODES, adapt_batchnorm
-from pneumo.data.readers import decode_gray, read_gray, resize
+from pneumo.data.readers import ImageInfo, decode_image, read_image, resize
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.inference.calibration import PriorAdaptation
 from pneumo.inference.decision import DECISIONS, decide, reason
 from pneumo.inference import predict_logits, softmax
+from pneumo.inference.checks import input_warnings
 from pneumo.labels import SHORT_NAMES
 from pneumo.paths import resolve_model
 
@@ -40,6 +41,8 @@ class Prediction:
     image: np.ndarray | None = field(default=None, repr=False)  # (S, S) uint8, as the model saw it
     reason: str = ""  # why this class: the rule, P(pneumonia) and the threshold (pneumo.inference.decision)
     gradcam: np.ndarray | None = field(default=None, repr=False)  # overlay, when asked for (pneumo.api)
+    warnings: list[str] = field(default_factory=list)  # input checks (pneumo.inference.checks)
+    dicom: dict[str, str] = field(default_factory=dict)  # what a DICOM file says of itself (readers.DICOM_FIELDS)
 
     @property
     def ok(self) -> bool:
@@ -53,7 +56,13 @@ class Prediction:
         if not self.ok:
             return {"file": self.source, "error": self.error}
         return {"file": self.source, "class": self.label, "probabilities": self.probabilities,
-                "p_pneumonia": round(self.p_pneumonia, 6), "reason": self.reason}
+                "p_pneumonia": round(self.p_pneumonia, 6), "reason": self.reason, "warnings": self.warnings,
+                **({"dicom": self.dicom} if self.dicom else {})}
+
+    def describe_input(self, info: ImageInfo) -> "Prediction":
+        """Attach the input checks' warnings and the DICOM attributes of the file it answers."""
+        self.warnings, self.dicom = input_warnings(info), dict(info.dicom)
+        return self
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -73,19 +82,22 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def load_images(files: list[str], size: int, *, workers: int = 4) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
-    """Read and resize files in threads: ([(file, (size, size) uint8 image)], [(file, why it failed)]), in order."""
+def load_images(files: list[str], size: int, *, workers: int = 4
+                ) -> tuple[list[tuple[str, np.ndarray, ImageInfo]], list[tuple[str, str]]]:
+    """Read and resize files in threads, in order: ([(file, (size, size) uint8 image, its ImageInfo)],
+    [(file, why it failed)])."""
 
-    def load(source: str) -> np.ndarray | str:
+    def load(source: str) -> tuple[np.ndarray, ImageInfo] | str:
         try:
-            return resize(read_gray(source), size)
+            image, info = read_image(source)
+            return resize(image, size), info
         except ImageReadError as error:
             return error.reason
 
     with ThreadPoolExecutor(workers) as pool:
         loaded = list(pool.map(load, files))
-    good = [(source, image) for source, image in zip(files, loaded) if not isinstance(image, str)]
-    bad = [(source, image) for source, image in zip(files, loaded) if isinstance(image, str)]
+    good = [(source, *item) for source, item in zip(files, loaded) if not isinstance(item, str)]
+    bad = [(source, item) for source, item in zip(files, loaded) if isinstance(item, str)]
     return good, bad
 
 
@@ -193,16 +205,17 @@ class Predictor:
                 raise ModelFileError(f"this needs the PyTorch bundle next to the ONNX file: {error}") from None
         return self.bundle
 
-    def load(self, source: str, data: bytes | None = None, *, max_decoded_bytes: int | None = None) -> np.ndarray:
-        """Read (or decode given bytes) and resize one image; raises ImageReadError.
+    def load(self, source: str, data: bytes | None = None, *, max_decoded_bytes: int | None = None
+             ) -> tuple[np.ndarray, ImageInfo]:
+        """Read (or decode given bytes) and resize one image, with its ImageInfo; raises ImageReadError.
 
         ``max_decoded_bytes`` overrides the readers' limit on the decoded image size.
         """
         if data is not None:
-            image = decode_gray(data, source, max_decoded_bytes=max_decoded_bytes)
+            image, info = decode_image(data, source, max_decoded_bytes=max_decoded_bytes)
         else:
-            image = read_gray(source, max_decoded_bytes=max_decoded_bytes)
-        return resize(image, self.size)
+            image, info = read_image(source, max_decoded_bytes=max_decoded_bytes)
+        return resize(image, self.size), info
 
     def predict_images(self, sources: list[str], images: list[np.ndarray], *, adapt: bool | str = False) -> list[Prediction]:
         if not images:
@@ -229,8 +242,8 @@ class Predictor:
     def predict_files(self, files: list[str], *, adapt: bool | str = False, workers: int = 4) -> list[Prediction]:
         """Predictions in the order of ``files``; a bad file gets ``error`` and the rest go on."""
         good, bad = load_images(files, self.size, workers=workers)
-        answered = dict(zip((s for s, _ in good),
-                            self.predict_images([s for s, _ in good], [i for _, i in good], adapt=adapt)))
+        predictions = self.predict_images([s for s, _, _ in good], [i for _, i, _ in good], adapt=adapt)
+        answered = {source: p.describe_input(info) for (source, _, info), p in zip(good, predictions)}
         errors = dict(bad)
         return [answered[s] if s in answered else Prediction(s, error=errors[s]) for s in files]
 

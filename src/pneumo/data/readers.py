@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -38,13 +39,34 @@ SUPPORTED = "JPEG, PNG, BMP, TIFF or DICOM"
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
+#: DICOM attributes reported with a prediction (they say whose image it is and what kind).
+DICOM_FIELDS = ("PatientID", "StudyInstanceUID", "Modality", "ViewPosition", "PatientAge", "BodyPartExamined")
+# Mean difference between colour channels (8-bit levels) above which an image counts as a colour picture.
+COLOUR_DIFFERENCE = 6.0
+
+
+@dataclass
+class ImageInfo:
+    """What a file says about itself beyond its grey pixels, for the input checks and the output."""
+
+    width: int
+    height: int
+    colour: bool = False  # a colour picture (channels that differ), not a grey image stored as RGB
+    dicom: dict[str, str] = field(default_factory=dict)  # DICOM_FIELDS present in the file
+
+
 def is_dicom(data: bytes, name: str = "") -> bool:
     """True when the bytes carry the DICOM preamble or the name has a DICOM suffix."""
     return data[128:132] == b"DICM" or Path(name).suffix.lower() in _DICOM_SUFFIXES
 
 
 def read_gray(path: str | Path, *, max_decoded_bytes: int | None = None) -> np.ndarray:
-    """Read one file as a 2-D uint8 grayscale image at its own size.
+    """Read one file as a 2-D uint8 grayscale image at its own size (see ``read_image``)."""
+    return read_image(path, max_decoded_bytes=max_decoded_bytes)[0]
+
+
+def read_image(path: str | Path, *, max_decoded_bytes: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Read one file as a 2-D uint8 grayscale image at its own size, with what the file says about itself.
 
     ``max_decoded_bytes`` overrides MAX_DECODED_BYTES.
 
@@ -72,29 +94,47 @@ def read_gray(path: str | Path, *, max_decoded_bytes: int | None = None) -> np.n
         raise ImageReadError(path, f"cannot be read ({error.strerror or error})") from None
     if len(data) > MAX_FILE_BYTES:
         raise ImageReadError(path, f"file grew over the limit of {MAX_FILE_BYTES:,} bytes while being read", status=413)
-    return decode_gray(data, str(path), max_decoded_bytes=max_decoded_bytes)
+    return decode_image(data, str(path), max_decoded_bytes=max_decoded_bytes)
 
 
 def decode_gray(data: bytes, name: str, *, max_decoded_bytes: int | None = None) -> np.ndarray:
-    """Decode image bytes (``name`` is used for messages and the DICOM suffix) to uint8 (H, W).
+    """Decode image bytes to uint8 (H, W) (see ``decode_image``)."""
+    return decode_image(data, name, max_decoded_bytes=max_decoded_bytes)[0]
+
+
+def decode_image(data: bytes, name: str, *, max_decoded_bytes: int | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """Decode image bytes (``name`` is used for messages and the DICOM suffix) to uint8 (H, W) and its ImageInfo.
 
     ``max_decoded_bytes`` overrides MAX_DECODED_BYTES.
     """
     if not data:
         raise ImageReadError(name, "file is empty (0 bytes)")
     if is_dicom(data, name):
-        image = _decode_dicom(data, name, max_decoded_bytes)
+        image, info = _decode_dicom(data, name, max_decoded_bytes)
     else:
         probe(data, name, max_decoded_bytes=max_decoded_bytes)
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if array is None or array.size == 0:
             raise ImageReadError(name, "image data could not be decoded (corrupt file?)")
         image = to_gray_uint8(array, name)
+        info = ImageInfo(image.shape[1], image.shape[0], colour=is_colour(array))
     spread = float(cv2.meanStdDev(image)[1][0, 0])
     if spread < MIN_STD:
         raise ImageReadError(name, f"image is nearly uniform (standard deviation {spread:.2f} grey levels, under "
                                    f"{MIN_STD:g}): there is no X-ray in it to classify")
-    return image
+    return image, info
+
+
+def is_colour(array: np.ndarray) -> bool:
+    """True for a picture whose colour channels differ (BGR or BGRA as OpenCV decodes), on a subsample."""
+    if array.ndim != 3 or array.shape[2] < 3:
+        return False
+    step = max(1, min(array.shape[:2]) // 256)
+    sample = array[::step, ::step, :3].astype(np.float32)
+    if array.dtype == np.uint16:
+        sample /= 257
+    difference = np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean()
+    return bool(difference > COLOUR_DIFFERENCE)
 
 
 def _check_decoded_size(name: str, width: int, height: int, per_pixel: int, limit: int | None, what: str) -> None:
@@ -217,8 +257,9 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
     return dataset, columns, rows
 
 
-def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) -> np.ndarray:
+def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     dataset = _probe_dicom(data, name, max_decoded_bytes)[0]
+    described = {key: str(dataset.get(key)) for key in DICOM_FIELDS if dataset.get(key) not in (None, "")}
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # missing pixel data, unsupported transfer syntax, ...
@@ -231,9 +272,12 @@ def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) 
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("MONOCHROME"):
         image = dicom_display(pixels, dataset)
-        return 255 - image if photometric == "MONOCHROME1" else image  # low values white: invert to the usual look
+        image = 255 - image if photometric == "MONOCHROME1" else image  # low values white: invert to the usual look
+        return image, ImageInfo(image.shape[1], image.shape[0], dicom=described)
     if pixels.ndim == 3 and pixels.shape[2] == 3:
-        return to_gray_uint8(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR), name)
+        bgr = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR)
+        image = to_gray_uint8(bgr, name)
+        return image, ImageInfo(image.shape[1], image.shape[0], colour=is_colour(bgr), dicom=described)
     raise ImageReadError(name, f"unsupported DICOM photometric interpretation {photometric}", status=415)
 
 

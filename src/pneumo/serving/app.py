@@ -282,10 +282,11 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             return _error(400, f"{len(parts)} files in one request; send one image per request (field 'file')")
         name = file.filename or "upload"
         async with decoding:
-            image = await run_in_threadpool(decode, file, name)
-        if isinstance(image, JSONResponse):
-            return image
-        prediction = await asyncio.wrap_future(batcher.submit(name, image))
+            decoded = await run_in_threadpool(decode, file, name)
+        if isinstance(decoded, JSONResponse):
+            return decoded
+        image, info = decoded
+        prediction = (await asyncio.wrap_future(batcher.submit(name, image))).describe_input(info)
         overlay = await run_in_threadpool(explain, prediction) if gradcam else None
         body = {
             **prediction.as_dict(), "decision_rule": predictor.rule,
