@@ -170,3 +170,85 @@ def test_duplicates_are_grouped(tmp_path):
     os.link(first, src / "train" / "NORMAL" / "IM-0000-0009.jpeg")  # a byte-identical file
     result = organize(src, tmp_path / "out")
     assert [len(g) for g in result.duplicate_groups] == [2]
+
+
+def _write_image(path, seed):
+    from tests.conftest import jpeg_bytes, xray_like
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(jpeg_bytes(xray_like(seed)))
+
+
+def test_class_folders_in_any_case_are_read_with_every_class(tmp_path):
+    """NORMAL / bacterial / Viral folders, no manifest: all three classes, and a word about missing patient ids."""
+    from pneumo.data.archive import load_records
+
+    for number, folder in enumerate(["NORMAL", "bacterial", "Viral", "NORMAL", "bacterial"]):
+        _write_image(tmp_path / folder / f"case{number:03d}.jpeg", number)
+    (tmp_path / "notes").mkdir()
+    records, problems = load_records(tmp_path)
+    assert sorted(r.label for r in records) == [0, 0, 1, 1, 2]
+    assert {r.split for r in records} == {"train"}
+    reasons = " ".join(p.reason for p in problems)
+    assert "notes" in " ".join(p.source for p in problems) and "not a class folder" in reasons
+    assert "5 of 5 images have no patient id" in reasons
+
+
+def test_class_folders_under_splits_and_an_empty_class_is_reported(tmp_path):
+    from pneumo.data.archive import load_records
+
+    _write_image(tmp_path / "train" / "NORMAL" / "a.jpeg", 1)
+    _write_image(tmp_path / "train" / "BACTERIAL" / "b.jpeg", 2)
+    _write_image(tmp_path / "test" / "normal" / "c.jpeg", 3)
+    records, problems = load_records(tmp_path)
+    assert sorted((r.split, r.label) for r in records) == [("test", 0), ("train", 0), ("train", 1)]
+    assert any("no images of Viral Pneumonia" in p.reason for p in problems)
+
+
+def test_a_labels_csv_gives_classes_patients_and_splits_and_names_bad_lines(tmp_path):
+    from pneumo.data.archive import load_records
+
+    for name, seed in (("x1.jpeg", 1), ("x2.jpeg", 2), ("x3.jpeg", 3), ("sub/x4.jpeg", 4)):
+        _write_image(tmp_path / "images" / name, seed)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,class,patient,split\n"
+                      "images/x1.jpeg,NORMAL,p1,train\n"
+                      "images/x2.jpeg,bacterial,p1,train\n"
+                      "images/x3.jpeg,Viral Pneumonia,p2,test\n"
+                      "images/sub/x4.jpeg,fungal,p3,train\n"
+                      "images/missing.jpeg,viral,p4,train\n")
+    records, problems = load_records(labels)
+    assert [(r.path, r.label, r.patient, r.split) for r in records] == [
+        ("images/x1.jpeg", 0, "p1", "train"), ("images/x2.jpeg", 1, "p1", "train"), ("images/x3.jpeg", 2, "p2", "test")]
+    reasons = {p.source.rsplit("/", 1)[-1]: p.reason for p in problems}
+    assert "unknown class 'fungal'" in reasons["labels.csv:5"] and reasons["missing.jpeg"] == "file not found"
+
+
+def test_a_labels_csv_without_its_columns_is_refused(tmp_path):
+    from pneumo.data.archive import load_records
+    from pneumo.errors import DataLayoutError
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.jpeg,NORMAL\n")
+    with pytest.raises(DataLayoutError, match="needs the columns path, class .* missing class, path"):
+        load_records(labels)
+
+
+def test_prepare_and_train_run_on_class_folders_without_shared_data(tmp_path):
+    """A whole command path on synthetic data: prepare, then a one-epoch training, from class folders."""
+    from typer.testing import CliRunner
+
+    from pneumo.cli import app
+
+    for number in range(24):
+        _write_image(tmp_path / "data" / ("NORMAL", "BACTERIAL", "VIRAL")[number % 3] / f"case{number}.jpeg", number)
+    runner = CliRunner()
+    prepared = runner.invoke(app, ["prepare", "--data", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
+                                   "--size", "64"])
+    assert prepared.exit_code == 0, prepared.output
+    assert "no patient id" in " ".join(prepared.output.split())
+    trained = runner.invoke(app, ["train", "--model", "cnn", "--epochs", "1", "--size", "64", "--data",
+                                  str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"), "--runs-dir",
+                                  str(tmp_path / "runs"), "--name", "own", "--accelerator", "cpu", "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "runs" / "own" / "model.pt").is_file()

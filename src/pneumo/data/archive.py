@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pneumo.errors import DataLayoutError, ImageReadError
-from pneumo.labels import CLASSES, LabelError, class_from_name, class_index, patient_id
-from pneumo.data.readers import probe
+from pneumo.labels import BACTERIAL, CLASSES, VIRAL, LabelError, class_from_name, class_index, patient_id
+from pneumo.data.readers import probe, read_bytes
 
 SPLITS = ("train", "val", "test")
 ARCHIVE_CLASS_FOLDERS = ("NORMAL", "PNEUMONIA")
@@ -319,10 +319,129 @@ def read_manifest(path: Path) -> list[Record]:
 
 
 def load_records(data: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
-    """Records of a data folder: an organized folder (its manifest) or the archive layout."""
+    """Records of a data source: an organized folder (its manifest), a manifest or labels CSV file,
+    a folder of class folders, or the archive layout.
+
+    Problems include what would otherwise shrink the data silently: classes without images and
+    images without a patient id.
+    """
     data = Path(data)
     if (data / MANIFEST).is_file():
         return read_manifest(data / MANIFEST), []
-    if data.is_file() and data.name.endswith(".csv"):
-        return read_manifest(data), []
-    return scan(data, progress)
+    if data.is_file() and data.name.lower().endswith(".csv"):
+        with data.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if set(MANIFEST_FIELDS) <= set(header):
+            return read_manifest(data), []
+        records, problems = read_labels_csv(data, progress)
+    elif data.is_dir() and _class_folder_roots(data):
+        records, problems = scan_class_folders(data, progress)
+    else:
+        return scan(data, progress)
+    return records, problems + coverage_problems(records, str(data))
+
+
+# Labels CSV: required and optional columns.
+LABEL_FIELDS = ("path", "class")
+OPTIONAL_LABEL_FIELDS = ("patient", "split")
+
+
+def read_labels_csv(path: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
+    """Records from a CSV with columns ``path`` and ``class`` (NORMAL / bacterial / viral / a class name),
+    optionally ``patient`` and ``split`` (train / val / test; default train). Paths are relative to the
+    CSV's folder; a row that cannot be used is a problem naming its line."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = set(LABEL_FIELDS) - set(rows[0] if rows else {})
+    if missing:
+        raise DataLayoutError(f"{path}: a labels CSV needs the columns {', '.join(LABEL_FIELDS)} (optional: "
+                              f"{', '.join(OPTIONAL_LABEL_FIELDS)}); missing {', '.join(sorted(missing))}")
+    records, problems = [], []
+    for line, row in enumerate(rows, 2):
+        try:
+            label = class_index(row["class"].strip())
+            split = (row.get("split") or "train").strip().lower()
+            if split not in SPLITS:
+                raise LabelError(f"unknown split {row['split']!r}; expected one of {', '.join(SPLITS)}")
+        except LabelError as error:
+            problems.append(Problem(f"{path}:{line}", str(error)))
+            continue
+        record = _record(path.parent, path.parent / row["path"], split, label, (row.get("patient") or "").strip())
+        (problems if isinstance(record, Problem) else records).append(record)
+        if progress:
+            progress(line - 1, len(rows))
+    return records, problems
+
+
+def _class_folder_roots(root: Path) -> dict[str, Path]:
+    """``{split: folder}`` whose children are class folders (NORMAL, BACTERIAL, VIRAL, any case): the
+    folder itself (split train) or its train/, val/, test/ subfolders."""
+    def has_classes(folder: Path) -> bool:
+        return any(child.is_dir() and _folder_class(child.name) is not None for child in folder.iterdir())
+
+    splits = {child.name.lower(): child for child in root.iterdir() if child.is_dir() and child.name.lower() in SPLITS}
+    found = {split: folder for split, folder in splits.items() if has_classes(folder)}
+    if not found and has_classes(root):
+        found = {"train": root}
+    return found
+
+
+def _folder_class(name: str) -> int | None:
+    try:
+        return class_index(name.replace("_", " "))
+    except LabelError:
+        return {"bacteria": BACTERIAL, "virus": VIRAL}.get(name.lower())
+
+
+def scan_class_folders(root: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
+    """Records of ``root/<CLASS>/`` or ``root/<split>/<CLASS>/`` folders (NORMAL, BACTERIAL, VIRAL, any case)."""
+    records, problems, files = [], [], []
+    for split, folder in _class_folder_roots(root).items():
+        for class_dir in sorted(folder.iterdir()):
+            if not class_dir.is_dir() or _is_litter(class_dir.name):
+                continue
+            label = _folder_class(class_dir.name)
+            if label is None:
+                problems.append(Problem(str(class_dir), "not a class folder (expected NORMAL, BACTERIAL or VIRAL): "
+                                                        "its images are not used"))
+                continue
+            for path in sorted(class_dir.rglob("*")):
+                if path.is_file() and not any(_is_litter(part) for part in path.relative_to(class_dir).parts):
+                    files.append((split, label, path))
+    for number, (split, label, path) in enumerate(files, 1):
+        record = _record(root, path, split, label, "")
+        (problems if isinstance(record, Problem) else records).append(record)
+        if progress:
+            progress(number, len(files))
+    return records, problems
+
+
+def _record(root: Path, path: Path, split: str, label: int, patient: str) -> Record | Problem:
+    """One labelled image file as a Record (patient from the name when not given), or why it cannot be one."""
+    try:
+        data = read_bytes(path)
+        width, height = probe(data, str(path))
+    except ImageReadError as error:
+        return Problem(str(path), error.reason)
+    try:
+        relative = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return Problem(str(path), f"outside {root}: keep the images in the folder of the labels file or below it")
+    return Record(relative, split, label, patient or patient_id(path.name), hashlib.sha256(data).hexdigest(),
+                  width, height, str(path))
+
+
+def coverage_problems(records: list[Record], source: str) -> list[Problem]:
+    """What makes a dataset smaller or leakier than it looks: empty classes, images without a patient id."""
+    problems = []
+    counts = Counter(record.label for record in records)
+    empty = [CLASSES[c] for c in range(len(CLASSES)) if counts[c] == 0]
+    if empty:
+        problems.append(Problem(source, f"no images of {', '.join(empty)}: models trained or evaluated on this data "
+                                        "know nothing of that class"))
+    anonymous = sum(record.patient == Path(record.path).stem for record in records)
+    if anonymous:
+        problems.append(Problem(source, f"{anonymous} of {len(records)} images have no patient id (no 'patient' "
+                                        "column and no archive-style file name): each counts as its own patient, so "
+                                        "one patient's images can end up on both sides of a split"))
+    return problems

@@ -74,6 +74,11 @@ def read_image(path: str | Path, *, max_decoded_bytes: int | None = None) -> tup
         ImageReadError: the file is missing, empty, of an unsupported type, truncated,
             too large, or cannot be decoded; the message names the file and the reason.
     """
+    return decode_image(read_bytes(path), str(path), max_decoded_bytes=max_decoded_bytes)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of one regular file up to MAX_FILE_BYTES; raises ImageReadError naming the file and the reason."""
     path = Path(path)
     try:
         info = path.stat()
@@ -94,6 +99,7 @@ def read_image(path: str | Path, *, max_decoded_bytes: int | None = None) -> tup
         raise ImageReadError(path, f"cannot be read ({error.strerror or error})") from None
     if len(data) > MAX_FILE_BYTES:
         raise ImageReadError(path, f"file grew over the limit of {MAX_FILE_BYTES:,} bytes while being read", status=413)
+    return data
     return decode_image(data, str(path), max_decoded_bytes=max_decoded_bytes)
 
 
