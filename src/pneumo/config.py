@@ -87,11 +87,21 @@ class TrainConfig:
             ("freeze_epochs", 0 <= self.freeze_epochs, ">= 0"),
             ("size", 32 <= self.size <= 1024, "between 32 and 1024"),
             ("mixup", self.mixup >= 0, ">= 0"),
+            ("val_fraction", 0 < self.val_fraction <= 0.5, "in (0, 0.5]"),
+            ("holdout", 0 <= self.holdout <= 0.5, "in [0, 0.5]"),
+            ("early_stopping", self.early_stopping >= 0, ">= 0"),
+            ("max_train_images", self.max_train_images >= 0, ">= 0 (0 for all)"),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"The '{name}' option must be {expected}. Got {getattr(self, name)!r} instead.")
         self.augmentation()  # its ranges are checked there
+        from pneumo.models import get_spec  # the registry, filled when pneumo.models is imported
+
+        get_spec(self.model)  # an unknown name gets its did-you-mean message here, before anything is written
+        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
+            raise ValueError(f"The 'pretrained' weights file {self.pretrained} was not found; pass the path of an "
+                             "ImageNet state_dict, 'imagenet', or nothing for random initialization.")
 
     def augmentation(self) -> AugmentConfig:
         """The training augmentation these options describe."""

@@ -260,3 +260,17 @@ def test_resume_from_a_tampered_checkpoint_is_refused_cleanly(shared_data, cache
     result = runner.invoke(app, ["train", "--resume", str(run_dir), "--epochs", "2", "--quiet"])
     assert result.exit_code == 2 and not marker.exists()
     assert "last.ckpt: not a checkpoint that loads safely" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "resnet-18"], "Unknown model 'resnet-18'. Did you mean 'resnet18'?"),
+    (["--val-fraction", "0.9"], "The 'val_fraction' option must be in (0, 0.5]. Got 0.9 instead."),
+    (["--pretrained", "/nonexistent/weights.pth"], "The 'pretrained' weights file /nonexistent/weights.pth was not found"),
+    (["--data", "/nonexistent/data"], "/nonexistent/data"),
+    (["--split-file", "/nonexistent/split.csv"], "/nonexistent/split.csv"),
+])
+def test_a_failed_start_leaves_no_run_folder(shared_data, cache_dir, tmp_path, flags, message):
+    result = runner.invoke(app, ["train", "--epochs", "1", "--data", str(shared_data), "--cache-dir", str(cache_dir),
+                                 "--runs-dir", str(tmp_path), "--name", "never", "--quiet", *flags])
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
+    assert not (tmp_path / "never").exists()

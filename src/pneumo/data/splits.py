@@ -114,8 +114,14 @@ def load_split(path: Path, data: PreparedData, *, seed: int = -1) -> Split:
     Images not named in the CSV get the role ``unused``, so a fixed internal test set
     stays fixed whatever else is in the data folder.
     """
-    with Path(path).open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with Path(path).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise DataLayoutError(f"{path}: the split file cannot be read ({error.strerror or error})") from None
+    if rows and not {"sha256", "path", "role"} <= set(rows[0]):
+        raise DataLayoutError(f"{path}: not a split file (it needs the columns path, sha256 and role, as a run's "
+                              "split.csv has)")
     by_key = {(row["sha256"], Path(row["path"]).name): row["role"] for row in rows}
     roles = np.array([by_key.get((sha, Path(p).name), "unused") for sha, p in zip(data.sha256, data.paths)])
     if not (roles != "unused").any():

@@ -158,19 +158,13 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     # Under DDP, Lightning starts the other processes by re-running this command with LOCAL_RANK
     # (and NODE_RANK on other nodes) set: only the first process checks and writes the run folder.
     primary = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    if primary:
-        if run_dir.exists() and not resume and any(run_dir.iterdir()):
-            raise PneumoError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, or choose another --name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_NAME)
-        (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
-    laps.lap("environment")  # on a GPU, includes starting CUDA
-
+    if primary and run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise PneumoError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, or choose another --name")
+    # Everything that can fail on the user's input (data, split, model, pretrained weights) comes
+    # before the run folder is written, so that a failed start leaves nothing behind.
     L.seed_everything(config.seed, workers=True, verbose=False)
     prepared = prepare_folder(Path(config.data), size=config.size, cache_dir=Path(config.cache_dir)).data
     split = choose_split(config, prepared)
-    if primary:
-        save_split(run_dir / "split.csv", split, prepared)
     train_idx = _limit(split.indices("train"), prepared.labels, config.max_train_images, config.seed)
     val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4, config.seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
@@ -180,6 +174,12 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     weights = class_weights(prepared.labels[train_idx], config.class_weights)
     module = Classifier(config.to_dict(), weights.tolist() if weights is not None else None)
     datamodule = XrayDataModule(prepared, train_idx, val_idx, config.batch_size, config.seed)
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_NAME)
+        (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
+        save_split(run_dir / "split.csv", split, prepared)
+    laps.lap("environment")  # on a GPU, includes starting CUDA
 
     history = History(run_dir)
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
