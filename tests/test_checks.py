@@ -1,6 +1,5 @@
 """Input checks: warnings for what a file says about itself (colour, size, DICOM modality, view, body part, age)."""
 
-import io
 
 import cv2
 import numpy as np

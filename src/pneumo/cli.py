@@ -19,7 +19,18 @@ from pneumo.labels import CLASSES
 
 STARTED = time.perf_counter()  # the process start, give or take the interpreter's own ~50 ms
 
+class _Commands(typer.core.TyperGroup):
+    """The one error handler: bad input anywhere in a command ends it with its message and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (PneumoError, ValueError, OSError) as error:
+            raise fail(str(error)) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     help=f"Pediatric chest X-ray classification: normal, bacterial or viral pneumonia. {DISCLAIMER}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -81,11 +92,8 @@ def organize(
     from pneumo.data.archive import organize as run
 
     started = time.perf_counter()
-    try:
-        with progress_bar("organize") as update:
-            result = run(src, dest, progress=update, link=link)
-    except PneumoError as error:
-        raise fail(str(error)) from None
+    with progress_bar("organize") as update:
+        result = run(src, dest, progress=update, link=link)
     counts = {split: [result.counts[split][label] for label in range(len(CLASSES))] for split in sorted(result.counts)}
     _counts_table(f"{dest}", counts)
     changed = result.linked + result.copied
@@ -123,13 +131,10 @@ def prepare(
     from pneumo.data.splits import load_split, make_split, save_split
 
     started = time.perf_counter()
-    try:
-        with progress_bar("prepare") as update:
-            result = prepare_data(data, size, cache_dir, update)
-        chosen = load_split(split_file, result.data) if split_file else make_split(
-            result.data, method=split, val_fraction=val_fraction, holdout=holdout, seed=seed)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    with progress_bar("prepare") as update:
+        result = prepare_data(data, size, cache_dir, update)
+    chosen = load_split(split_file, result.data) if split_file else make_split(
+        result.data, method=split, val_fraction=val_fraction, holdout=holdout, seed=seed)
     elapsed = time.perf_counter() - started
     prepared = result.data
     counts = {s: [int(((prepared.splits == s) & (prepared.labels == c)).sum()) for c in range(len(CLASSES))]
@@ -176,10 +181,7 @@ def show_data(
     """Write a PNG grid of sample images per class."""
     from pneumo.data.figures import sample_grid
 
-    try:
-        result = prepare_data(data, size, cache_dir)
-    except PneumoError as error:
-        raise fail(str(error)) from None
+    result = prepare_data(data, size, cache_dir)
     console.print(f"wrote {sample_grid(result.data, out, per_class=per_class, seed=seed)}", markup=False)
 
 
@@ -204,11 +206,8 @@ def audit(
             raise fail(f"{split_file}: split file not found")
         with split_file.open(newline="") as handle:
             roles = {row["sha256"]: row["role"] for row in csv.DictReader(handle)}
-    try:
-        with console.status(f"measuring the images of {escape(str(data))}"):
-            result = run(data, roles=roles, resamples=resamples)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    with console.status(f"measuring the images of {escape(str(data))}"):
+        result = run(data, roles=roles, resamples=resamples)
     if not result.records:
         raise fail(f"{data}: no readable images to audit")
     summary = result.to_dict()
@@ -253,72 +252,69 @@ def show_augment(
     from pneumo.data.augment import AugmentConfig
     from pneumo.data.figures import augment_grid
 
-    try:
-        if config_file:
-            from pneumo.config import TrainConfig
+    if config_file:
+        from pneumo.config import TrainConfig
 
-            config = TrainConfig.from_yaml(config_file).augmentation()
-        else:
-            config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom, brightness=brightness,
-                                   contrast=contrast, gamma=gamma, crop=crop, blur=blur, sharpen=sharpen,
-                                   downsample=downsample, noise=noise, jpeg=jpeg)
-        result = prepare_data(data, size, cache_dir)
-        written = augment_grid(result.data, out, config, index=index, seed=seed)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+        config = TrainConfig.from_yaml(config_file).augmentation()
+    else:
+        config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom, brightness=brightness,
+                               contrast=contrast, gamma=gamma, crop=crop, blur=blur, sharpen=sharpen,
+                               downsample=downsample, noise=noise, jpeg=jpeg)
+    result = prepare_data(data, size, cache_dir)
+    written = augment_grid(result.data, out, config, index=index, seed=seed)
     console.print(f"wrote {written}", markup=False)
 
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option(help="Registered model: cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0.")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="ImageNet weights: a state_dict file, or 'imagenet' to download (online only).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (study: 100 for cnn, 50 for mobilenet_v2).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="adam (default), adamw or sgd.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default 0).")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="LR schedule: none (default), cosine or onecycle.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing (default 0).")] = None,
-    class_weights: Annotated[Optional[str], typer.Option(help="none (default) or balanced.")] = None,
-    freeze_epochs: Annotated[Optional[int], typer.Option(help="Epochs with a frozen backbone first (pretrained models).")] = None,
-    backbone_lr_scale: Annotated[Optional[float], typer.Option(help="Backbone LR as a fraction of --lr.")] = None,
-    early_stopping: Annotated[Optional[int], typer.Option(help="Patience in epochs on validation loss; 0 = off (default).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of initialization, shuffling and augmentation.")] = None,
-    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/validation split (default 42).")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default 128).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="grouped (by patient, default) or random (the study's).")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share of the training images (default 0.2).")] = None,
-    holdout: Annotated[Optional[float], typer.Option(help="Internal test share when the archive's test/ is absent.")] = None,
-    split_file: Annotated[Optional[str], typer.Option(help="A saved split CSV to use (e.g. splits/internal-test.csv).")] = None,
-    rotation: Annotated[Optional[float], typer.Option(help="Augmentation: maximum rotation in degrees (default 10).")] = None,
-    shift: Annotated[Optional[float], typer.Option(help="Augmentation: maximum shift fraction (default 0.1).")] = None,
-    zoom: Annotated[Optional[float], typer.Option(help="Augmentation: maximum zoom fraction (default 0.1).")] = None,
-    brightness: Annotated[Optional[float], typer.Option(help="Augmentation: maximum added brightness, 0-1 (default 0).")] = None,
-    contrast: Annotated[Optional[float], typer.Option(help="Augmentation: maximum contrast change fraction (default 0).")] = None,
-    gamma: Annotated[Optional[float], typer.Option(help="Augmentation: gamma in [1/(1+g), 1+g] (default 0).")] = None,
-    crop: Annotated[Optional[float], typer.Option(help="Augmentation: random-resized crop, kept area in [1-crop, 1] (default 0).")] = None,
-    blur: Annotated[Optional[float], typer.Option(help="Augmentation: Gaussian blur sigma up to this, px at 224 px, half of the images (default 0).")] = None,
-    sharpen: Annotated[Optional[float], typer.Option(help="Augmentation: unsharp-mask amount up to this, the other half (default 0).")] = None,
-    downsample: Annotated[Optional[float], typer.Option(help="Augmentation: shrink by a factor in [1-d, 1] and enlarge back (default 0).")] = None,
-    noise: Annotated[Optional[float], typer.Option(help="Augmentation: Gaussian noise sigma up to this, 0-1 (default 0).")] = None,
-    jpeg: Annotated[Optional[int], typer.Option(help="Augmentation: JPEG re-compression at a quality in [jpeg, 100]; 0 = off (default).")] = None,
-    mixup: Annotated[Optional[float], typer.Option(help="Mixup Beta(alpha, alpha); 0 = off (default).")] = None,
-    max_train_images: Annotated[Optional[int], typer.Option(help="Use only this many training images (smoke runs).")] = None,
-    accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="Devices per node: auto or a number.")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="auto or ddp (several GPUs or nodes).")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option(help="Nodes for DDP.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed (GPU) or 16-mixed.")] = None,
-    compile: Annotated[Optional[str], typer.Option("--compile", help="torch.compile the model: off (default), default, reduce-overhead (CUDA graphs) or max-autotune.")] = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="Repeatable algorithms (default); --no-deterministic lets cuDNN pick the fastest.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data folder; default $PNEUMO_DATA or data/chest_xray.")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Preprocessing cache; default $PNEUMO_CACHE or cache/.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="A YAML preset; flags override it.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name (default <model>-<time>).")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
-    resume: Annotated[Optional[Path], typer.Option(help="Continue this run folder from its last checkpoint.")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Registered model: cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0.", rich_help_panel="Model")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="ImageNet weights: a state_dict file, or 'imagenet' to download (online only).", rich_help_panel="Model")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (study: 100 for cnn, 50 for mobilenet_v2).", rich_help_panel="Optimisation")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32).", rich_help_panel="Optimisation")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).", rich_help_panel="Optimisation")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam (default), adamw or sgd.", rich_help_panel="Optimisation")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default 0).", rich_help_panel="Optimisation")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="LR schedule: none (default), cosine or onecycle.", rich_help_panel="Optimisation")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing (default 0).", rich_help_panel="Optimisation")] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help="none (default) or balanced.", rich_help_panel="Optimisation")] = None,
+    freeze_epochs: Annotated[Optional[int], typer.Option(help="Epochs with a frozen backbone first (pretrained models).", rich_help_panel="Optimisation")] = None,
+    backbone_lr_scale: Annotated[Optional[float], typer.Option(help="Backbone LR as a fraction of --lr.", rich_help_panel="Optimisation")] = None,
+    early_stopping: Annotated[Optional[int], typer.Option(help="Patience in epochs on validation loss; 0 = off (default).", rich_help_panel="Optimisation")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initialization, shuffling and augmentation.", rich_help_panel="Optimisation")] = None,
+    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/validation split (default 42).", rich_help_panel="Data and split")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default 128).", rich_help_panel="Model")] = None,
+    split: Annotated[Optional[str], typer.Option(help="grouped (by patient, default) or random (the study's).", rich_help_panel="Data and split")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Validation share of the training images (default 0.2).", rich_help_panel="Data and split")] = None,
+    holdout: Annotated[Optional[float], typer.Option(help="Internal test share when the archive's test/ is absent.", rich_help_panel="Data and split")] = None,
+    split_file: Annotated[Optional[str], typer.Option(help="A saved split CSV to use (e.g. splits/internal-test.csv).", rich_help_panel="Data and split")] = None,
+    rotation: Annotated[Optional[float], typer.Option(help="Augmentation: maximum rotation in degrees (default 10).", rich_help_panel="Augmentation")] = None,
+    shift: Annotated[Optional[float], typer.Option(help="Augmentation: maximum shift fraction (default 0.1).", rich_help_panel="Augmentation")] = None,
+    zoom: Annotated[Optional[float], typer.Option(help="Augmentation: maximum zoom fraction (default 0.1).", rich_help_panel="Augmentation")] = None,
+    brightness: Annotated[Optional[float], typer.Option(help="Augmentation: maximum added brightness, 0-1 (default 0).", rich_help_panel="Augmentation")] = None,
+    contrast: Annotated[Optional[float], typer.Option(help="Augmentation: maximum contrast change fraction (default 0).", rich_help_panel="Augmentation")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="Augmentation: gamma in [1/(1+g), 1+g] (default 0).", rich_help_panel="Augmentation")] = None,
+    crop: Annotated[Optional[float], typer.Option(help="Augmentation: random-resized crop, kept area in [1-crop, 1] (default 0).", rich_help_panel="Augmentation")] = None,
+    blur: Annotated[Optional[float], typer.Option(help="Augmentation: Gaussian blur sigma up to this, px at 224 px, half of the images (default 0).", rich_help_panel="Augmentation")] = None,
+    sharpen: Annotated[Optional[float], typer.Option(help="Augmentation: unsharp-mask amount up to this, the other half (default 0).", rich_help_panel="Augmentation")] = None,
+    downsample: Annotated[Optional[float], typer.Option(help="Augmentation: shrink by a factor in [1-d, 1] and enlarge back (default 0).", rich_help_panel="Augmentation")] = None,
+    noise: Annotated[Optional[float], typer.Option(help="Augmentation: Gaussian noise sigma up to this, 0-1 (default 0).", rich_help_panel="Augmentation")] = None,
+    jpeg: Annotated[Optional[int], typer.Option(help="Augmentation: JPEG re-compression at a quality in [jpeg, 100]; 0 = off (default).", rich_help_panel="Augmentation")] = None,
+    mixup: Annotated[Optional[float], typer.Option(help="Mixup Beta(alpha, alpha); 0 = off (default).", rich_help_panel="Optimisation")] = None,
+    max_train_images: Annotated[Optional[int], typer.Option(help="Use only this many training images (smoke runs).", rich_help_panel="Data and split")] = None,
+    accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.", rich_help_panel="Hardware")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="Devices per node: auto or a number.", rich_help_panel="Hardware")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="auto or ddp (several GPUs or nodes).", rich_help_panel="Hardware")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option(help="Nodes for DDP.", rich_help_panel="Hardware")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="32-true, bf16-mixed (GPU) or 16-mixed.", rich_help_panel="Hardware")] = None,
+    compile: Annotated[Optional[str], typer.Option("--compile", help="torch.compile the model: off (default), default, reduce-overhead (CUDA graphs) or max-autotune.", rich_help_panel="Hardware")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="Repeatable algorithms (default); --no-deterministic lets cuDNN pick the fastest.", rich_help_panel="Hardware")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Data folder; default $PNEUMO_DATA or data/chest_xray.", rich_help_panel="Data and split")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Preprocessing cache; default $PNEUMO_CACHE or cache/.", rich_help_panel="Data and split")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A YAML preset; flags override it.", rich_help_panel="Model")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (default <model>-<time>).", rich_help_panel="Run folder")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.", rich_help_panel="Run folder")] = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run folder from its last checkpoint.", rich_help_panel="Run folder")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.", rich_help_panel="Run folder")] = False,
 ) -> None:
     """Train a model (defaults: the study's protocol) into runs/<name>/."""
     from pneumo.config import TrainConfig
@@ -337,22 +333,19 @@ def train(
         strategy=strategy, num_nodes=num_nodes, precision=precision, compile=compile, deterministic=deterministic,
         data=str(data) if data else None, cache_dir=str(cache_dir) if cache_dir else None,
     )
-    try:
-        if resume:
-            if not (resume / CONFIG_NAME).is_file():
-                raise PneumoError(f"{resume}: not a run folder (no {CONFIG_NAME})")
-            base = TrainConfig.from_yaml(resume / CONFIG_NAME)
-            run_dir = resume
-        else:
-            base = TrainConfig.from_yaml(config) if config else TrainConfig(
-                data=str(paths.data_dir()), cache_dir=str(paths.cache_dir()))
-            chosen = base.replace(**{k: v for k, v in flags.items() if k == "model"})
-            run_dir = runs_dir / (name or f"{chosen.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        resolved = base.replace(**flags)
-        start_up = time.perf_counter() - STARTED  # mostly importing torch and Lightning
-        result = run(resolved, run_dir, resume=resume is not None, progress_bar=not quiet)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    if resume:
+        if not (resume / CONFIG_NAME).is_file():
+            raise PneumoError(f"{resume}: not a run folder (no {CONFIG_NAME})")
+        base = TrainConfig.from_yaml(resume / CONFIG_NAME)
+        run_dir = resume
+    else:
+        base = TrainConfig.from_yaml(config) if config else TrainConfig(
+            data=str(paths.data_dir()), cache_dir=str(paths.cache_dir()))
+        chosen = base.replace(**{k: v for k, v in flags.items() if k == "model"})
+        run_dir = runs_dir / (name or f"{chosen.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    resolved = base.replace(**flags)
+    start_up = time.perf_counter() - STARTED  # mostly importing torch and Lightning
+    result = run(resolved, run_dir, resume=resume is not None, progress_bar=not quiet)
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return  # a DDP worker started by Lightning: the first process reports
     console.print(table(f"run {result.run_dir}", ["epochs", "bundled epoch", "val loss", "val acc", "seconds"], [[
@@ -473,11 +466,8 @@ def evaluate(
 
     from pneumo.evaluation.evaluate import write_evaluation
 
-    try:
-        metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, seed,
-                                                    _adapt_mode(adapt, adapt_priors), backend, stress, decision)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, seed,
+                                                _adapt_mode(adapt, adapt_priors), backend, stress, decision)
     out = out or Path("out") / f"evaluate-{metrics['model_id']}"
     written = write_evaluation(out, metrics, predictions)
     if as_json:
@@ -505,11 +495,8 @@ def compare(
     from pneumo.evaluation.evaluate import write_evaluation
 
     split_file = split_file or _run_split(models)
-    try:
-        results = [_load_for_evaluation(m, data, split, split_file, cache_dir, resamples, seed, False) for m in models]
-        comparison = run(results)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    results = [_load_for_evaluation(m, data, split, split_file, cache_dir, resamples, seed, False) for m in models]
+    comparison = run(results)
     out.mkdir(parents=True, exist_ok=True)
     for metrics, predictions in results:
         write_evaluation(out / metrics["model_id"], metrics, predictions)
@@ -551,18 +538,15 @@ def report(
         summary = experiment / "summary.json"
         if not summary.is_file():
             raise fail(f"{experiment}: no summary.json; run 'pneumo experiment epochs' first")
-    try:
-        results = []
-        for model in models:
-            metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, 0, False,
-                                                        stress=stress)
-            results.append((metrics, predictions, Path(model) if Path(model).is_dir() else None))
-        prepared = prepare_data(data, results[0][0]["size"], cache_dir).data
-        roles = load_split(split_file, prepared).roles if split_file else prepared.splits
-        written = build_report(out, data=prepared, roles=roles, results=results, epoch_summary=summary,
-                               audit_folder=audit)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    results = []
+    for model in models:
+        metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, 0, False,
+                                                    stress=stress)
+        results.append((metrics, predictions, Path(model) if Path(model).is_dir() else None))
+    prepared = prepare_data(data, results[0][0]["size"], cache_dir).data
+    roles = load_split(split_file, prepared).roles if split_file else prepared.splits
+    written = build_report(out, data=prepared, roles=roles, results=results, epoch_summary=summary,
+                           audit_folder=audit)
     console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", markup=False)
 
 
@@ -586,28 +570,19 @@ def predict(
 
     from pneumo.predict import Predictor, expand_inputs
 
-    try:
-        predictor = Predictor(model, backend=backend, decision=decision)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    predictor = Predictor(model, backend=backend, decision=decision)
     files = expand_inputs(inputs)
     if not files:
         raise fail(f"no image files found in {' '.join(inputs)}")
     mode = _adapt_mode(adapt, adapt_priors)
-    try:
-        predictions = predictor.predict_files(files, adapt=mode)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    predictions = predictor.predict_files(files, adapt=mode)
     overlays: dict[str, str] = {}
     if gradcam is not None:
         from pneumo.explain.gradcam import png_bytes
 
         gradcam.mkdir(parents=True, exist_ok=True)
         ok = [p for p in predictions if p.ok]
-        try:
-            pictures = predictor.explain(ok, member=cam_member)
-        except (PneumoError, ValueError) as error:
-            raise fail(str(error)) from None
+        pictures = predictor.explain(ok, member=cam_member)
         for number, (prediction, picture) in enumerate(zip(ok, pictures)):
             target = gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png"
             target.write_bytes(png_bytes(picture))
@@ -668,15 +643,12 @@ def calibrate(
 
     if not 0 < target <= 1:
         raise fail(f"--target must be a sensitivity in (0, 1]; got {target}")
-    try:
-        bundle = load_bundle(model)
-        images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=split,
-                                       split_file=split_file or _run_split([model]))
-        with console.status(f"calibrating {bundle.model_id} on {len(images)} images"):
-            result = calibrate_bundle(bundle.path, images.images, images.labels, target=target, stress=stress,
-                                      source=source)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    bundle = load_bundle(model)
+    images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=split,
+                                   split_file=split_file or _run_split([model]))
+    with console.status(f"calibrating {bundle.model_id} on {len(images)} images"):
+        result = calibrate_bundle(bundle.path, images.images, images.labels, target=target, stress=stress,
+                                  source=source)
     point = result["operating_point"]
     console.print(f"{escape(bundle.model_id)}: temperature {result['temperature']:.4f}; operating point P(pneumonia) >= "
                   f"{point['pneumonia_threshold']:.4f} (sensitivity {point['val_sensitivity']:.3f}, specificity "
@@ -706,22 +678,19 @@ def adapt(
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")
-    try:
-        bundle = load_bundle(model)
-        files = expand_inputs(inputs)
-        loaded, problems = load_images(files, bundle.size)
-        for source, reason in problems:
-            errors.print(f"[yellow]skipped:[/yellow] {escape(source)}: {escape(reason)}")
-        with console.status(f"re-estimating BatchNorm statistics on {len(loaded)} images"):
-            images = np.stack([image for _, image, _ in loaded]) if loaded else np.zeros((0, bundle.size, bundle.size), np.uint8)
-            written = adapt_bundle(bundle, images, [source for source, _, _ in loaded], out, name=name)
-            if labels is not None:
-                recalibrate(written, labels)
-            adapted = load_bundle(written)
-            export_onnx(adapted, out / "model.onnx")
-            (out / "MODEL_CARD.md").write_text(model_card(adapted.metadata, sha256=adapted.file_sha256))
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    bundle = load_bundle(model)
+    files = expand_inputs(inputs)
+    loaded, problems = load_images(files, bundle.size)
+    for source, reason in problems:
+        errors.print(f"[yellow]skipped:[/yellow] {escape(source)}: {escape(reason)}")
+    with console.status(f"re-estimating BatchNorm statistics on {len(loaded)} images"):
+        images = np.stack([image for _, image, _ in loaded]) if loaded else np.zeros((0, bundle.size, bundle.size), np.uint8)
+        written = adapt_bundle(bundle, images, [source for source, _, _ in loaded], out, name=name)
+        if labels is not None:
+            recalibrate(written, labels)
+        adapted = load_bundle(written)
+        export_onnx(adapted, out / "model.onnx")
+        (out / "MODEL_CARD.md").write_text(model_card(adapted.metadata, sha256=adapted.file_sha256))
     record = adapted.metadata["adaptation"]
     console.print(f"adapted {escape(bundle.model_id)} to {record['images']} images -> {out} "
                   f"({adapted.model_id}; model.pt, model.onnx, MODEL_CARD.md)")
@@ -751,19 +720,16 @@ def ensemble(
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")
-    try:
-        bundles = [load_bundle(member) for member in members]
-        size = max(bundle.size for bundle in bundles)
-        split_file = split_file or _run_split(members) or _recorded_split(bundles[0])
-        images, source = select_images(data, size=size, cache_dir=cache_dir, role="val", split_file=split_file)
-        with console.status(f"calibrating an ensemble of {len(bundles)} on {len(images)} validation images"):
-            written = write_ensemble(bundles, out, images.images, images.labels,
-                                     name=name or f"pneumo-ensemble-{len(bundles)}", source=source)
-            result = load_bundle(written)
-            export_onnx(result, out / "model.onnx")
-            (out / "MODEL_CARD.md").write_text(model_card(result.metadata, sha256=result.file_sha256))
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    bundles = [load_bundle(member) for member in members]
+    size = max(bundle.size for bundle in bundles)
+    split_file = split_file or _run_split(members) or _recorded_split(bundles[0])
+    images, source = select_images(data, size=size, cache_dir=cache_dir, role="val", split_file=split_file)
+    with console.status(f"calibrating an ensemble of {len(bundles)} on {len(images)} validation images"):
+        written = write_ensemble(bundles, out, images.images, images.labels,
+                                 name=name or f"pneumo-ensemble-{len(bundles)}", source=source)
+        result = load_bundle(written)
+        export_onnx(result, out / "model.onnx")
+        (out / "MODEL_CARD.md").write_text(model_card(result.metadata, sha256=result.file_sha256))
     point = result.metadata["operating_point"]
     console.print(f"{escape(result.model_id)}: {len(bundles)} members at {size} px; temperature {result.temperature:.4f}; "
                   f"operating point P(pneumonia) >= {point['pneumonia_threshold']:.4f} (validation sensitivity "
@@ -789,11 +755,8 @@ def export(
 
     if format != "onnx":
         raise fail(f"unknown --format {format!r}; the supported format is onnx")
-    try:
-        bundle = load_bundle(model)
-        written = export_onnx(bundle, out or bundle.path.with_suffix(".onnx"))
-    except PneumoError as error:
-        raise fail(str(error)) from None
+    bundle = load_bundle(model)
+    written = export_onnx(bundle, out or bundle.path.with_suffix(".onnx"))
     console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", markup=False)
 
 
@@ -819,14 +782,11 @@ def serve(
 
     from pneumo.serving.app import ServerSettings, create_app
 
-    try:
-        settings = ServerSettings(
-            max_bytes=int(max_mb * 1024 * 1024), max_decoded_bytes=int(max_image_mb * 1024 * 1024), decoders=decoders,
-            api_key=api_key, allowed_hosts=tuple(allowed_host or default_hosts(host)), cors_origins=tuple(cors_origin or ()),
-            rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details)
-        application = create_app(model, backend=backend, settings=settings)
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    settings = ServerSettings(
+        max_bytes=int(max_mb * 1024 * 1024), max_decoded_bytes=int(max_image_mb * 1024 * 1024), decoders=decoders,
+        api_key=api_key, allowed_hosts=tuple(allowed_host or default_hosts(host)), cors_origins=tuple(cors_origin or ()),
+        rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details)
+    application = create_app(model, backend=backend, settings=settings)
     if not settings.allowed_hosts:
         errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
                      "with the name clients use")
@@ -855,11 +815,8 @@ def card(
     from pneumo.card import model_card
     from pneumo.models.bundle import load_bundle
 
-    try:
-        bundle = load_bundle(model)
-        evaluation = json.loads(metrics.read_text()) if metrics else None
-    except (PneumoError, OSError, ValueError) as error:
-        raise fail(str(error)) from None
+    bundle = load_bundle(model)
+    evaluation = json.loads(metrics.read_text()) if metrics else None
     target = out or bundle.path.parent / "MODEL_CARD.md"
     target.write_text(model_card(bundle.metadata, sha256=bundle.file_sha256, evaluation=evaluation))
     console.print(f"wrote {target}", markup=False)
@@ -898,24 +855,21 @@ def experiment_epochs(
                         [[r.epochs, r.seed, r.run_dir, "done" if r.done else "to run"] for r in planned]))
     if dry_run:
         return
-    try:
-        base = TrainConfig.from_yaml(config) if config else TrainConfig()
-        has_test = (Path(data) / "test").is_dir() or (Path(data) / "chest_xray" / "test").is_dir()
-        base = base.replace(model=model, data=str(data), cache_dir=str(cache_dir), split_file=split_file,
-                            holdout=0.0 if (has_test or split_file) else holdout,
-                            max_train_images=max_train_images, accelerator=accelerator, precision=precision)
-        from pneumo.training.train import quiet_lightning
+    base = TrainConfig.from_yaml(config) if config else TrainConfig()
+    has_test = (Path(data) / "test").is_dir() or (Path(data) / "chest_xray" / "test").is_dir()
+    base = base.replace(model=model, data=str(data), cache_dir=str(cache_dir), split_file=split_file,
+                        holdout=0.0 if (has_test or split_file) else holdout,
+                        max_train_images=max_train_images, accelerator=accelerator, precision=precision)
+    from pneumo.training.train import quiet_lightning
 
-        quiet_lightning()
-        for number, run in enumerate(planned, 1):
-            if run.done:
-                continue
-            console.print(f"[bold]run {number}/{len(planned)}[/bold]: {run.epochs} epochs, seed {run.seed}")
-            metrics = experiment.run_planned(run, base, resamples=resamples)
-            console.print(f"  accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
-                          f"macro-F1 {metrics['macro_f1']:.4f}")
-    except (PneumoError, ValueError) as error:
-        raise fail(str(error)) from None
+    quiet_lightning()
+    for number, run in enumerate(planned, 1):
+        if run.done:
+            continue
+        console.print(f"[bold]run {number}/{len(planned)}[/bold]: {run.epochs} epochs, seed {run.seed}")
+        metrics = experiment.run_planned(run, base, resamples=resamples)
+        console.print(f"  accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+                      f"macro-F1 {metrics['macro_f1']:.4f}")
     summary = experiment.summarize_runs(planned)
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     (root / "summary.md").write_text(experiment.to_markdown(summary, model))

@@ -376,14 +376,15 @@ def read_labels_csv(path: Path, progress: Callable[[int, int], None] | None = No
 def _class_folder_roots(root: Path) -> dict[str, Path]:
     """``{split: folder}`` whose children are class folders (NORMAL, BACTERIAL, VIRAL, any case): the
     folder itself (split train) or its train/, val/, test/ subfolders."""
-    def has_classes(folder: Path) -> bool:
-        return any(child.is_dir() and _folder_class(child.name) is not None for child in folder.iterdir())
+    def classes(folder: Path) -> set[int]:
+        return {_folder_class(child.name) for child in folder.iterdir() if child.is_dir()} - {None}
 
+    # A pneumonia class of its own (BACTERIAL or VIRAL) somewhere tells this layout from the
+    # archive's NORMAL/PNEUMONIA.
     splits = {child.name.lower(): child for child in root.iterdir() if child.is_dir() and child.name.lower() in SPLITS}
-    found = {split: folder for split, folder in splits.items() if has_classes(folder)}
-    if not found and has_classes(root):
-        found = {"train": root}
-    return found
+    if any(classes(folder) & {BACTERIAL, VIRAL} for folder in splits.values()):
+        return {split: folder for split, folder in splits.items() if classes(folder)}
+    return {"train": root} if classes(root) & {BACTERIAL, VIRAL} else {}
 
 
 def _folder_class(name: str) -> int | None:

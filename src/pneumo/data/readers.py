@@ -100,7 +100,6 @@ def read_bytes(path: str | Path) -> bytes:
     if len(data) > MAX_FILE_BYTES:
         raise ImageReadError(path, f"file grew over the limit of {MAX_FILE_BYTES:,} bytes while being read", status=413)
     return data
-    return decode_image(data, str(path), max_decoded_bytes=max_decoded_bytes)
 
 
 def decode_gray(data: bytes, name: str, *, max_decoded_bytes: int | None = None) -> np.ndarray:
