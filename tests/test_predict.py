@@ -131,3 +131,22 @@ def test_file_names_are_printed_as_they_are_never_as_markup(tmp_path):
         assert "[broken].jpeg:notarecognisedimage" in text  # the error line, never folded
         if extra:  # JSON and CSV hold the names whole (the table folds long ones over lines)
             assert "[boldred]markup.jpeg" in text
+
+
+def test_many_files_go_in_chunks_with_a_progress_bar_and_into_out(tiny_run, shared_data, tmp_path, monkeypatch):
+    """Over PREDICT_CHUNK files: the same answers as one batch (the bar, on stderr, shows only on a terminal), and
+    --out written."""
+    import pneumo.cli
+
+    monkeypatch.setattr(pneumo.cli, "PREDICT_CHUNK", 4)
+    files = [str(p) for p in sorted((shared_data / "train" / "NORMAL").glob("*.jpeg"))[:10]]
+    out = tmp_path / "answers.csv"
+    result = runner.invoke(app, ["predict", "--model", str(tiny_run), "--json", "--out", str(out), *files])
+    assert result.exit_code == 0, result.output
+    chunked = json.loads(result.stdout)["predictions"]
+    whole = Predictor(tiny_run).predict_files(files)
+    assert [row["class"] for row in chunked] == [p.label for p in whole]
+    rows = list(csv.DictReader(out.open()))
+    assert [row["file"] for row in rows] == files and rows[0]["p_pneumonia"]
+    refused = runner.invoke(app, ["predict", "--model", str(tiny_run), "--out", str(tmp_path / "x.txt"), files[0]])
+    assert refused.exit_code == 2 and "name a .json or .csv file" in refused.output

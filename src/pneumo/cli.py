@@ -18,6 +18,7 @@ from pneumo.errors import PneumoError
 from pneumo.labels import CLASSES
 
 STARTED = time.perf_counter()  # the process start, give or take the interpreter's own ~50 ms
+PREDICT_CHUNK = 256  # files read and classified at a time when predicting many, for the progress bar
 
 class _Commands(typer.core.TyperGroup):
     """The one error handler: bad input anywhere in a command ends it with its message and exit code 2."""
@@ -559,50 +560,46 @@ def predict(
     cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the answers to this .json or .csv file.")] = None,
     adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM); the same as --adapt priors.")] = False,
     adapt: AdaptOption = "none",
     decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays."""
-    import csv
-    import json
-    import sys
+    from pneumo.files import atomic_write
+    from pneumo.predict import Predictor, expand_inputs, predictions_csv, predictions_json
 
-    from pneumo.predict import Predictor, expand_inputs
-
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise fail(f"--out {out}: name a .json or .csv file")
     predictor = Predictor(model, backend=backend, decision=decision)
     files = expand_inputs(inputs)
     if not files:
         raise fail(f"no image files found in {' '.join(inputs)}")
     mode = _adapt_mode(adapt, adapt_priors)
-    predictions = predictor.predict_files(files, adapt=mode)
+    if mode == "none" and len(files) > PREDICT_CHUNK:
+        predictions = []
+        with progress_bar("predict", on_stderr=True) as update:
+            for start in range(0, len(files), PREDICT_CHUNK):
+                predictions += predictor.predict_files(files[start:start + PREDICT_CHUNK])
+                update(len(predictions), len(files))
+    else:  # adaptation needs the whole batch at once
+        predictions = predictor.predict_files(files, adapt=mode)
     overlays: dict[str, str] = {}
     if gradcam is not None:
         from pneumo.explain.gradcam import png_bytes
 
-        gradcam.mkdir(parents=True, exist_ok=True)
         ok = [p for p in predictions if p.ok]
-        pictures = predictor.explain(ok, member=cam_member)
-        for number, (prediction, picture) in enumerate(zip(ok, pictures)):
-            target = gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png"
-            target.write_bytes(png_bytes(picture))
+        for number, (prediction, picture) in enumerate(zip(ok, predictor.explain(ok, member=cam_member))):
+            target = atomic_write(gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png", png_bytes(picture))
             overlays[prediction.source] = str(target)
+    if out is not None:
+        atomic_write(out, predictions_json(predictor, predictions, adapt=mode, overlays=overlays)
+                     if out.suffix.lower() == ".json" else predictions_csv(predictions))
     failed = [p for p in predictions if not p.ok]
     if as_json:
-        rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
-        print(json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "decision_rule": predictor.rule,
-                          "adapt": mode,
-                          "adapt_priors": mode.endswith("priors"), "disclaimer": DISCLAIMER, "predictions": rows}, indent=1))
+        print(predictions_json(predictor, predictions, adapt=mode, overlays=overlays))
     elif as_csv:
-        from pneumo.data.readers import DICOM_FIELDS
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["file", "class", "p_normal", "p_bacterial", "p_viral", "p_pneumonia", "reason", "warnings",
-                         *DICOM_FIELDS, "error"])
-        for p in predictions:
-            probs = [f"{p.probabilities[k]:.6f}" for k in ("normal", "bacterial", "viral")] if p.ok else ["", "", ""]
-            writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason,
-                             "; ".join(p.warnings), *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error])
+        print(predictions_csv(predictions), end="")
         errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
     else:
         rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")],
@@ -619,6 +616,8 @@ def predict(
                 console.print(Text.assemble(("warning: ", "yellow"), f"{p.source}: {warning}"))
         if overlays:
             console.print(f"Grad-CAM overlays in {gradcam}", markup=False)
+        if out is not None:
+            console.print(f"wrote {out}", markup=False)
         console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
     for p in failed:
         errors.print(f"[red]error:[/red] {escape(p.source)}: {escape(p.error)}")

@@ -15,11 +15,14 @@ errors = Console(stderr=True, soft_wrap=True)  # never break a path in an error 
 
 
 @contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar; yields a ``callback(done, total)`` for the work to call."""
+def progress_bar(description: str, *, on_stderr: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar; yields a ``callback(done, total)`` for the work to call.
+
+    ``on_stderr`` keeps stdout clean for machine output (the bar then disappears when done).
+    """
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
+        TimeRemainingColumn(), console=errors if on_stderr else console, transient=on_stderr,
     ) as progress:
         task = progress.add_task(description, total=None)
 

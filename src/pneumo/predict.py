@@ -261,7 +261,40 @@ class Predictor:
         classes = [self.classes.index(p.label) for p in ok]
         heatmaps = gradcam(bundle.model, self.metadata["model_name"], np.stack([p.image for p in ok]), classes,
                            member=member)
-        return [overlay(p.image, heat) for p, heat in zip(ok, heatmaps)]
+        which = "" if member is None else f" (member {member})"
+        return [overlay(p.image, heat, caption=f"{Path(p.source).name}: where {self.model_id}{which} looked for "
+                                               f"{p.label} (Grad-CAM). Research use only.")
+                for p, heat in zip(ok, heatmaps)]
 
 
-__all__ = ["Predictor", "Prediction", "expand_inputs", "DISCLAIMER"]
+def predictions_json(predictor: Predictor, predictions: list[Prediction], *, adapt: str = "none",
+                     overlays: dict[str, str] | None = None) -> str:
+    """The JSON document of ``predict --json``: the model, its rule, the disclaimer and one entry per file."""
+    import json
+
+    overlays = overlays or {}
+    rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
+    return json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "decision_rule": predictor.rule,
+                       "adapt": adapt, "adapt_priors": adapt.endswith("priors"), "disclaimer": DISCLAIMER,
+                       "predictions": rows}, indent=1)
+
+
+def predictions_csv(predictions: list[Prediction]) -> str:
+    """The CSV of ``predict --csv``: one row per file, probabilities, reason, warnings, DICOM attributes, error."""
+    import csv
+    import io
+
+    from pneumo.data.readers import DICOM_FIELDS
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "class", *[f"p_{name}" for name in SHORT_NAMES], "p_pneumonia", "reason", "warnings",
+                     *DICOM_FIELDS, "error"])
+    for p in predictions:
+        probs = [f"{p.probabilities[name]:.6f}" for name in SHORT_NAMES] if p.ok else [""] * len(SHORT_NAMES)
+        writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason,
+                         "; ".join(p.warnings), *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error])
+    return buffer.getvalue()
+
+
+__all__ = ["Predictor", "Prediction", "expand_inputs", "predictions_csv", "predictions_json", "DISCLAIMER"]

@@ -58,14 +58,34 @@ def _gradcam(model: nn.Module, layer_name: str, inputs: torch.Tensor, classes: l
     return heatmaps.astype(np.float32)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, *, side: int = 384) -> np.ndarray:
-    """An RGB uint8 picture: the original (left) beside the heatmap over it (right)."""
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, side: int = 384, caption: str = "") -> np.ndarray:
+    """An RGB uint8 picture: the original (left) beside the heatmap over it (right), with the
+    heatmap's colour scale below and ``caption`` above when given."""
     gray = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_LINEAR)
     rgb = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32) / 255.0
     heat = cv2.resize(heatmap, (side, side), interpolation=cv2.INTER_LINEAR)
     blended = show_cam_on_image(rgb, heat, use_rgb=True, image_weight=0.6)
     gap = np.full((side, 8, 3), 255, np.uint8)
-    return np.concatenate([(rgb * 255).astype(np.uint8), gap, blended], axis=1)
+    picture = np.concatenate([(rgb * 255).astype(np.uint8), gap, blended], axis=1)
+    parts = [_text_strip(caption, picture.shape[1])] if caption else []
+    return np.concatenate([*parts, picture, _colour_scale(picture.shape[1], side)], axis=0)
+
+
+def _text_strip(text: str, width: int, *, height: int = 28) -> np.ndarray:
+    strip = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (8, height - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def _colour_scale(width: int, side: int, *, height: int = 30) -> np.ndarray:
+    """The heatmap's colours from low (left) to high attention (right), under the overlay half."""
+    strip = np.full((height, width, 3), 255, np.uint8)
+    ramp = cv2.applyColorMap(np.linspace(0, 255, side).astype(np.uint8)[None].repeat(10, 0), cv2.COLORMAP_JET)
+    left = width - side
+    strip[4:14, left:] = cv2.cvtColor(ramp, cv2.COLOR_BGR2RGB)  # show_cam_on_image uses this colormap
+    for text, x in (("low", left), ("high attention", width - 110)):
+        cv2.putText(strip, text, (x, height - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
