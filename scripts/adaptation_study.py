@@ -24,7 +24,7 @@ import numpy as np
 
 from pneumo.adaptation import adapt_batchnorm
 from pneumo.allocator import keep_freed_memory
-from pneumo.evaluation.calibration import PriorAdaptation
+from pneumo.inference.calibration import PriorAdaptation
 from pneumo.evaluation.evaluate import decision_threshold, select_images
 from pneumo.evaluation.stress import BATTERY, perturb, stress_test
 from pneumo.inference import predict_logits, softmax

@@ -5,7 +5,7 @@
 Each run's logits on the validation role of splits/internal.csv are computed once for the
 clean images and for every middle-severity perturbation of the stress battery (cached in
 runs/ensemble-study/), each run gets its temperature from its clean validation logits, and
-every candidate (each run alone, each recipe's seeds together, mixes across recipes) is the
+every candidate (each run alone, every pair, each recipe's seeds together, all runs) is the
 mean of its members' temperature-scaled probabilities, as ``pneumo ensemble`` builds it.
 Printed and written (``ensembles.json``, ``ensembles.md``): accuracy and macro-F1 (most
 probable class) with patient-bootstrap intervals, the worst middle-severity accuracy and normal
@@ -77,18 +77,18 @@ def score(probs: dict[str, np.ndarray], labels: np.ndarray, patients: np.ndarray
 
 
 def candidates(runs: list[Path]) -> dict[str, list[Path]]:
-    """Each run alone; each recipe's runs together; one of each recipe; every run; the pairs across recipes."""
+    """Each run alone, every pair of runs, each recipe's runs together, and every run."""
     recipes: dict[str, list[Path]] = {}
     for run in runs:
         recipes.setdefault(run.name.rsplit("-s", 1)[0], []).append(run)
     chosen = {run.name: [run] for run in runs}
+    for pair in itertools.combinations(runs, 2):
+        chosen[" + ".join(run.name for run in pair)] = list(pair)
     for recipe, members in recipes.items():
-        if len(members) > 1:
+        if len(members) > 2:
             chosen[f"{recipe} x{len(members)}"] = members
     if len(recipes) > 1:
         chosen[f"all {len(runs)}"] = runs
-        for pair in itertools.product(*recipes.values()):
-            chosen[" + ".join(run.name for run in pair)] = list(pair)
     return chosen
 
 

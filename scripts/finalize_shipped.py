@@ -34,7 +34,7 @@ from pneumo.allocator import keep_freed_memory
 from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
 from pneumo.evaluation.calibrate import fit_calibration
-from pneumo.evaluation.calibration import PriorAdaptation, adapt_priors, fit_temperature
+from pneumo.inference.calibration import PriorAdaptation, adapt_priors, fit_temperature
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.export.onnx import export_onnx
