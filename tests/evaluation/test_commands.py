@@ -159,6 +159,9 @@ def test_report_renders_in_chromium(tiny_run, tiny_run_b, shared_data, cache_dir
     assert all(ok for _, ok in images), images
     assert "Research software, not a diagnostic device" in text
     assert f"{metrics['accuracy']:.4f}" in text and "Comparison" in text and "McNemar" in text
+    # The summary and the comparison come first, and the tiny runs are flagged as such.
+    assert text.index("Summary") < text.index("Comparison") < text.index("Data")
+    assert "demo-sized: 2 epoch(s)" in text and "trained from scratch: no ImageNet weights" in text
 
 
 def test_calibrate_writes_temperature_and_a_stress_proof_operating_point(tiny_run, shared_data, cache_dir, tmp_path):

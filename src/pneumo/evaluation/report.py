@@ -1,5 +1,5 @@
-"""One self-contained HTML report: data, training curves, test metrics with CIs, figures,
-comparison and epoch study. Every figure is embedded as a data URI, so the file travels alone."""
+"""One self-contained HTML report: a summary and the comparison first, then data, training curves,
+test metrics with CIs, figures and the epoch study. Every figure is embedded as a data URI, so the file travels alone."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pneumo.data.cache import PreparedData
 from pneumo.data.figures import ATTRIBUTION, augment_grid, sample_grid
 from pneumo.evaluation import compare as comparing
 from pneumo.evaluation.evaluate import Predictions, write_evaluation
+from pneumo.files import atomic_write
 from pneumo.labels import CLASSES
 
 STYLE = """
@@ -98,6 +99,36 @@ def _stress_section(metrics: dict) -> str:
               f"{summary['worst_pneumonia_sensitivity']['value']:.3f}.</p>")
 
 
+# Epochs below which a run is flagged as a demo or smoke run, far from any protocol's length.
+SHORT_RUN_EPOCHS = 10
+
+
+def run_flags(metrics: dict) -> list[str]:
+    """What a reader must know before comparing a run's figures: too short to mean much, or no ImageNet start."""
+    training = metrics.get("training") or {}
+    config = training.get("config") or {}
+    flags = []
+    epochs = training.get("epochs_run")
+    if isinstance(epochs, int) and epochs < SHORT_RUN_EPOCHS:
+        flags.append(f"demo-sized: {epochs} epoch(s) (the study trained its cnn for 100 and MobileNet for 50)")
+    if config and config.get("model") != "cnn" and not config.get("pretrained"):
+        flags.append("trained from scratch: no ImageNet weights (--pretrained), so far below what the architecture can do")
+    return flags
+
+
+def _summary_section(results: list[tuple[dict, Predictions, Path | None]]) -> str:
+    rows = []
+    for metrics, _, _ in results:
+        ci = metrics["ci95"]["accuracy"]
+        rows.append([metrics["model_id"], f"{metrics['accuracy']:.3f} ({ci['low']:.3f} – {ci['high']:.3f})",
+                     f"{metrics['macro_f1']:.3f}",
+                     " / ".join(f"{metrics[f'recall_{name}']:.3f}" for name in ("normal", "bacterial", "viral")),
+                     (metrics.get("training") or {}).get("epochs_run", "?"), "; ".join(run_flags(metrics)) or "–"])
+    return ("<h2>Summary</h2>"
+            + _table(["model", "accuracy (95% CI)", "macro-F1", "recall normal / bacterial / viral", "epochs",
+                      "read with care"], rows))
+
+
 def _audit_section(folder: Path) -> str:
     audit = json.loads((folder / "audit.json").read_text())
     rows = [[task.replace("_", " "), probe["images"], f"{probe['auc']:.3f}",
@@ -130,13 +161,15 @@ def build_report(out: Path, *, data: PreparedData, roles, results: list[tuple[di
     """
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
-        sections = [_data_section(data, roles, work)]
-        if audit_folder is not None:
-            sections.append(_audit_section(Path(audit_folder)))
-        sections += [_model_section(m, p, run, work) for m, p, run in results]
+        # The answer first (summary, then the comparison), the evidence after.
+        sections = [_summary_section(results)]
         if len(results) > 1:
             comparison = comparing.compare([(m, p) for m, p, _ in results])
             sections.append("<h2>Comparison</h2>" + comparing.to_html(comparison))
+        sections.append(_data_section(data, roles, work))
+        if audit_folder is not None:
+            sections.append(_audit_section(Path(audit_folder)))
+        sections += [_model_section(m, p, run, work) for m, p, run in results]
         if epoch_summary is not None:
             sections.append(_epoch_section(json.loads(Path(epoch_summary).read_text())))
     document = (
@@ -146,7 +179,4 @@ def build_report(out: Path, *, data: PreparedData, roles, results: list[tuple[di
         + "".join(sections)
         + f"<hr><p>{html.escape(ATTRIBUTION)}. Made by pneumo.</p></body></html>"
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(document)
-    return out
+    return atomic_write(out, document)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
+
 from pneumo.plotting import plt, save_figure
 
 
@@ -14,6 +16,7 @@ def plot_curves(rows: list[dict[str, float]], out: Path, title: str = "") -> Pat
         axis.plot(epochs, [row[f"train_{metric}"] for row in rows], "o-", ms=3, label="train")
         axis.plot(epochs, [row[f"val_{metric}"] for row in rows], "o-", ms=3, label="validation")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend()
