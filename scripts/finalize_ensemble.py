@@ -1,0 +1,103 @@
+"""Choose, calibrate, evaluate and package models/pneumo-ensemble from the ensemble study.
+
+    python scripts/ensemble_study.py RUN...          # first: benchmarks/ensembles/ensembles.json
+    python scripts/finalize_ensemble.py              # then: models/pneumo-ensemble/
+
+The choice follows scripts/README.md, on validation only: the candidate of two or more runs
+whose weights total at most MAX_WEIGHTS_MB with the highest validation accuracy, shipped only
+if it beats the best single run. Each member is calibrated in its run folder first
+(``calibrate_bundle``: temperature and the stress-proof operating point on validation), the
+ensemble is assembled by ``write_ensemble`` (its own temperature and operating point), and the
+internal test role of splits/internal.csv is evaluated once, with the stress battery, for the
+card and the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from finalize_shipped import KEYS, SPLIT, TARGET_SENSITIVITY, _targets
+
+from pneumo.allocator import keep_freed_memory
+from pneumo.card import model_card
+from pneumo.evaluation.calibrate import calibrate_bundle
+from pneumo.evaluation.evaluate import evaluate, select_images
+from pneumo.export.onnx import export_onnx
+from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
+from pneumo.models.ensemble import write_ensemble
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = Path(os.environ.get("PNEUMO_RUNS", REPO / "runs"))
+STUDY = REPO / "benchmarks" / "ensembles" / "ensembles.json"
+MAX_WEIGHTS_MB = 30.0  # bundle and ONNX file hold the same weights: under 60 MB together
+NAME = "pneumo-ensemble"
+
+
+def choose(study: dict) -> tuple[str, dict] | None:
+    """The ensemble to ship by the rule fixed in scripts/README.md, or None when none beats the best single run."""
+    singles = {name: row for name, row in study.items() if len(row["members"]) == 1}
+    allowed = {name: row for name, row in study.items() if len(row["members"]) > 1 and row["weights_mb"] <= MAX_WEIGHTS_MB}
+    best_single = max(singles.values(), key=lambda row: row["accuracy"])
+    name, row = max(allowed.items(), key=lambda item: item[1]["accuracy"])
+    print(f"best single run: {best_single['members'][0]} {best_single['accuracy']:.4f}; best allowed ensemble: "
+          f"{name} {row['accuracy']:.4f} ({row['weights_mb']} MB)")
+    return (name, row) if row["accuracy"] > best_single["accuracy"] else None
+
+
+def find_run(name: str) -> Path:
+    matches = sorted(RUNS.glob(f"*/{name}"))
+    if not matches:
+        sys.exit(f"run {name} not found under {RUNS}")
+    return matches[0]
+
+
+def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
+    study = json.loads(STUDY.read_text())
+    chosen = choose(study)
+    if chosen is None:
+        sys.exit("no ensemble beats the best single run on validation: nothing shipped")
+    name, row = chosen
+    runs = [find_run(member) for member in row["members"]]
+    size = max(load_bundle(run).size for run in runs)
+    val, val_source = select_images(Path(data), size=size, cache_dir=Path(cache), role="val", split_file=SPLIT)
+    test, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="test", split_file=SPLIT)
+    source = f"validation of {SPLIT.relative_to(REPO)}"
+    for run in runs:
+        member = load_bundle(run)
+        member_val = val if member.size == size else select_images(
+            Path(data), size=member.size, cache_dir=Path(cache), role="val", split_file=SPLIT)[0]
+        calibrate_bundle(member.path, member_val.images, member_val.labels, target=TARGET_SENSITIVITY, source=source)
+    out = REPO / "models" / NAME
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_ensemble([load_bundle(run) for run in runs], out, val.images, val.labels, name=NAME, source=source)
+    shipped = load_bundle(written)
+    test_source = f"internal test split: role 'test' of {SPLIT.relative_to(REPO)}"
+    metrics, _ = evaluate(shipped, test, resamples=1000, source=test_source, stress=True)
+    extra = carried_metadata(shipped.metadata)
+    extra["evaluation"] = {k: v for k, v in metrics.items()
+                           if k not in ("reliability", "classification_report", "seconds", "stress", "model_sha256")}
+    extra["stress"] = metrics["stress"]
+    extra["choice"] = {"rule": "scripts/README.md", "candidate": name, "validation": {
+        k: row[k] for k in ("accuracy", "accuracy_ci95", "macro_f1", "worst_middle_accuracy", "worst_middle",
+                            "worst_middle_recall_normal", "blur_flip_rate")}}
+    audit = REPO / "benchmarks" / "audit" / "audit.json"
+    if audit.is_file():
+        extra["audit"] = {"probe": json.loads(audit.read_text())["probe"], "source": str(audit.relative_to(REPO))}
+    extra["targets"] = _targets(metrics)
+    save_bundle(written, shipped.model, model_name=shipped.metadata["model_name"], size=size, **extra)
+    shipped = load_bundle(written)
+    export_onnx(shipped, out / "model.onnx")
+    (out / "MODEL_CARD.md").write_text(model_card(shipped.metadata, sha256=shipped.file_sha256))
+    metrics["model_sha256"] = shipped.file_sha256
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps({"chosen": name, "validation_source": val_source, "temperature": shipped.temperature,
+                      "operating_point": shipped.metadata["operating_point"],
+                      "test": {k: metrics[k] for k in KEYS}}, indent=1))
+
+
+if __name__ == "__main__":
+    keep_freed_memory()
+    main(*sys.argv[1:])
