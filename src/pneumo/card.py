@@ -160,6 +160,11 @@ def _member_lines(ensemble: dict) -> list[str]:
         accuracy = f"{member['val_acc']:.4f}" if member.get("val_acc") is not None else "?"
         lines.append(f"| {member['id']} | `{member['model_name']}` | {member['size']} px | {member.get('seed', '?')} | "
                      f"{member['temperature']:.4f} | {accuracy} | `{member['weights_sha256'][:16]}…` |")
+    views = ensemble.get("views", [1.0])
+    if len(views) > 1:
+        lines += ["", f"Test-time augmentation: every member also sees the image zoomed by "
+                      f"{', '.join(f'{v:g}' for v in views if v != 1.0)} (edges repeated), and all views are averaged. "
+                      "Grad-CAM explains the image as given."]
     return lines
 
 

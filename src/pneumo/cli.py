@@ -705,6 +705,7 @@ def ensemble(
     members: Annotated[list[Path], typer.Argument(help="Two or more run folders, model.pt bundles or models/ folders, trained on the same split.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the ensemble's model.pt, model.onnx and MODEL_CARD.md.")],
     name: Annotated[Optional[str], typer.Option(help="Id of the ensemble (default pneumo-ensemble-<number of members>).")] = None,
+    tta: Annotated[Optional[list[float]], typer.Option(help="Test-time augmentation: also average over the image zoomed by this factor (repeatable; 0.9 zooms out, 1.1 in).")] = None,
     data: DataOption = paths.data_dir(),
     split_file: SplitFileOption = None,
     cache_dir: CacheOption = paths.cache_dir(),
@@ -725,7 +726,8 @@ def ensemble(
     images, source = select_images(data, size=size, cache_dir=cache_dir, role="val", split_file=split_file)
     with console.status(f"calibrating an ensemble of {len(bundles)} on {len(images)} validation images"):
         written = write_ensemble(bundles, out, images.images, images.labels,
-                                 name=name or f"pneumo-ensemble-{len(bundles)}", source=source)
+                                 name=name or f"pneumo-ensemble-{len(bundles)}", source=source,
+                                 views=(1.0, *(tta or ())))
         result = load_bundle(written)
         export_onnx(result, out / "model.onnx")
         (out / "MODEL_CARD.md").write_text(model_card(result.metadata, sha256=result.file_sha256))

@@ -135,3 +135,34 @@ def test_ensemble_command_works_wherever_a_model_works(tiny_run, tiny_run_b, sha
 
     refused = runner.invoke(app, ["ensemble", str(tiny_run), str(smaller), "--out", str(out), "--data", str(shared_data)])
     assert refused.exit_code == 2 and "already exists and is not empty" in refused.output
+
+
+@pytest.mark.parametrize("scale", [0.85, 1.0, 1.2])
+def test_zoom_matrix_is_the_stress_batterys_zoom(scale):
+    from pneumo.data.acquisition import affine
+    from pneumo.models.ensemble import zoom_matrix
+
+    images = torch.rand(2, 1, 48, 48)
+    matrix = torch.from_numpy(zoom_matrix(48, scale))
+    np.testing.assert_allclose((matrix @ images @ matrix.T).numpy(), affine(images, scale=scale).numpy(), atol=1e-5)
+
+
+def test_test_time_views_are_averaged_and_exported(tmp_path):
+    """Views (1.0, 0.9): the mean over views of the plain ensemble on zoomed copies, the same in ONNX."""
+    from pneumo.data.acquisition import affine
+
+    bundles = member_bundles(tmp_path)
+    plain, _ = ensemble_from_bundles(bundles)
+    viewed, metadata = ensemble_from_bundles(bundles, views=(1.0, 0.9))
+    assert metadata["ensemble"]["views"] == [1.0, 0.9]
+    images = torch.rand(3, 1, 128, 128)
+    with torch.no_grad():
+        expected = (torch.softmax(plain.eval()(images), 1) + torch.softmax(plain(affine(images, scale=0.9)), 1)) / 2
+        got = torch.softmax(viewed.eval()(images), 1)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+    path = tmp_path / "viewed" / "model.pt"
+    save_bundle(path, viewed, model_name=ENSEMBLE_NAME, size=viewed.size, id="viewed", **metadata)
+    export_onnx(load_bundle(path), path.with_suffix(".onnx"))
+    uint8 = (images[:, 0] * 255).round().byte().numpy()
+    np.testing.assert_allclose(Predictor(path).probabilities(uint8), Predictor(path.parent, backend="onnx").probabilities(uint8),
+                               atol=1e-4)

@@ -9,9 +9,13 @@ ONNX graph), its logits are divided by its own validation temperature, and the m
 probabilities are averaged. The returned logits are the log of that average, so the bundle's
 own temperature (fitted on validation after averaging) applies on top as for any model.
 
+Optional test-time augmentation averages over views of the image too: zoomed copies made by
+fixed bilinear matrices (edges repeated, as the stress battery's framing changes), so that the
+ONNX graph holds them as well.
+
 The members are described in the bundle metadata (``ensemble.members``: model name, input size,
-temperature, id, weights hash), which is all ``build_ensemble`` needs to rebuild the module
-before the weights are loaded.
+temperature, id, weights hash; ``ensemble.views``: the zoom of each view), which is all
+``build_ensemble`` needs to rebuild the module before the weights are loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torch import nn
 from pneumo.models.registry import create_model
 
 __all__ = ["ENSEMBLE_NAME", "Ensemble", "area_resize_matrix", "build_ensemble", "ensemble_from_bundles", "member_description",
-           "write_ensemble"]
+           "write_ensemble", "zoom_matrix"]
 
 ENSEMBLE_NAME = "ensemble"
 COMBINATION = ("mean of the members' temperature-scaled probabilities (each member at its own input size, "
@@ -50,6 +54,25 @@ def area_resize_matrix(source: int, target: int) -> np.ndarray:
     return (overlap / overlap.sum(1, keepdims=True)).astype(np.float32)
 
 
+def zoom_matrix(size: int, scale: float) -> np.ndarray:
+    """The (size, size) matrix that zooms a line of pixels about its centre by ``scale`` (> 1 in, < 1 out).
+
+    Bilinear, with coordinates clamped to the edge: applied to rows and columns it equals
+    ``acquisition.affine(images, scale=scale)`` (grid_sample, border padding, align_corners=False).
+    """
+    if scale <= 0:
+        raise ValueError(f"The zoom 'scale' must be > 0. Got {scale} instead.")
+    centres = (2 * np.arange(size) + 1) / size - 1  # output pixel centres in [-1, 1]
+    source = np.clip(((centres / scale + 1) * size - 1) / 2, 0, size - 1)  # input pixel coordinates
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, size - 1)
+    weight = source - low
+    matrix = np.zeros((size, size), np.float64)
+    np.add.at(matrix, (np.arange(size), low), 1 - weight)
+    np.add.at(matrix, (np.arange(size), high), weight)
+    return matrix.astype(np.float32)
+
+
 class Ensemble(nn.Module):
     """The average of ``members``' temperature-scaled probabilities, as logits.
 
@@ -58,9 +81,12 @@ class Ensemble(nn.Module):
         names: each member's registry name (Grad-CAM finds its layer by it).
         sizes: each member's input side in pixels.
         temperatures: each member's validation temperature.
+        views: zoom of each test-time view (1.0: the image as given); probabilities are averaged
+            over views and members.
     """
 
-    def __init__(self, members: list[nn.Module], *, names: list[str], sizes: list[int], temperatures: list[float]):
+    def __init__(self, members: list[nn.Module], *, names: list[str], sizes: list[int], temperatures: list[float],
+                 views: tuple[float, ...] = (1.0,)):
         super().__init__()
         if not members or not len(members) == len(names) == len(sizes) == len(temperatures):
             raise ValueError(f"An ensemble needs one name, size and temperature per member; got {len(members)} members, "
@@ -75,6 +101,12 @@ class Ensemble(nn.Module):
             if size != self.size:
                 self.register_buffer(f"resize_{index}", torch.from_numpy(area_resize_matrix(self.size, size)),
                                      persistent=False)
+        if not views:
+            raise ValueError("An ensemble needs at least one view; (1.0,) is the image as given.")
+        self.views = [float(v) for v in views]
+        for index, scale in enumerate(self.views):
+            if scale != 1.0:
+                self.register_buffer(f"view_{index}", torch.from_numpy(zoom_matrix(self.size, scale)), persistent=False)
 
     def member_input(self, images: torch.Tensor, index: int) -> torch.Tensor:
         """``images`` (B, 1, S, S) as member ``index`` takes them: (B, 1, s, s)."""
@@ -90,9 +122,18 @@ class Ensemble(nn.Module):
             for index, member in enumerate(self.members)
         ])
 
+    def view(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        """Test-time view ``index`` of (B, 1, S, S) images."""
+        if self.views[index] == 1.0:
+            return images
+        matrix = getattr(self, f"view_{index}")  # (S, S)
+        return matrix @ images @ matrix.T
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 1, S, S) -> (B, classes)
+        probabilities = torch.cat([self.member_probabilities(self.view(images, index))
+                                   for index in range(len(self.views))]).mean(0)
         # The floor keeps log finite when every member is certain; it is far below any reported probability.
-        return torch.log(self.member_probabilities(images).mean(0).clamp_min(1e-12))
+        return torch.log(probabilities.clamp_min(1e-12))
 
 
 def member_description(metadata: dict, file_sha256: str) -> dict:
@@ -112,10 +153,11 @@ def build_ensemble(metadata: dict) -> Ensemble:
     members = metadata["ensemble"]["members"]
     networks = [create_model(m["model_name"], num_classes=len(metadata["classes"])) for m in members]
     return Ensemble(networks, names=[m["model_name"] for m in members], sizes=[m["size"] for m in members],
-                    temperatures=[m["temperature"] for m in members])
+                    temperatures=[m["temperature"] for m in members],
+                    views=tuple(metadata["ensemble"].get("views", (1.0,))))
 
 
-def ensemble_from_bundles(bundles: list) -> tuple[Ensemble, dict]:
+def ensemble_from_bundles(bundles: list, *, views: tuple[float, ...] = (1.0,)) -> tuple[Ensemble, dict]:
     """An ensemble of loaded bundles (their trained networks, not copies) and the metadata that describes it.
 
     Raises:
@@ -138,23 +180,26 @@ def ensemble_from_bundles(bundles: list) -> tuple[Ensemble, dict]:
                                  "members must share their training split, or validation would see training images")
     members = [member_description(b.metadata, b.file_sha256) for b in bundles]
     ensemble = Ensemble([b.model for b in bundles], names=[m["model_name"] for m in members],
-                        sizes=[m["size"] for m in members], temperatures=[m["temperature"] for m in members])
+                        sizes=[m["size"] for m in members], temperatures=[m["temperature"] for m in members],
+                        views=views)
     training = first.metadata.get("training", {})
     shared = {key: training[key] for key in ("split", "train_images", "val_images", "train_class_counts",
                                              "patient_overlap") if key in training}
     shared["config"] = {"split_file": training.get("config", {}).get("split_file")}
-    return ensemble, {"ensemble": {"members": members, "combination": COMBINATION}, "training": shared}
+    described = {"members": members, "combination": COMBINATION, "views": list(ensemble.views)}
+    return ensemble, {"ensemble": described, "training": shared}
 
 
 def write_ensemble(bundles: list, out: Path, images: np.ndarray, labels: np.ndarray, *, name: str,
-                   source: str) -> Path:
-    """Assemble ``bundles``, fit the ensemble's temperature and operating point on labelled validation
-    images (N, S, S) at the ensemble's input size, and write ``out/model.pt``; returns its path.
+                   source: str, views: tuple[float, ...] = (1.0,)) -> Path:
+    """Assemble ``bundles`` (with test-time ``views``), fit the ensemble's temperature and operating point
+    on labelled validation images (N, S, S) at the ensemble's input size, and write ``out/model.pt``;
+    returns its path.
     """
     from pneumo.evaluation.calibrate import fit_calibration
     from pneumo.models.bundle import BUNDLE_NAME, save_bundle
 
-    ensemble, metadata = ensemble_from_bundles(bundles)
+    ensemble, metadata = ensemble_from_bundles(bundles, views=views)
     if images.shape[-1] != ensemble.size:
         raise ValueError(f"The calibration images must be {ensemble.size} px, the largest member input. "
                          f"Got {images.shape[-1]} px instead.")
