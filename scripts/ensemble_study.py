@@ -22,7 +22,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from pneumo.data.acquisition import affine
 from pneumo.evaluation.evaluate import select_images
 from pneumo.evaluation.metrics import bootstrap, decide, summarize
 from pneumo.evaluation.stress import BATTERY, perturb
@@ -36,17 +38,29 @@ SPLIT = REPO / "splits" / "internal.csv"
 MIDDLE = [p for p in BATTERY if p.severity == "middle"]
 
 
-def member_logits(run: Path, data: str, cache: str, store: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """{"clean" | perturbation name: (N, K) logits} on validation, with the labels and patients."""
+def member_logits(run: Path, data: str, cache: str, store: Path, view: float = 1.0
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """{"clean" | perturbation name: (N, K) logits} on validation, with the labels and patients.
+
+    ``view`` != 1 gives the logits of each set zoomed by it (a test-time view, as ``pneumo ensemble --tta``).
+    """
     bundle = load_bundle(run)
     images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
-    target = store / f"{run.name}-{bundle.metadata['weights_sha256'][:12]}.npz"
+    suffix = "" if view == 1.0 else f"-view{view:g}"
+    target = store / f"{run.name}-{bundle.metadata['weights_sha256'][:12]}{suffix}.npz"
     if target.is_file():
         saved = np.load(target)
         return {key: saved[key] for key in saved.files}, images.labels, images.patients
-    logits = {"clean": predict_logits(bundle.model, images.images)}
+
+    def logits_of(batch: np.ndarray) -> np.ndarray:
+        if view != 1.0:
+            batch = (affine(torch.from_numpy(batch)[:, None].float() / 255, scale=view)[:, 0] * 255).numpy()
+            batch = np.clip(np.round(batch), 0, 255).astype(np.uint8)
+        return predict_logits(bundle.model, batch)
+
+    logits = {"clean": logits_of(images.images)}
     for perturbation in MIDDLE:
-        logits[perturbation.name] = predict_logits(bundle.model, perturb(images.images, perturbation))
+        logits[perturbation.name] = logits_of(perturb(images.images, perturbation))
     store.mkdir(parents=True, exist_ok=True)
     np.savez(target, **logits)
     return logits, images.labels, images.patients
@@ -98,21 +112,32 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
     parser.add_argument("--cache-dir", default=os.environ.get("PNEUMO_CACHE", "cache"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "ensembles")
+    parser.add_argument("--tta", type=float, action="append", default=[],
+                        help="also score each candidate with this test-time view added (zoom; repeatable)")
     args = parser.parse_args()
     store = REPO / "runs" / "ensemble-study"
-    members, labels, patients = {}, None, None
+    members, views, labels, patients = {}, {}, None, None
     for run in args.runs:
         logits, labels, patients = member_logits(run, args.data, args.cache_dir, store)
         temperature = fit_temperature(logits["clean"], labels)
         members[run] = {key: softmax(value, temperature) for key, value in logits.items()}
+        for view in args.tta:  # the same temperature: a view is an input, not another model
+            viewed = member_logits(run, args.data, args.cache_dir, store, view)[0]
+            views[run, view] = {key: softmax(value, temperature) for key, value in viewed.items()}
         members[run]["megabytes"] = (run / "model.pt").stat().st_size / 1e6
         print(f"{run.name}: temperature {temperature:.3f}", flush=True)
     rows = {}
+    keys = [key for key in members[args.runs[0]] if key != "megabytes"]
     for name, chosen in candidates(args.runs).items():
-        probs = {key: np.mean([members[run][key] for run in chosen], axis=0) for key in members[chosen[0]]
-                 if key != "megabytes"}
-        rows[name] = {"members": [run.name for run in chosen], **score(probs, labels, patients),
-                      "weights_mb": round(sum(members[run]["megabytes"] for run in chosen), 1)}
+        probs = {key: np.mean([members[run][key] for run in chosen], axis=0) for key in keys}
+        size = round(sum(members[run]["megabytes"] for run in chosen), 1)
+        rows[name] = {"members": [run.name for run in chosen], **score(probs, labels, patients), "weights_mb": size}
+        if args.tta:
+            probs = {key: np.mean([members[run][key] for run in chosen]
+                                  + [views[run, view][key] for run in chosen for view in args.tta], axis=0) for key in keys}
+            rows[f"{name} (TTA {', '.join(f'{v:g}' for v in args.tta)})"] = {
+                "members": [run.name for run in chosen], "tta": args.tta, **score(probs, labels, patients),
+                "weights_mb": size}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ensembles.json").write_text(json.dumps(rows, indent=1))
     lines = ["| Candidate | Accuracy (95% CI) | Macro-F1 (95% CI) | Recall N / B / V | NLL | Worst middle accuracy | "

@@ -4,8 +4,8 @@
     python scripts/finalize_ensemble.py              # then: models/pneumo-ensemble/
 
 The choice follows scripts/README.md, on validation only: the candidate of two or more runs
-whose weights total at most MAX_WEIGHTS_MB with the highest validation accuracy, shipped only
-if it beats the best single run. Each member is calibrated in its run folder first
+(with or without test-time views) whose weights total at most MAX_WEIGHTS_MB with the highest
+validation accuracy, shipped only if it beats the best single run. Each member is calibrated in its run folder first
 (``calibrate_bundle``: temperature and the stress-proof operating point on validation), the
 ensemble is assembled by ``write_ensemble`` (its own temperature and operating point), and the
 internal test role of splits/internal.csv is evaluated once, with the stress battery, for the
@@ -38,7 +38,7 @@ NAME = "pneumo-ensemble"
 
 def choose(study: dict) -> tuple[str, dict] | None:
     """The ensemble to ship by the rule fixed in scripts/README.md, or None when none beats the best single run."""
-    singles = {name: row for name, row in study.items() if len(row["members"]) == 1}
+    singles = {name: row for name, row in study.items() if len(row["members"]) == 1 and not row.get("tta")}
     allowed = {name: row for name, row in study.items() if len(row["members"]) > 1 and row["weights_mb"] <= MAX_WEIGHTS_MB}
     best_single = max(singles.values(), key=lambda row: row["accuracy"])
     name, row = max(allowed.items(), key=lambda item: item[1]["accuracy"])
@@ -72,7 +72,8 @@ def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> N
         calibrate_bundle(member.path, member_val.images, member_val.labels, target=TARGET_SENSITIVITY, source=source)
     out = REPO / "models" / NAME
     out.mkdir(parents=True, exist_ok=True)
-    written = write_ensemble([load_bundle(run) for run in runs], out, val.images, val.labels, name=NAME, source=source)
+    written = write_ensemble([load_bundle(run) for run in runs], out, val.images, val.labels, name=NAME, source=source,
+                             views=(1.0, *row.get("tta", ())))
     shipped = load_bundle(written)
     test_source = f"internal test split: role 'test' of {SPLIT.relative_to(REPO)}"
     metrics, _ = evaluate(shipped, test, resamples=1000, source=test_source, stress=True)
