@@ -25,20 +25,10 @@ LIMITATIONS = [
 
 
 def _metric_rows(evaluation: dict) -> list[str]:
-    names = [("accuracy", "Accuracy"), ("macro_f1", "Macro F1"), ("loss", "Cross-entropy loss"),
-             ("recall_normal", "Sensitivity normal"), ("recall_bacterial", "Sensitivity bacterial"),
-             ("recall_viral", "Sensitivity viral"), ("macro_auc", "Macro AUC"),
-             ("pneumonia_sensitivity", "Pneumonia vs normal: sensitivity"),
-             ("pneumonia_specificity", "Pneumonia vs normal: specificity"),
-             ("pneumonia_auc", "Pneumonia vs normal: AUC"), ("bacterial_viral_auc", "Bacterial vs viral: AUC"),
-             ("ece", "ECE (15 bins)")]
-    ci = evaluation.get("ci95", {})
-    rows = ["| Metric | Value | 95% CI (patient bootstrap) |", "|---|---|---|"]
-    for key, label in names:
-        if key in evaluation:
-            interval = f"{ci[key]['low']:.4f} – {ci[key]['high']:.4f}" if key in ci else ""
-            rows.append(f"| {label} | {evaluation[key]:.4f} | {interval} |")
-    return rows
+    from pneumo.evaluation.metrics import metric_rows
+
+    return ["| Metric | Value | 95% CI (patient bootstrap) |", "|---|---|---|",
+            *[f"| {label} | {value} | {interval} |" for label, value, interval in metric_rows(evaluation)]]
 
 
 def _shortfall(evaluation: dict, training: dict, preprocessing: dict) -> str:
@@ -110,9 +100,6 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     if evaluation:
         lines += [f"Measured on {evaluation.get('images', '?')} images of {evaluation.get('patients', '?')} patients: "
                   f"{evaluation.get('data', '')}.", "", *_metric_rows(evaluation)]
-        if evaluation.get("missed_as_normal"):
-            missed = evaluation["missed_as_normal"]
-            lines += ["", f"Pneumonia images called normal: {missed['bacterial']} bacterial, {missed['viral']} viral."]
     else:
         lines.append("Not evaluated yet: run `pneumo evaluate` and `pneumo card` with `--metrics`.")
     if metadata.get("targets"):

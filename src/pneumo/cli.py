@@ -397,17 +397,9 @@ def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optiona
 
 
 def _metrics_table(metrics: dict) -> None:
-    ci = metrics["ci95"]
-    names = [("accuracy", "accuracy"), ("loss", "cross-entropy loss"), ("macro_f1", "macro F1"),
-             ("recall_normal", "sensitivity normal"), ("recall_bacterial", "sensitivity bacterial"),
-             ("recall_viral", "sensitivity viral"), ("macro_auc", "macro AUC (one-vs-rest)"),
-             ("pneumonia_sensitivity", "pneumonia vs normal: sensitivity"),
-             ("pneumonia_specificity", "pneumonia vs normal: specificity"), ("pneumonia_auc", "pneumonia vs normal: AUC"),
-             ("bacterial_viral_auc", "bacterial vs viral: AUC"), ("ece", "ECE (15 bins)")]
-    rows = [[label, f"{metrics[key]:.4f}", f"{ci[key]['low']:.4f} - {ci[key]['high']:.4f}"] for key, label in names]
-    rows.append(["Brier score", f"{metrics['brier']:.4f}", ""])
-    rows.append(["pneumonia called normal (bacterial / viral)",
-                 f"{metrics['missed_as_normal']['bacterial']} / {metrics['missed_as_normal']['viral']}", ""])
+    from pneumo.evaluation.metrics import metric_rows
+
+    rows = metric_rows(metrics)
     console.print(table(f"{metrics['model_id']} on {metrics['images']} images of {metrics['patients']} patients",
                         ["metric", "value", "95% CI (patient bootstrap)"], rows))
     console.print(metrics["classification_report_text"])

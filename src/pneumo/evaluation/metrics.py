@@ -18,11 +18,30 @@ from pneumo.labels import BACTERIAL, CLASSES, NORMAL, SHORT_NAMES, VIRAL
 
 ECE_BINS = 15
 EPS = 1e-12
-#: Metrics given a bootstrap interval.
-CI_METRICS = (
-    "accuracy", "loss", "macro_f1", "recall_normal", "recall_bacterial", "recall_viral", "macro_auc",
-    "pneumonia_sensitivity", "pneumonia_specificity", "pneumonia_auc", "bacterial_viral_auc", "ece",
-)
+#: The metrics given a bootstrap interval, with the label every table (terminal, card, report) shows.
+METRIC_LABELS = {
+    "accuracy": "Accuracy", "loss": "Cross-entropy loss", "macro_f1": "Macro F1",
+    "recall_normal": "Sensitivity normal", "recall_bacterial": "Sensitivity bacterial", "recall_viral": "Sensitivity viral",
+    "macro_auc": "Macro AUC (one-vs-rest)", "pneumonia_sensitivity": "Pneumonia vs normal: sensitivity",
+    "pneumonia_specificity": "Pneumonia vs normal: specificity", "pneumonia_auc": "Pneumonia vs normal: AUC",
+    "bacterial_viral_auc": "Bacterial vs viral: AUC", "ece": f"ECE ({ECE_BINS} bins)",
+}
+CI_METRICS = tuple(METRIC_LABELS)
+
+
+def metric_rows(metrics: dict, *, digits: int = 4) -> list[list[str]]:
+    """[label, value, "low – high"] for each metric with an interval, then the Brier score and the
+    pneumonia cases called normal: the rows of every metrics table."""
+    ci = metrics.get("ci95", {})
+    rows = [[label, f"{metrics[key]:.{digits}f}",
+             f"{ci[key]['low']:.{digits}f} – {ci[key]['high']:.{digits}f}" if key in ci else ""]
+            for key, label in METRIC_LABELS.items() if key in metrics]
+    if "brier" in metrics:
+        rows.append(["Brier score", f"{metrics['brier']:.{digits}f}", ""])
+    if "missed_as_normal" in metrics:
+        missed = metrics["missed_as_normal"]
+        rows.append(["Pneumonia called normal (bacterial / viral)", f"{missed['bacterial']} / {missed['viral']}", ""])
+    return rows
 
 
 def _safe_auc(y: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None) -> float:

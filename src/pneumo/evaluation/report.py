@@ -15,6 +15,7 @@ from pneumo.data.cache import PreparedData
 from pneumo.data.figures import ATTRIBUTION, augment_grid, sample_grid
 from pneumo.evaluation import compare as comparing
 from pneumo.evaluation.evaluate import Predictions, write_evaluation
+from pneumo.evaluation.metrics import metric_rows
 from pneumo.files import atomic_write
 from pneumo.labels import CLASSES
 
@@ -25,14 +26,6 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px soli
 .note{background:#fff3cd;border:1px solid #e0c36c;padding:0.6em 1em}pre{background:#f6f6f6;padding:0.6em}
 h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}
 """
-KEY_METRICS = (("accuracy", "Accuracy"), ("loss", "Cross-entropy loss"), ("macro_f1", "Macro F1"),
-               ("recall_normal", "Sensitivity normal"), ("recall_bacterial", "Sensitivity bacterial"),
-               ("recall_viral", "Sensitivity viral"), ("macro_auc", "Macro AUC"),
-               ("pneumonia_sensitivity", "Pneumonia vs normal sensitivity"),
-               ("pneumonia_specificity", "Pneumonia vs normal specificity"), ("pneumonia_auc", "Pneumonia vs normal AUC"),
-               ("bacterial_viral_auc", "Bacterial vs viral AUC"), ("ece", "ECE"))
-
-
 def _image(path: Path, alt: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -58,11 +51,7 @@ def _data_section(data: PreparedData, roles, work: Path) -> str:
 def _model_section(metrics: dict, predictions: Predictions, run_dir: Path | None, work: Path) -> str:
     folder = work / metrics["model_id"]
     write_evaluation(folder, metrics, predictions)
-    ci = metrics["ci95"]
-    rows = [[label, f"{metrics[key]:.4f}", f"{ci[key]['low']:.4f} – {ci[key]['high']:.4f}"] for key, label in KEY_METRICS]
-    rows.append(["Brier score", f"{metrics['brier']:.4f}", ""])
-    missed = metrics["missed_as_normal"]
-    rows.append(["Pneumonia called normal (bacterial / viral)", f"{missed['bacterial']} / {missed['viral']}", ""])
+    rows = metric_rows(metrics)
     training = metrics.get("training") or {}
     parts = [f"<h2>Model {html.escape(metrics['model_id'])}</h2>",
              f"<p>{metrics['images']} images of {metrics['patients']} patients: {html.escape(metrics['data'])}. "
