@@ -16,6 +16,7 @@ touched: the choice is made here, and the chosen models are evaluated once after
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -27,7 +28,7 @@ import torch
 from pneumo.data.acquisition import affine
 from pneumo.evaluation.evaluate import select_images
 from pneumo.evaluation.metrics import bootstrap, decide, summarize
-from pneumo.evaluation.stress import BATTERY, perturb
+from pneumo.evaluation.stress import BATTERY, STRESS_SEED, perturb
 from pneumo.inference import predict_logits, softmax
 from pneumo.inference.calibration import fit_temperature
 from pneumo.labels import NORMAL
@@ -47,7 +48,10 @@ def member_logits(run: Path, data: str, cache: str, store: Path, view: float = 1
     bundle = load_bundle(run)
     images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
     suffix = "" if view == 1.0 else f"-view{view:g}"
-    target = store / f"{run.name}-{bundle.metadata['weights_sha256'][:12]}{suffix}.npz"
+    # The cached logits belong to these weights, these validation images (by content and order) and this battery.
+    key = hashlib.sha256("|".join([bundle.metadata["weights_sha256"], *images.sha256, str(STRESS_SEED),
+                                   *(p.description for p in MIDDLE)]).encode()).hexdigest()[:16]
+    target = store / f"{run.name}-{key}{suffix}.npz"
     if target.is_file():
         saved = np.load(target)
         return {key: saved[key] for key in saved.files}, images.labels, images.patients
@@ -116,7 +120,7 @@ def main() -> None:
                         help="also score each candidate with this test-time view added (zoom; repeatable)")
     args = parser.parse_args()
     store = REPO / "runs" / "ensemble-study"
-    members, views, labels, patients = {}, {}, None, None
+    members, views, identity, labels, patients = {}, {}, {}, None, None
     for run in args.runs:
         logits, labels, patients = member_logits(run, args.data, args.cache_dir, store)
         temperature = fit_temperature(logits["clean"], labels)
@@ -125,6 +129,8 @@ def main() -> None:
             viewed = member_logits(run, args.data, args.cache_dir, store, view)[0]
             views[run, view] = {key: softmax(value, temperature) for key, value in viewed.items()}
         members[run]["megabytes"] = (run / "model.pt").stat().st_size / 1e6
+        identity[run.name] = {"path": str(run.resolve().relative_to(REPO) if run.resolve().is_relative_to(REPO) else run),
+                              "weights_sha256": load_bundle(run).metadata["weights_sha256"]}
         print(f"{run.name}: temperature {temperature:.3f}", flush=True)
     rows = {}
     keys = [key for key in members[args.runs[0]] if key != "megabytes"]
@@ -140,6 +146,7 @@ def main() -> None:
                 "weights_mb": size}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ensembles.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "runs.json").write_text(json.dumps(identity, indent=1))  # which runs, by path and weights
     lines = ["| Candidate | Accuracy (95% CI) | Macro-F1 (95% CI) | Recall N / B / V | NLL | Worst middle accuracy | "
              "Worst middle normal recall | Middle-blur flips | Weights MB |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in sorted(rows.items(), key=lambda item: -item[1]["accuracy"]):

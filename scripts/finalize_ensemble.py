@@ -15,7 +15,6 @@ card and the README.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,16 +29,19 @@ from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
 from pneumo.models.ensemble import write_ensemble
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = Path(os.environ.get("PNEUMO_RUNS", REPO / "runs"))
 STUDY = REPO / "benchmarks" / "ensembles" / "ensembles.json"
 MAX_WEIGHTS_MB = 30.0  # bundle and ONNX file hold the same weights: under 60 MB together
+ALLOWED_VIEW = 0.9  # the one test-time view the rule allows (a zoom out)
 NAME = "pneumo-ensemble"
 
 
 def choose(study: dict) -> tuple[str, dict] | None:
     """The ensemble to ship by the rule fixed in scripts/README.md, or None when none beats the best single run."""
     singles = {name: row for name, row in study.items() if len(row["members"]) == 1 and not row.get("tta")}
-    allowed = {name: row for name, row in study.items() if len(row["members"]) > 1 and row["weights_mb"] <= MAX_WEIGHTS_MB}
+    allowed = {name: row for name, row in study.items() if len(row["members"]) > 1
+               and row["weights_mb"] <= MAX_WEIGHTS_MB and row.get("tta", []) in ([], [ALLOWED_VIEW])}
+    if not singles or not allowed:
+        sys.exit(f"{STUDY}: no single runs or no ensemble of at most {MAX_WEIGHTS_MB} MB to choose from")
     best_single = max(singles.values(), key=lambda row: row["accuracy"])
     name, row = max(allowed.items(), key=lambda item: item[1]["accuracy"])
     print(f"best single run: {best_single['members'][0]} {best_single['accuracy']:.4f}; best allowed ensemble: "
@@ -47,11 +49,12 @@ def choose(study: dict) -> tuple[str, dict] | None:
     return (name, row) if row["accuracy"] > best_single["accuracy"] else None
 
 
-def find_run(name: str) -> Path:
-    matches = sorted(RUNS.glob(f"*/{name}"))
-    if not matches:
-        sys.exit(f"run {name} not found under {RUNS}")
-    return matches[0]
+def find_run(name: str, identity: dict) -> Path:
+    """The run the study scored, checked by its weights: not merely one of the same name."""
+    run = REPO / identity[name]["path"]
+    if load_bundle(run).metadata["weights_sha256"] != identity[name]["weights_sha256"]:
+        sys.exit(f"{run}: its weights changed since the ensemble study; run the study again")
+    return run
 
 
 def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
@@ -60,7 +63,8 @@ def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> N
     if chosen is None:
         sys.exit("no ensemble beats the best single run on validation: nothing shipped")
     name, row = chosen
-    runs = [find_run(member) for member in row["members"]]
+    identity = json.loads((STUDY.parent / "runs.json").read_text())
+    runs = [find_run(member, identity) for member in row["members"]]
     size = max(load_bundle(run).size for run in runs)
     val, val_source = select_images(Path(data), size=size, cache_dir=Path(cache), role="val", split_file=SPLIT)
     test, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="test", split_file=SPLIT)

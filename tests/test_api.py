@@ -61,3 +61,20 @@ def test_prediction_does_not_pull_in_evaluation():
 
     code = "import sys, pneumo.predict, pneumo.api; print(sorted(m for m in sys.modules if m.startswith('pneumo.evaluation')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_arrays_of_any_dtype_16_bit_pil_images_and_bytes_are_classified(shared_images):
+    model = pneumo.load("pneumo-cnn", backend="torch")
+    path = shared_images[1]
+    gray = np.asarray(Image.open(path).convert("L"))
+    reference = model.predict(gray)
+    as_float_rgb = np.dstack([gray] * 3).astype(np.float64) / 255
+    deep = Image.fromarray(gray.astype(np.uint16) * 257)  # mode I;16: no clipping to 8 bits
+    for other in (model.predict(as_float_rgb), model.predict(gray.astype(np.int64)), model.predict(deep),
+                  model.predict(path.read_bytes())):
+        assert other.probabilities == pytest.approx(reference.probabilities, abs=2e-3)
+        assert other.warnings == []
+    colour = np.random.default_rng(0).random((64, 64, 3))  # floats in [0, 1]
+    assert "a colour image" in model.predict(colour).warnings[0]
+    with pytest.raises(ImageReadError, match=r"an array of shape \(3, 4, 5, 6\) is not an image"):
+        model.predict(np.zeros((3, 4, 5, 6)))

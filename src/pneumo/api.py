@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from pneumo import DISCLAIMER
-from pneumo.data.readers import MIN_STD, ImageInfo, is_colour, resize, to_gray_uint8
+from pneumo.data.readers import ImageInfo, check_not_blank, is_colour, resize, to_gray_uint8
 from pneumo.errors import ImageReadError
 from pneumo.predict import Prediction, Predictor
 
@@ -69,8 +69,9 @@ class Model:
         """Classify one image or a list of them.
 
         Args:
-            images: a path; a numpy array (H, W) gray or (H, W, 3|4) RGB(A), any size and dtype;
-                a PIL image; or a list of these.
+            images: a path; a file's bytes; a numpy array (H, W) gray or (H, W, 3|4) RGB(A), any size
+                and dtype (integers as they are, floats in [0, 1] times 255, other ranges stretched to
+                their minimum and maximum); a PIL image; or a list of these.
             gradcam: also attach a Grad-CAM overlay (RGB uint8, original beside heatmap) as
                 ``result.gradcam``.
 
@@ -82,7 +83,7 @@ class Model:
         Raises:
             ImageReadError: a single image that cannot be read (the message says why).
         """
-        single = not isinstance(images, Sequence) or isinstance(images, (str, bytes))
+        single = not isinstance(images, Sequence) or isinstance(images, (str, bytes, bytearray))
         items = [images] if single else list(images)
         sources, prepared, infos, results = [], [], [], []
         for number, item in enumerate(items):
@@ -110,18 +111,39 @@ class Model:
         """One input as the (S, S) uint8 image the model takes, with what is known of it."""
         if isinstance(item, (str, Path)):
             return self.predictor.load(str(item))
+        if isinstance(item, (bytes, bytearray)):  # a file's content, e.g. from a request or a database
+            return self.predictor.load(source, bytes(item))
         if type(item).__module__.startswith("PIL."):
-            item = np.asarray(item.convert("L"))
+            item = _pil_array(item)
         if not isinstance(item, np.ndarray):
-            raise ImageReadError(source, f"cannot classify a {type(item).__name__}; pass a path, a numpy array or a "
-                                         "PIL image")
-        if item.ndim == 3 and item.shape[2] in (3, 4):
-            item = cv2.cvtColor(np.ascontiguousarray(item), cv2.COLOR_RGB2BGR if item.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-        if item.ndim not in (2, 3) or min(item.shape[:2]) < 1:
+            raise ImageReadError(source, f"cannot classify a {type(item).__name__}; pass a path, bytes, a numpy array "
+                                         "or a PIL image")
+        if not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (1, 3, 4))) or min(item.shape[:2]) < 1:
             raise ImageReadError(source, f"an array of shape {item.shape} is not an image; pass (H, W) gray or "
                                          "(H, W, 3) RGB")
+        item = _standard_depth(item)
+        if item.ndim == 3 and item.shape[2] in (3, 4):
+            item = cv2.cvtColor(np.ascontiguousarray(item), cv2.COLOR_RGB2BGR if item.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
         gray = to_gray_uint8(item, source)
-        if float(gray.std()) < MIN_STD:
-            raise ImageReadError(source, f"image is nearly uniform (standard deviation {gray.std():.2f} grey levels): "
-                                         "there is no X-ray in it to classify")
+        check_not_blank(gray, source)
         return resize(gray, self.predictor.size), ImageInfo(gray.shape[1], gray.shape[0], colour=is_colour(item))
+
+
+def _standard_depth(array: np.ndarray) -> np.ndarray:
+    """8 or 16 bits where the values fit (integers 0-255 or 0-65535, floats 0-1 scaled by 255), else float32,
+    which is then stretched from its minimum to its maximum; OpenCV converts colour only in these depths."""
+    if array.dtype in (np.uint8, np.uint16):
+        return array
+    low, high = float(array.min()), float(array.max())
+    if np.issubdtype(array.dtype, np.integer) and low >= 0 and high <= 65535:
+        return array.astype(np.uint8 if high <= 255 else np.uint16)
+    if np.issubdtype(array.dtype, np.floating) and low >= 0 and high <= 1:
+        return np.round(array * 255).astype(np.uint8)
+    return array.astype(np.float32)
+
+
+def _pil_array(image) -> np.ndarray:
+    """A PIL image as an array at its own depth: 16-bit grey stays 16-bit; palettes and other modes become RGB."""
+    if image.mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "RGB", "RGBA"):
+        return np.asarray(image)
+    return np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))

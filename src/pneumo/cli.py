@@ -21,12 +21,15 @@ STARTED = time.perf_counter()  # the process start, give or take the interpreter
 PREDICT_CHUNK = 256  # files read and classified at a time when predicting many, for the progress bar
 
 class _Commands(typer.core.TyperGroup):
-    """The one error handler: bad input anywhere in a command ends it with its message and exit code 2."""
+    """The one error handler: bad input anywhere in a command ends it with its message and exit code 2
+    (``PNEUMO_DEBUG=1`` shows the traceback instead)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (PneumoError, ValueError, OSError) as error:
+            if os.environ.get("PNEUMO_DEBUG"):  # the traceback, for a bug that looks like bad input
+                raise
             raise fail(str(error)) from None
 
 
@@ -547,7 +550,7 @@ def report(
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx (default: the shipped pneumo-mobilenet).")] = paths.default_model(),
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch, onnx (the model.onnx beside the bundle; faster on a CPU) or auto (onnx where there is one).")] = "torch",
     gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
     cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -563,6 +566,8 @@ def predict(
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise fail(f"--out {out}: name a .json or .csv file")
+    if cam_member is not None and gradcam is None:
+        raise fail("--cam-member chooses whose Grad-CAM --gradcam DIR writes; pass --gradcam too")
     predictor = Predictor(model, backend=backend, decision=decision)
     files = expand_inputs(inputs)
     if not files:
@@ -708,13 +713,21 @@ def ensemble(
     from pneumo.evaluation.evaluate import select_images
     from pneumo.export.onnx import export_onnx
     from pneumo.models.bundle import load_bundle
-    from pneumo.models.ensemble import write_ensemble
+    from pneumo.models.ensemble import ensemble_from_bundles, write_ensemble
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")
+    if len(members) < 2:
+        raise fail(f"an ensemble needs at least two member models; got {len(members)}")
+    if any(scale <= 0 for scale in tta or ()):
+        raise fail(f"--tta takes zoom factors > 0 (0.9 zooms out, 1.1 in); got {', '.join(map(str, tta))}")
     bundles = [load_bundle(member) for member in members]
+    ensemble_from_bundles(bundles)  # refuses mismatched members before any data is prepared
     size = max(bundle.size for bundle in bundles)
     split_file = split_file or _run_split(members) or _recorded_split(bundles[0])
+    if split_file is None:
+        raise fail("no split file found for the members' validation images: pass --split-file (a member run's "
+                   "split.csv, or the split file it was trained with)")
     images, source = select_images(data, size=size, cache_dir=cache_dir, role="val", split_file=split_file)
     with console.status(f"calibrating an ensemble of {len(bundles)} on {len(images)} validation images"):
         written = write_ensemble(bundles, out, images.images, images.labels,
@@ -724,6 +737,7 @@ def ensemble(
         export_onnx(result, out / "model.onnx")
         (out / "MODEL_CARD.md").write_text(model_card(result.metadata, sha256=result.file_sha256))
     point = result.metadata["operating_point"]
+    console.print(f"calibrated on {len(images)} images: {escape(source)}")
     console.print(f"{escape(result.model_id)}: {len(bundles)} members at {size} px; temperature {result.temperature:.4f}; "
                   f"operating point P(pneumonia) >= {point['pneumonia_threshold']:.4f} (validation sensitivity "
                   f"{point['val_sensitivity']:.3f}, specificity {point['val_specificity']:.3f})")

@@ -109,6 +109,9 @@ class Predictor:
             folder holding ``model.pt`` / ``model.onnx``, or an ``.onnx`` file exported by pneumo.
         backend: ``torch``, ``onnx``, or ``auto``: ONNX Runtime (faster on a CPU) where the model has an
             ONNX export (a ``model.onnx`` beside its bundle), else PyTorch.
+        threads: ONNX Runtime's intra-op threads (default: its own choice, all cores).
+        decision: ``operating-point`` (the model's threshold on P(pneumonia), where it has one) or
+            ``argmax`` (the most probable class).
     """
 
     def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None,

@@ -252,3 +252,15 @@ def test_prepare_and_train_run_on_class_folders_without_shared_data(tmp_path):
                                   str(tmp_path / "runs"), "--name", "own", "--accelerator", "cpu", "--quiet"])
     assert trained.exit_code == 0, trained.output
     assert (tmp_path / "runs" / "own" / "model.pt").is_file()
+
+
+def test_a_spreadsheet_labels_csv_with_a_byte_order_mark_and_short_rows(tmp_path):
+    from pneumo.data.archive import load_records
+
+    _write_image(tmp_path / "a.jpeg", 1)
+    _write_image(tmp_path / "b.jpeg", 2)
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("\ufeffpath,class,patient\r\na.jpeg,normal,p1\r\nb.jpeg,viral\r\n,bacterial,p3\r\n".encode())
+    records, problems = load_records(labels)
+    assert [(r.path, r.label, r.patient) for r in records] == [("a.jpeg", 0, "p1"), ("b.jpeg", 2, "b")]
+    assert any(p.reason == "no path in this row" and p.source.endswith("labels.csv:4") for p in problems)

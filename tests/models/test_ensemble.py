@@ -125,7 +125,7 @@ def test_ensemble_command_works_wherever_a_model_works(tiny_run, tiny_run_b, sha
         assert a.label == b.label and a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
     averaged, second = torch_predictor.explain(torch_answers[:2]), torch_predictor.explain(torch_answers[:2], member=1)
     assert averaged[0].shape == second[0].shape and not np.array_equal(averaged[0], second[0])
-    with pytest.raises(ValueError, match="'member' must be in 0..1. Got 2 instead"):
+    with pytest.raises(ValueError, match=r"'member' \(--cam-member\) must be in 0..1. Got 2 instead"):
         torch_predictor.explain(torch_answers[:1], member=2)
 
     invoke("evaluate", out, "--data", shared_data, "--cache-dir", cache_dir, "--split-file", split, "--out",

@@ -203,6 +203,38 @@ def test_api_key_is_required_on_the_api_only(guarded, shared_images):
     assert 'id="keyline" >' in guarded.get("/").text  # the page shows its key field
 
 
+def test_a_preflight_from_an_allowed_origin_is_answered_before_the_key_check(guarded):
+    preflight = guarded.options("/v1/predict", headers={"Origin": "https://viewer.example",
+                                                         "Access-Control-Request-Method": "POST",
+                                                         "Access-Control-Request-Headers": "x-api-key"})
+    assert preflight.status_code == 204 and "X-API-Key" in preflight.headers["access-control-allow-headers"]
+    refused = guarded.get("/v1/model", headers={"Origin": "https://viewer.example"})  # no key
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://viewer.example"
+
+
+@pytest.mark.parametrize("host, expected", [("example.org:8000", "example.org"), ("[::1]:8000", "::1"), ("[::1]", "::1"),
+                                            ("EXAMPLE.org", "example.org"), ("::1", "::1")])
+def test_host_names_are_parsed_with_and_without_ports(host, expected):
+    from pneumo.serving.app import _host_name
+
+    assert _host_name(host) == expected
+
+
+def test_gradcam_without_a_pytorch_bundle_is_a_note_not_an_error(tiny_run, tmp_path, shared_images):
+    """An ONNX file served alone answers; its Grad-CAM is said to be unavailable instead of failing the request."""
+    import shutil
+
+    from pneumo.export.onnx import export_onnx
+    from pneumo.models.bundle import load_bundle
+
+    export_onnx(load_bundle(tiny_run), tmp_path / "alone" / "model.onnx")
+    client = TestClient(create_app(tmp_path / "alone" / "model.onnx"))
+    response = client.post("/v1/predict?gradcam=true", files={"file": ("a.jpeg", shared_images[0].read_bytes())})
+    assert response.status_code == 200 and "gradcam_png" not in response.json()
+    assert "Grad-CAM needs the PyTorch bundle" in response.json()["gradcam_unavailable"]
+    shutil.rmtree(tmp_path / "alone")
+
+
 def test_unknown_hosts_and_foreign_origins_are_refused(guarded):
     wrong_host = guarded.get("/healthz", headers={"Host": "evil.example"})
     assert wrong_host.status_code == 400 and "Host 'evil.example' is not served here" in wrong_host.json()["error"]
@@ -224,7 +256,7 @@ def test_the_rate_limit_answers_429_with_retry_after(tiny_run):
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="at least 16 characters"):
         ServerSettings(api_key="short")
-    with pytest.raises(ValueError, match="The 'decoders' server setting must be >= 1. Got 0 instead."):
+    with pytest.raises(ValueError, match=r"The 'decoders' server setting \(--decoders\) must be >= 1. Got 0 instead."):
         ServerSettings(decoders=0)
 
 

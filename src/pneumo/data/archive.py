@@ -304,7 +304,7 @@ def write_manifest(path: Path, records: Iterable[Record]) -> None:
 def read_manifest(path: Path) -> list[Record]:
     """Records of a ``manifest.csv`` written by ``organize``; paths stay relative to its folder."""
     try:
-        with Path(path).open(newline="") as handle:
+        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     except FileNotFoundError:
         raise DataLayoutError(f"{path}: manifest not found; run 'pneumo organize' first") from None
@@ -329,7 +329,7 @@ def load_records(data: Path, progress: Callable[[int, int], None] | None = None)
     if (data / MANIFEST).is_file():
         return read_manifest(data / MANIFEST), []
     if data.is_file() and data.name.lower().endswith(".csv"):
-        with data.open(newline="") as handle:
+        with data.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
         if set(MANIFEST_FIELDS) <= set(header):
             return read_manifest(data), []
@@ -350,23 +350,29 @@ def read_labels_csv(path: Path, progress: Callable[[int, int], None] | None = No
     """Records from a CSV with columns ``path`` and ``class`` (NORMAL / bacterial / viral / a class name),
     optionally ``patient`` and ``split`` (train / val / test; default train). Paths are relative to the
     CSV's folder; a row that cannot be used is a problem naming its line."""
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = set(LABEL_FIELDS) - set(rows[0] if rows else {})
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets start with a byte-order mark
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = reader.fieldnames or []
+    missing = set(LABEL_FIELDS) - set(header)
     if missing:
         raise DataLayoutError(f"{path}: a labels CSV needs the columns {', '.join(LABEL_FIELDS)} (optional: "
                               f"{', '.join(OPTIONAL_LABEL_FIELDS)}); missing {', '.join(sorted(missing))}")
     records, problems = [], []
     for line, row in enumerate(rows, 2):
+        row = {key: (value or "").strip() for key, value in row.items() if key is not None}  # short rows: empty cells
+        if not row["path"]:
+            problems.append(Problem(f"{path}:{line}", "no path in this row"))
+            continue
         try:
-            label = class_index(row["class"].strip())
-            split = (row.get("split") or "train").strip().lower()
+            label = class_index(row["class"])
+            split = (row.get("split") or "train").lower()
             if split not in SPLITS:
                 raise LabelError(f"unknown split {row['split']!r}; expected one of {', '.join(SPLITS)}")
         except LabelError as error:
             problems.append(Problem(f"{path}:{line}", str(error)))
             continue
-        record = _record(path.parent, path.parent / row["path"], split, label, (row.get("patient") or "").strip())
+        record = _record(path.parent, path.parent / row["path"], split, label, row.get("patient", ""))
         (problems if isinstance(record, Problem) else records).append(record)
         if progress:
             progress(line - 1, len(rows))

@@ -24,7 +24,7 @@ from pneumo.data.readers import load_for_model
 from pneumo.errors import ImageReadError
 
 #: Bump when the preprocessing itself changes, so that old caches are rebuilt.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2  # 2: DICOM shown by its window or VOI LUT, 8-bit values as stored
 INDEX_FIELDS = ("path", "split", "label", "patient", "sha256")
 
 

@@ -123,11 +123,16 @@ def decode_image(data: bytes, name: str, *, max_decoded_bytes: int | None = None
             raise ImageReadError(name, "image data could not be decoded (corrupt file?)")
         image = to_gray_uint8(array, name)
         info = ImageInfo(image.shape[1], image.shape[0], colour=is_colour(array))
+    check_not_blank(image, name)
+    return image, info
+
+
+def check_not_blank(image: np.ndarray, name: str) -> None:
+    """Refuse a nearly uniform uint8 image (a blank page, an empty decompression bomb): nothing to classify."""
     spread = float(cv2.meanStdDev(image)[1][0, 0])
     if spread < MIN_STD:
         raise ImageReadError(name, f"image is nearly uniform (standard deviation {spread:.2f} grey levels, under "
                                    f"{MIN_STD:g}): there is no X-ray in it to classify")
-    return image, info
 
 
 def is_colour(array: np.ndarray) -> bool:
@@ -138,6 +143,9 @@ def is_colour(array: np.ndarray) -> bool:
     sample = array[::step, ::step, :3].astype(np.float32)
     if array.dtype == np.uint16:
         sample /= 257
+    elif array.dtype != np.uint8:  # floats of any range: judged on the 0-255 scale of their own range
+        low, high = float(sample.min()), float(sample.max())
+        sample = (sample - low) * (255 / (high - low)) if high > low else sample * 0
     difference = np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean()
     return bool(difference > COLOUR_DIFFERENCE)
 
@@ -310,7 +318,8 @@ def dicom_display(pixels: np.ndarray, dataset) -> np.ndarray:
     if "VOILUTSequence" in dataset:
         lut = dataset.VOILUTSequence[0]
         top = 2 ** int(lut.LUTDescriptor[2]) - 1
-        return np.clip(np.round(np.asarray(apply_voi_lut(pixels, dataset), np.float64) * 255 / top), 0, 255).astype(np.uint8)
+        shown = np.asarray(apply_voi_lut(values, dataset), np.float64)  # the LUT takes modality-LUT output
+        return np.clip(np.round(shown * 255 / top), 0, 255).astype(np.uint8)
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
         if width >= 1:

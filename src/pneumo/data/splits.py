@@ -96,6 +96,14 @@ def make_split(
     return Split(roles.astype(str), method, seed)
 
 
+def split_sha256(split: Split, data: PreparedData) -> str:
+    """A hash of which image (by content) has which role: equal for two runs exactly when their splits are."""
+    import hashlib
+
+    pairs = sorted(f"{sha}:{role}" for sha, role in zip(data.sha256, split.roles))
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
+
+
 def save_split(path: Path, split: Split, data: PreparedData) -> None:
     """Write the split as CSV (path, role, class, patient, sha256)."""
     path.parent.mkdir(parents=True, exist_ok=True)

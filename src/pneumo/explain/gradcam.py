@@ -35,11 +35,13 @@ def gradcam(model: nn.Module, model_name: str, images: np.ndarray, classes: list
     inputs = torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0)[:, None]  # (N, 1, S, S)
     if not isinstance(model, Ensemble):
         if member is not None:
-            raise ValueError(f"The 'member' option is for ensembles; {model_name} is a single model. Got {member} instead.")
+            raise ValueError(f"The Grad-CAM 'member' (--cam-member) is for ensembles; {model_name} is a single model. "
+                         f"Got {member} instead.")
         return _gradcam(model, get_spec(model_name).cam_layer, inputs, classes)
     chosen = range(len(model.members)) if member is None else [member]
     if member is not None and not 0 <= member < len(model.members):
-        raise ValueError(f"The 'member' must be in 0..{len(model.members) - 1}. Got {member} instead.")
+        raise ValueError(f"The Grad-CAM 'member' (--cam-member) must be in 0..{len(model.members) - 1}. "
+                         f"Got {member} instead.")
     side = images.shape[-1]
     heatmaps = []
     for index in chosen:

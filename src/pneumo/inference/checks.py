@@ -14,7 +14,7 @@ from pneumo.data.readers import ImageInfo
 
 __all__ = ["input_warnings"]
 
-RADIOGRAPHY = {"CR", "DX", "DR"}  # computed and digital radiography
+RADIOGRAPHY = {"CR", "DX", "DR"}  # computed and digital radiography ("DR" is not standard, but some systems write it)
 FRONTAL_VIEWS = {"AP", "PA", ""}
 SMALLEST_SIDE = 128  # pixels; the archive's images are ~1000-2900 px a side, exports rarely under 256
 TRAINING_AGES = (1.0, 5.0)  # years, from the archive's description

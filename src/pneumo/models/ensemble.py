@@ -4,8 +4,9 @@ An ``Ensemble`` is an ``nn.Module`` like any registered model: it takes (B, 1, S
 [0, 1] at the largest member input size S and returns (B, classes) logits, so it is saved as a
 bundle, exported to ONNX, served, evaluated and adapted (AdaBN) without special cases. Inside,
 each member sees the image resized to its own input size by fixed area-averaging matrices
-(the same weights as OpenCV's ``INTER_AREA`` when shrinking, and plain matrix products in the
-ONNX graph), its logits are divided by its own validation temperature, and the members'
+(the weights of OpenCV's ``INTER_AREA`` when shrinking, and plain matrix products in the ONNX
+graph; a member smaller than the ensemble's input thus sees the file resized twice, to S and
+then to its size, which equals one resize only when S is a whole multiple of it), its logits are divided by its own validation temperature, and the members'
 probabilities are averaged. The returned logits are the log of that average, so the bundle's
 own temperature (fitted on validation after averaging) applies on top as for any model.
 
@@ -33,7 +34,8 @@ __all__ = ["ENSEMBLE_NAME", "Ensemble", "area_resize_matrix", "build_ensemble", 
 
 ENSEMBLE_NAME = "ensemble"
 COMBINATION = ("mean of the members' temperature-scaled probabilities (each member at its own input size, "
-               "resized inside the model by area averaging); logits = log of that mean")
+               "resized inside the model by area averaging; over every test-time view, if any); logits = log of "
+               "that mean")
 
 
 def area_resize_matrix(source: int, target: int) -> np.ndarray:
@@ -157,6 +159,25 @@ def build_ensemble(metadata: dict) -> Ensemble:
                     views=tuple(metadata["ensemble"].get("views", (1.0,))))
 
 
+def split_identity(metadata: dict) -> dict:
+    """What says which split a model was trained on: the options that made it (method or file, seed,
+    fractions) and, where the bundle records it, the hash of its roles."""
+    training = metadata.get("training", {})
+    config = training.get("config", {})
+    identity = {"split": training.get("split"), "split_file": Path(config.get("split_file") or "").name,
+                **{key: config.get(key) for key in ("split_seed", "val_fraction", "holdout")}}
+    if training.get("split_sha256"):
+        identity["split_sha256"] = training["split_sha256"]
+    return identity
+
+
+def same_split(a: dict, b: dict) -> bool:
+    """Two split identities agree: by their roles' hash when both have one, else by the options."""
+    if "split_sha256" in a and "split_sha256" in b:
+        return a["split_sha256"] == b["split_sha256"]
+    return {k: v for k, v in a.items() if k != "split_sha256"} == {k: v for k, v in b.items() if k != "split_sha256"}
+
+
 def ensemble_from_bundles(bundles: list, *, views: tuple[float, ...] = (1.0,)) -> tuple[Ensemble, dict]:
     """An ensemble of loaded bundles (their trained networks, not copies) and the metadata that describes it.
 
@@ -174,9 +195,9 @@ def ensemble_from_bundles(bundles: list, *, views: tuple[float, ...] = (1.0,)) -
             raise ModelFileError(f"{bundle.path}: classes {bundle.classes} differ from {first.path}'s {first.classes}")
         if bundle.metadata.get("model_name") == ENSEMBLE_NAME or first.metadata.get("model_name") == ENSEMBLE_NAME:
             raise ModelFileError(f"{bundle.path}: an ensemble cannot be a member; pass its members instead")
-        split, first_split = (b.metadata.get("training", {}).get("split") for b in (bundle, first))
-        if split != first_split:
-            raise ModelFileError(f"{bundle.path} was trained on split {split!r} and {first.path} on {first_split!r}: "
+        split, first_split = split_identity(bundle.metadata), split_identity(first.metadata)
+        if not same_split(split, first_split):
+            raise ModelFileError(f"{bundle.path} was trained on split {split} and {first.path} on {first_split}: "
                                  "members must share their training split, or validation would see training images")
     members = [member_description(b.metadata, b.file_sha256) for b in bundles]
     ensemble = Ensemble([b.model for b in bundles], names=[m["model_name"] for m in members],

@@ -23,16 +23,17 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumo import DISCLAIMER, __version__
-from pneumo.errors import ImageReadError
+from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.predict import Predictor
 from pneumo.serving.batching import MicroBatcher
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+MULTIPART_FRAMING = 64 * 1024  # bytes a request may carry beyond its file (boundaries, headers)
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,15 @@ class ServerSettings:
     model_details: bool = False
 
     def __post_init__(self):
-        for name, low in (("max_bytes", 1), ("decoders", 1), ("rate_limit", 0), ("max_batch", 1), ("batch_wait_ms", 0)):
-            if getattr(self, name) < low:
-                raise ValueError(f"The '{name}' server setting must be >= {low}. Got {getattr(self, name)} instead.")
+        for name, option, low in (("max_bytes", "--max-mb", 1), ("max_decoded_bytes", "--max-image-mb", 1),
+                                  ("decoders", "--decoders", 1), ("rate_limit", "--rate-limit", 0),
+                                  ("max_batch", "--max-batch", 1), ("batch_wait_ms", "--batch-wait-ms", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"The '{name}' server setting ({option}) must be >= {low}. Got {value} instead.")
         if self.api_key is not None and len(self.api_key) < 16:
-            raise ValueError("The API key must have at least 16 characters (e.g. python -c 'import secrets; "
-                             "print(secrets.token_urlsafe())'). Got a shorter one instead.")
+            raise ValueError("The API key (--api-key or PNEUMO_API_KEY) must have at least 16 characters (e.g. "
+                             "python -c 'import secrets; print(secrets.token_urlsafe())'). Got a shorter one instead.")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -147,14 +151,18 @@ class RateLimit:
     def __init__(self, per_minute: int):
         self.per_minute = per_minute
         self._seen: dict[str, deque] = defaultdict(deque)
+        self._purged = 0.0
         self._lock = threading.Lock()
 
     def wait_time(self, client: str) -> float:
         """0 when the request may go ahead (and it is counted), else seconds until it may."""
         now = time.monotonic()
         with self._lock:
-            if len(self._seen) > 10_000:  # forget clients idle for a minute, so that the table stays small
+            if len(self._seen) > 10_000 and now - self._purged > 1:
+                # Forget clients idle for a minute, so that the table stays small; at most once a second,
+                # so that a flood of new addresses cannot make every request pay for it.
                 self._seen = defaultdict(deque, {c: s for c, s in self._seen.items() if s and now - s[-1] < 60})
+                self._purged = now
             seen = self._seen[client]
             while seen and now - seen[0] >= 60:
                 seen.popleft()
@@ -171,30 +179,42 @@ def _guard(settings: ServerSettings):
     origins = set(settings.cors_origins)
 
     async def guard(request: Request, call_next):
-        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+        host = _host_name(request.headers.get("host", ""))
         if hosts and host not in hosts:
             return _error(400, f"Host {host!r} is not served here; allowed: {', '.join(sorted(hosts))}")
         origin = request.headers.get("origin")
         same_origin = origin is not None and origin.split("://", 1)[-1].lower() == request.headers.get("host", "").lower()
         if origin and not same_origin and origin not in origins:
             return _error(403, f"cross-origin requests from {origin} are not allowed (see --cors-origin)")
+        allowed = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin in origins else {}
+        if request.method == "OPTIONS" and allowed:  # a browser's preflight, before a call with the key header
+            return Response(status_code=204, headers={
+                **allowed, "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": "X-API-Key, Authorization, Content-Type", "Access-Control-Max-Age": "600"})
+        refusal = None
         if request.url.path.startswith("/v1/"):
             if settings.api_key is not None and not _has_key(request, settings.api_key):
-                return JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
-                                     "disclaimer": DISCLAIMER}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-            if limiter is not None:
+                refusal = JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
+                                        "disclaimer": DISCLAIMER}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            elif limiter is not None:
                 wait = limiter.wait_time(request.client.host if request.client else "unknown")
                 if wait:
-                    return JSONResponse({"error": f"rate limit of {settings.rate_limit} requests a minute reached; "
-                                                  f"retry in {wait:.0f} s", "disclaimer": DISCLAIMER},
-                                        status_code=429, headers={"Retry-After": str(int(wait) + 1)})
-        response = await call_next(request)
-        if origin and origin in origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
+                    refusal = JSONResponse({"error": f"rate limit of {settings.rate_limit} requests a minute reached; "
+                                                     f"retry in {wait:.0f} s", "disclaimer": DISCLAIMER},
+                                           status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+        response = refusal or await call_next(request)
+        response.headers.update(allowed)  # so that an allowed page can read answers and refusals alike
         return response
 
     return guard
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header, without the port: ``example.org:8000``, ``[::1]:8000`` and ``[::1]`` alike."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def _has_key(request: Request, key: str) -> bool:
@@ -228,8 +248,9 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
     page = resources.files("pneumo.serving").joinpath("static/index.html").read_text()
     page = page.replace("{{API_KEY_FIELD}}", "hidden" if settings.api_key is None else "")
     max_bytes = settings.max_bytes
-    # Multipart framing around the file is small; the file itself is checked against max_bytes below.
-    app.add_middleware(BodyLimit, max_bytes=max_bytes + 64 * 1024)
+    # The request may exceed the file by its multipart framing; the file itself is checked against max_bytes below.
+    max_body = max_bytes + MULTIPART_FRAMING
+    app.add_middleware(BodyLimit, max_bytes=max_body)
     app.middleware("http")(_guard(settings))
     _serve_docs_offline(app)
 
@@ -248,8 +269,8 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
-            return _error(413, f"request body of {int(length):,} bytes is over the limit of {max_bytes:,} bytes")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            return _error(413, f"request body of {int(length):,} bytes is over the limit of {max_body:,} bytes")
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -288,6 +309,10 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
         image, info = decoded
         prediction = (await asyncio.wrap_future(batcher.submit(name, image))).describe_input(info)
         overlay = await run_in_threadpool(explain, prediction) if gradcam else None
+        if isinstance(overlay, str):  # no PyTorch model to take gradients of: the answer without its picture
+            overlay, unavailable = None, overlay
+        else:
+            unavailable = ""
         body = {
             **prediction.as_dict(), "decision_rule": predictor.rule,
             "model": {"id": predictor.model_id, "sha256": predictor.sha256}, "disclaimer": DISCLAIMER,
@@ -296,6 +321,8 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             from pneumo.explain.gradcam import png_bytes
 
             body["gradcam_png"] = base64.b64encode(png_bytes(overlay)).decode()
+        if unavailable:
+            body["gradcam_unavailable"] = unavailable
         return body
 
     def decode(file: UploadFile, name: str):
@@ -308,8 +335,12 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             return _error(error.status, str(error))
 
     def explain(prediction):
-        with model_lock:
-            return predictor.explain([prediction])[0]
+        """The Grad-CAM overlay, or why there is none (an ONNX file served without its PyTorch bundle)."""
+        try:
+            with model_lock:
+                return predictor.explain([prediction])[0]
+        except ModelFileError as error:
+            return f"Grad-CAM needs the PyTorch bundle beside the ONNX file ({error})"
 
     return app
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -36,7 +37,7 @@ class MicroBatcher:
         if max_wait < 0:
             raise ValueError(f"The 'max_wait' of MicroBatcher must be >= 0. Got {max_wait} instead.")
         self.classify, self.max_batch, self.max_wait = classify, max_batch, max_wait
-        self.batch_sizes: list[int] = []  # every batch classified, for tests and benchmarks
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest batches' sizes, for tests and benchmarks
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="pneumo-batcher", daemon=True)
         self._thread.start()
@@ -64,12 +65,16 @@ class MicroBatcher:
                     self._queue.put(None)  # seen again by the outer loop, after this batch
                     break
                 batch.append(item)
+            # A request that gave up (its client left) cancelled its future: skip it, and never fail on it.
+            batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
+            if not batch:
+                continue
             self.batch_sizes.append(len(batch))
             try:
                 answers = self.classify([name for name, _, _ in batch], [image for _, image, _ in batch])
+                for (_, _, future), answer in zip(batch, answers, strict=True):
+                    future.set_result(answer)
             except Exception as error:  # handed to every waiting request, which reports it
                 for _, _, future in batch:
-                    future.set_exception(error)
-            else:
-                for (_, _, future), answer in zip(batch, answers):
-                    future.set_result(answer)
+                    if not future.done():
+                        future.set_exception(error)

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from pneumo.config import TrainConfig
 from pneumo.data.cache import PreparedData, prepare_folder
-from pneumo.data.splits import Split, load_split, make_split, save_split
+from pneumo.data.splits import Split, load_split, make_split, save_split, split_sha256
 from pneumo.errors import PneumoError
 from pneumo.models.bundle import BUNDLE_NAME, save_bundle
 from pneumo.training.callbacks import AtomicCheckpointIO, History, ThroughputBar
@@ -226,7 +226,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
             "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
             "train_class_counts": np.bincount(prepared.labels[train_idx], minlength=3).tolist(),
-            "split": split.method, "patient_overlap": overlap,
+            "split": split.method, "split_sha256": split_sha256(split, prepared), "patient_overlap": overlap,
             "config": config.to_dict(),
         }
         model_id = run_dir.name if run_dir.name.startswith(config.model) else f"{config.model}-{run_dir.name}"
