@@ -95,6 +95,12 @@ def test_members_must_share_their_split_and_be_two_or_more(tmp_path):
                 **dict(carried_metadata(second.metadata), training={"split": "made by pneumo (seed 7)"}))
     with pytest.raises(ModelFileError, match="members must share their training split"):
         ensemble_from_bundles([first, load_bundle(other)])
+    # The same method but another split seed: another split.
+    reseeded = tmp_path / "reseeded" / "model.pt"
+    save_bundle(reseeded, second.model, model_name="cnn", size=64, **dict(
+        carried_metadata(second.metadata), training={"split": "file:internal.csv", "config": {"split_seed": 7}}))
+    with pytest.raises(ModelFileError, match="members must share their training split"):
+        ensemble_from_bundles([first, load_bundle(reseeded)])
 
 
 def invoke(*args):
