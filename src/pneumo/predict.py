@@ -82,6 +82,16 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
+def read_for_model(source: str, size: int, data: bytes | None = None, *, max_decoded_bytes: int | None = None
+                   ) -> tuple[np.ndarray, ImageInfo]:
+    """One file (or its bytes) as the (size, size) uint8 image a model takes, with its ImageInfo; raises ImageReadError."""
+    if data is not None:
+        image, info = decode_image(data, source, max_decoded_bytes=max_decoded_bytes)
+    else:
+        image, info = read_image(source, max_decoded_bytes=max_decoded_bytes)
+    return resize(image, size), info
+
+
 def load_images(files: list[str], size: int, *, workers: int = 4
                 ) -> tuple[list[tuple[str, np.ndarray, ImageInfo]], list[tuple[str, str]]]:
     """Read and resize files in threads, in order: ([(file, (size, size) uint8 image, its ImageInfo)],
@@ -89,8 +99,7 @@ def load_images(files: list[str], size: int, *, workers: int = 4
 
     def load(source: str) -> tuple[np.ndarray, ImageInfo] | str:
         try:
-            image, info = read_image(source)
-            return resize(image, size), info
+            return read_for_model(source, size)
         except ImageReadError as error:
             return error.reason
 
@@ -214,11 +223,7 @@ class Predictor:
 
         ``max_decoded_bytes`` overrides the readers' limit on the decoded image size.
         """
-        if data is not None:
-            image, info = decode_image(data, source, max_decoded_bytes=max_decoded_bytes)
-        else:
-            image, info = read_image(source, max_decoded_bytes=max_decoded_bytes)
-        return resize(image, self.size), info
+        return read_for_model(source, self.size, data, max_decoded_bytes=max_decoded_bytes)
 
     def predict_images(self, sources: list[str], images: list[np.ndarray], *, adapt: bool | str = False) -> list[Prediction]:
         if not images:
