@@ -94,11 +94,45 @@ def prior_shift_section(shifts: dict) -> list[str]:
     return lines
 
 
+def ensemble_section() -> list[str]:
+    """Backbones and ensembles on validation (scripts/ensemble_study.py), and the shipped ensemble's test figures."""
+    study = REPO / "benchmarks" / "ensembles"
+    if not (study / "ensembles.md").is_file():
+        return []
+    rows = json.loads((study / "ensembles.json").read_text())
+    lines = ["## Backbones and ensembles (validation)", "",
+             "Every seed of the two CPU recipes alone, every pair, each recipe's three seeds and all six, with and "
+             "without a test-time zoom-out view (0.9), on the 869 validation images (`scripts/ensemble_study.py`): "
+             "members' probabilities after their own validation temperature, averaged; decisions by the most "
+             "probable class; stress = the battery's middle severities. Sorted by accuracy.", ""]
+    for recipe in ("pneumo-mobilenet-size-224-acquisition", "pneumo-efficientnet-lite0"):
+        singles = [row for name, row in rows.items() if name.startswith(recipe + "-s") and len(row["members"]) == 1
+                   and not row.get("tta")]
+        if singles:
+            accuracy = [row["accuracy"] for row in singles]
+            worst = [row["worst_middle_accuracy"] for row in singles]
+            mean = sum(accuracy) / len(accuracy)
+            sd = (sum((a - mean) ** 2 for a in accuracy) / max(len(accuracy) - 1, 1)) ** 0.5
+            lines.append(f"- {recipe}: {len(singles)} seeds, validation accuracy {mean:.3f} ± {sd:.3f}; worst middle "
+                         f"accuracy {min(worst):.3f} to {max(worst):.3f}.")
+    lines += ["", (study / "ensembles.md").read_text().rstrip(), ""]
+    metrics_file = REPO / "models" / "pneumo-ensemble" / "metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        lines += [f"### pneumo-ensemble on the internal test split ({metrics['images']} images, {metrics['patients']} "
+                  "patients), at its operating point", "", "| Metric | Value (95% CI) |", "|---|---|"]
+        for name, label in SHOWN + (("macro_auc", "Macro AUC"), ("bacterial_viral_auc", "Bacterial vs viral AUC")):
+            lines.append(f"| {label} | {ci_text(metrics, name)} |")
+        lines.append("")
+    return lines
+
+
 def render() -> str:
-    """benchmarks/accuracy.md: the introduction, then one section per model with a levers.json."""
+    """benchmarks/accuracy.md: the introduction, one section per model with a levers.json, then the ensembles."""
     body = [(REPO / "benchmarks" / "accuracy_intro.md").read_text().rstrip(), ""]
     for folder in sorted(p.parent for p in (REPO / "models").glob("*/levers.json")):
         body += section(folder)
+    body += ensemble_section()
     return "\n".join(body)
 
 

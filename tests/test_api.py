@@ -13,15 +13,19 @@ from pneumo.errors import ImageReadError, ModelFileError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_readme_snippet_runs(shared_images, monkeypatch):
-    """The README's Python example, executed as written, on a real image."""
+def test_the_readme_snippet_runs(shared_images, tmp_path, monkeypatch, capsys):
+    """The README's Python example, executed as written, from another folder, on a real image."""
     readme = (REPO / "README.md").read_text()
     snippet = re.search(r"```python\n(import pneumo\n.*?)```", readme, re.S).group(1)
-    monkeypatch.chdir(REPO)
+    image = tmp_path / "path" / "to" / "xray.jpeg"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(shared_images[-1].read_bytes())
+    monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(snippet.replace("path/to/xray.jpeg", str(shared_images[-1])), namespace)
+    exec(compile(snippet, "README.md", "exec"), namespace)
     result = namespace["result"]
     assert result.label in ("NORMAL", "Bacterial Pneumonia", "Viral Pneumonia") and result.reason
+    assert re.search(r"^(NORMAL|Bacterial Pneumonia|Viral Pneumonia) \{'normal': ", capsys.readouterr().out)
 
 
 def test_arrays_pil_images_and_paths_give_the_same_answer(shared_images):

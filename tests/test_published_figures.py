@@ -45,21 +45,3 @@ def test_a_combined_lever_is_compared_with_the_lever_it_builds_on():
     assert reference_of("size-224-stronger-augmentation", levers) == "size-224"
     assert reference_of("stronger-augmentation", levers) == "baseline"
     assert reference_of("size-224", levers) == "baseline"
-
-
-def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    """The Quick start's Python block, run as written on a real-format image."""
-    import re
-
-    from tests.conftest import jpeg_bytes, xray_like
-
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    example = next(block for block in blocks if "Predictor" in block)
-    image = tmp_path / "path" / "to" / "xray.jpeg"
-    image.parent.mkdir(parents=True)
-    image.write_bytes(jpeg_bytes(xray_like(7, 224)))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").symlink_to(REPO / "models")
-    exec(compile(example, "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    assert re.search(r"^(NORMAL|Bacterial Pneumonia|Viral Pneumonia) \{'normal': ", printed), printed
