@@ -6,7 +6,7 @@
 The choice follows scripts/README.md, on validation only: the candidate of two or more runs
 (with or without test-time views) whose weights total at most MAX_WEIGHTS_MB with the highest
 validation accuracy, shipped only if it beats the best single run. Each member is calibrated in its run folder first
-(``calibrate_bundle``: temperature and the stress-proof operating point on validation), the
+(``calibrate_bundle``: its temperature on validation; its own operating point is never used), the
 ensemble is assembled by ``write_ensemble`` (its own temperature and operating point), and the
 internal test role of splits/internal.csv is evaluated once, with the stress battery, for the
 card and the README.
@@ -73,7 +73,9 @@ def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> N
         member = load_bundle(run)
         member_val = val if member.size == size else select_images(
             Path(data), size=member.size, cache_dir=Path(cache), role="val", split_file=SPLIT)[0]
-        calibrate_bundle(member.path, member_val.images, member_val.labels, target=TARGET_SENSITIVITY, source=source)
+        # Only the member's temperature matters inside the ensemble; its own operating point is never used.
+        calibrate_bundle(member.path, member_val.images, member_val.labels, target=TARGET_SENSITIVITY, source=source,
+                         stress=False)
     out = REPO / "models" / NAME
     out.mkdir(parents=True, exist_ok=True)
     written = write_ensemble([load_bundle(run) for run in runs], out, val.images, val.labels, name=NAME, source=source,
