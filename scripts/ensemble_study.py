@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumo.allocator import keep_freed_memory
 from pneumo.data.acquisition import affine
 from pneumo.evaluation.evaluate import select_images
 from pneumo.evaluation.metrics import bootstrap, decide, summarize
@@ -161,4 +162,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # ~3x faster PyTorch inference on a CPU (pneumo.allocator)
     main()

@@ -19,6 +19,17 @@ SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet.pth
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+# Fixtures that read the shared training split: a test that uses one is an integration test, so that
+# ``pytest -m "not integration"`` runs the rest on a machine without the data.
+SHARED_FIXTURES = {"shared_data", "shared_images", "shared_weights", "tiny_run", "tiny_run_b"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 def xray_like(seed: int, size: int = 96) -> np.ndarray:
     """A gray uint8 image with some structure (so JPEG and resizing have work to do)."""
     rng = np.random.default_rng(seed)
@@ -31,10 +42,12 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
     return cv2.imencode(".jpeg", image)[1].tobytes()
 
 
-def write_archive(root: Path, *, normal: int = 4, bacteria: int = 4, virus: int = 4, split: str = "train") -> Path:
+def write_archive(root: Path, *, normal: int = 4, bacteria: int = 4, virus: int = 4, split: str = "train",
+                  first: int = 0) -> Path:
     """An archive-layout folder ``root/<split>/{NORMAL,PNEUMONIA}`` with synthetic JPEGs.
 
-    Two images per patient, so that patient grouping matters.
+    Two images per patient, so that patient grouping matters. ``first`` shifts the image and patient
+    numbers, so that two calls (a train and a test folder) make different images of different patients.
     """
     for folder, count, name in (("NORMAL", normal, "IM-{p:04d}-{i:04d}.jpeg"),
                                 ("PNEUMONIA", bacteria, "person{p}_bacteria_{i}.jpeg"),
@@ -42,7 +55,7 @@ def write_archive(root: Path, *, normal: int = 4, bacteria: int = 4, virus: int 
         target = root / split / folder
         target.mkdir(parents=True, exist_ok=True)
         offset = {"NORMAL": 0, "PNEUMONIA": 1000 if "bacteria" in name else 2000}[folder]
-        for i in range(count):
+        for i in range(first, first + count):
             patient = offset + i // 2
             path = target / name.format(p=patient, i=i)
             path.write_bytes(jpeg_bytes(xray_like(offset + i)))

@@ -42,4 +42,4 @@ def test_predict_outputs_carry_the_reason_and_argmax_is_available(tmp_path):
     assert argmax["predictions"][0]["reason"].endswith(")") and "most probable class" in argmax["predictions"][0]["reason"]
     assert argmax["decision_rule"] == "the most probable class"
     csv_text = runner.invoke(app, ["predict", "--model", model, "--csv", str(image)]).stdout
-    assert csv_text.splitlines()[0] == "file,class,p_normal,p_bacterial,p_viral,p_pneumonia,reason,error"
+    assert csv_text.splitlines()[0].startswith("file,class,p_normal,p_bacterial,p_viral,p_pneumonia,reason,warnings,")

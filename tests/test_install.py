@@ -29,4 +29,4 @@ def test_a_built_wheel_carries_the_default_model(tmp_path, shared_images):
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert answer.returncode == 0, answer.stderr[-2000:]
     result = json.loads(answer.stdout)
-    assert result["model"] == "pneumo-mobilenet" and result["predictions"][0]["class"]
+    assert result["model"] == "pneumo-ensemble" and result["predictions"][0]["class"]

@@ -91,11 +91,11 @@ def test_expand_inputs_walks_folders(tmp_path):
 
 
 def test_shipped_model_is_the_default(shared_images):
-    """`pneumo predict` without --model uses models/pneumo-mobilenet, which is in the repository."""
+    """`pneumo predict` without --model uses models/pneumo-ensemble, which is in the repository."""
     result = runner.invoke(app, ["predict", "--json", str(shared_images[0])])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
-    assert answer["model"] == "pneumo-mobilenet"
+    assert answer["model"] == "pneumo-ensemble"
     onnx = runner.invoke(app, ["predict", "--json", "--backend", "onnx", str(shared_images[0])])
     assert json.loads(onnx.stdout)["predictions"][0]["class"] == answer["predictions"][0]["class"]
 

@@ -20,7 +20,7 @@ def load_script(name: str):
 
 
 def test_there_are_shipped_models():
-    assert {p.name for p in SHIPPED} == {"pneumo-cnn", "pneumo-mobilenet"}
+    assert {p.name for p in SHIPPED} == {"pneumo-cnn", "pneumo-ensemble", "pneumo-mobilenet"}
 
 
 def test_accuracy_md_is_exactly_what_the_report_script_writes():

@@ -1,7 +1,7 @@
 """The Python API: ``pneumo.load(...)`` then ``model.predict(...)``.
 
     >>> import pneumo
-    >>> model = pneumo.load("pneumo-mobilenet")          # or a run folder, a bundle, an .onnx file
+    >>> model = pneumo.load()                            # the default; or a name, a run folder, a bundle, an .onnx file
     >>> result = model.predict("xray.jpeg")               # or an array, a PIL image, a list of them
     >>> result.label, result.p_pneumonia, result.reason
 
@@ -25,12 +25,12 @@ from pneumo.predict import Prediction, Predictor
 __all__ = ["Model", "load"]
 
 
-def load(model: str | Path = "pneumo-mobilenet", *, backend: str = "auto",
+def load(model: str | Path = "pneumo-ensemble", *, backend: str = "auto",
          decision: str = "operating-point") -> "Model":
     """Load a model for prediction.
 
     Args:
-        model: a shipped model's name (``pneumo-mobilenet``, ``pneumo-cnn``, ...), a run folder,
+        model: a shipped model's name (``pneumo-ensemble``, the default; ``pneumo-mobilenet``, ``pneumo-cnn``), a run folder,
             a ``model.pt`` bundle, a model folder or an exported ``.onnx`` file.
         backend: ``auto`` (ONNX Runtime where the model has an export), ``torch`` or ``onnx``.
         decision: ``operating-point`` (the model's threshold on P(pneumonia)) or ``argmax``.

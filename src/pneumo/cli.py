@@ -549,7 +549,7 @@ def report(
 @app.command()
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx (default: the shipped pneumo-mobilenet).")] = paths.default_model(),
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx (default: the shipped pneumo-ensemble).")] = paths.default_model(),
     backend: Annotated[str, typer.Option(help="torch, onnx (the model.onnx beside the bundle; faster on a CPU) or auto (onnx where there is one).")] = "torch",
     gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
     cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
@@ -769,7 +769,7 @@ def export(
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle or models/ folder (default: the shipped pneumo-mobilenet).")] = paths.default_model(),
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle or models/ folder (default: the shipped pneumo-ensemble).")] = paths.default_model(),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     backend: Annotated[str, typer.Option(help="auto (ONNX Runtime where the model has an export), torch or onnx.")] = "auto",

@@ -6,7 +6,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-DEFAULT_MODEL = "pneumo-mobilenet"
+DEFAULT_MODEL = "pneumo-ensemble"  # the best shipped model on validation and stress (scripts/README.md)
 
 
 def data_dir() -> Path:
@@ -36,7 +36,7 @@ def shipped_models() -> list[str]:
 
 
 def default_model() -> Path:
-    """``$PNEUMO_MODEL``, else the shipped pneumo-mobilenet."""
+    """``$PNEUMO_MODEL``, else the shipped default model (DEFAULT_MODEL)."""
     return Path(os.environ.get("PNEUMO_MODEL", models_dir() / DEFAULT_MODEL))
 
 

@@ -53,6 +53,6 @@ def test_an_onnx_file_beside_another_models_bundle_is_refused(copy_of):
 
 
 def test_the_shipped_files_pass_their_own_checks():
-    for name in ("pneumo-cnn", "pneumo-mobilenet"):
+    for name in ("pneumo-cnn", "pneumo-ensemble", "pneumo-mobilenet"):
         assert Predictor(SHIPPED / name, backend="onnx").model_id == name
         assert load_bundle(SHIPPED / name).model_id == name

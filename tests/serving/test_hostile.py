@@ -99,7 +99,8 @@ REFUSED = [
     ("png-named.dcm", lambda: cv2.imencode(".png", xray_like(1, 64))[1].tobytes(), 422, "not a readable DICOM image"),
     ("[bold red]markup.jpeg", lambda: b"text", 415, "not a recognised image"),
     ("../../etc/passwd", lambda: b"root:x:0:0", 415, "not a recognised image"),
-    ("oversized.jpeg", lambda: b"\xff\xd8" + b"\x00" * (LIMIT + 10), 413, "request body of"),
+    ("oversized.jpeg", lambda: b"\xff\xd8" + b"\x00" * (LIMIT + 10), 413, "file is over the limit of 2,000,000 bytes"),
+    ("huge-body.jpeg", lambda: b"\xff\xd8" + b"\x00" * (LIMIT + 100_000), 413, "request body of"),
 ]
 
 ACCEPTED = [

@@ -45,7 +45,7 @@ def test_study_cnn_command_end_to_end(shared_data, cache_dir, tmp_path):
     assert TrainConfig.from_yaml(run_dir / "config.yaml").lr == 1e-3  # the study's defaults
     # Where the time went: each phase of train(), in order; fit holds every epoch.
     phases = json.loads((run_dir / "summary.json").read_text())["phase_seconds"]
-    assert list(phases) == ["environment", "data", "model", "fit", "bundle"]
+    assert list(phases) == ["data", "model", "environment", "fit", "bundle"]
     assert phases["fit"] >= sum(float(row["seconds"]) for row in rows) > 0
     assert "seconds: start-up" in result.output
     # Refuses to overwrite an existing run.

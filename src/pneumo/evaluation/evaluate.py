@@ -173,8 +173,9 @@ def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed:
                                 seed=seed, threshold=threshold)
     metrics.update(
         model_id=bundle.model_id, model_name=bundle.metadata["model_name"], model_sha256=bundle.file_sha256,
-        size=bundle.size, training={key: bundle.metadata.get("training", {}).get(key)
-                                    for key in ("epochs_run", "epoch", "train_seconds_total", "train_images")},
+        size=bundle.size, training={**{key: bundle.metadata.get("training", {}).get(key)
+                                       for key in ("epochs_run", "epoch", "train_seconds_total", "train_images")},
+                                    "pretrained": bundle.metadata.get("training", {}).get("config", {}).get("pretrained")},
         data=source, patients=int(len(set(predictions.patients))), bootstrap={"resamples": resamples, "seed": seed,
         "unit": "patient", "level": 0.95}, seconds=round(time.perf_counter() - started, 3), disclaimer=DISCLAIMER,
         **info,

@@ -95,12 +95,11 @@ SHORT_RUN_EPOCHS = 10
 def run_flags(metrics: dict) -> list[str]:
     """What a reader must know before comparing a run's figures: too short to mean much, or no ImageNet start."""
     training = metrics.get("training") or {}
-    config = training.get("config") or {}
     flags = []
     epochs = training.get("epochs_run")
     if isinstance(epochs, int) and epochs < SHORT_RUN_EPOCHS:
         flags.append(f"demo-sized: {epochs} epoch(s) (the study trained its cnn for 100 and MobileNet for 50)")
-    if config and config.get("model") != "cnn" and not config.get("pretrained"):
+    if metrics.get("model_name") not in ("cnn", "ensemble") and "pretrained" in training and not training["pretrained"]:
         flags.append("trained from scratch: no ImageNet weights (--pretrained), so far below what the architecture can do")
     return flags
 

@@ -160,8 +160,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     primary = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     if primary and run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise PneumoError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, or choose another --name")
-    # Everything that can fail on the user's input (data, split, model, pretrained weights) comes
-    # before the run folder is written, so that a failed start leaves nothing behind.
+    # Everything that can fail on the user's input (data, split, model, pretrained weights, trainer
+    # options) comes before the run folder is written, so that a failed start leaves nothing behind.
     L.seed_everything(config.seed, workers=True, verbose=False)
     prepared = prepare_folder(Path(config.data), size=config.size, cache_dir=Path(config.cache_dir)).data
     split = choose_split(config, prepared)
@@ -174,13 +174,6 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     weights = class_weights(prepared.labels[train_idx], config.class_weights)
     module = Classifier(config.to_dict(), weights.tolist() if weights is not None else None)
     datamodule = XrayDataModule(prepared, train_idx, val_idx, config.batch_size, config.seed)
-    if primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_NAME)
-        (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
-        save_split(run_dir / "split.csv", split, prepared)
-    laps.lap("environment")  # on a GPU, includes starting CUDA
-
     history = History(run_dir)
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
@@ -198,6 +191,12 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         enable_model_summary=False, log_every_n_steps=1,
     )
     laps.lap("model")
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_NAME)
+        (run_dir / "environment.yaml").write_text(yaml.safe_dump(environment(), sort_keys=False))
+        save_split(run_dir / "split.csv", split, prepared)
+    laps.lap("environment")  # on a GPU, includes starting CUDA
     with warnings.catch_warnings():
         # Lightning suggests DataLoader workers; batches are in-memory uint8 tensors, workers would only add IPC.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
