@@ -2,7 +2,7 @@
 
     python benchmarks/evaluate_speed.py --model runs/x [--backend onnx]
 
-Target (issue 4): under 10 s on the 2-core CPU. 624 internal-test images stand in for the
+Target: under 10 s on the 2-core CPU. 624 internal-test images stand in for the
 archive's test split (same count), which is not available here.
 """
 

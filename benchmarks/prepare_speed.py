@@ -2,7 +2,7 @@
 
     python benchmarks/prepare_speed.py [DATA] [--size 128]
 
-Target (issue 2): the 5216 shared training images at 128x128 in under 10 s on the 2-core
+Target: the 5216 shared training images at 128x128 in under 10 s on the 2-core
 machine; a second run with the same settings under 1 s.
 """
 
