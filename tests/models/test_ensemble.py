@@ -130,7 +130,9 @@ def test_ensemble_command_works_wherever_a_model_works(tiny_run, tiny_run_b, sha
     for a, b in zip(torch_answers, onnx_answers):
         assert a.label == b.label and a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
     averaged, second = torch_predictor.explain(torch_answers[:2]), torch_predictor.explain(torch_answers[:2], member=1)
-    assert averaged[0].shape == second[0].shape and not np.array_equal(averaged[0], second[0])
+    # The same picture size below the caption (which names the member, so may wrap differently), other heatmaps.
+    assert averaged[0].shape[1:] == second[0].shape[1:]
+    assert not np.array_equal(averaged[0][-400:], second[0][-400:])
     with pytest.raises(ValueError, match=r"'member' \(--cam-member\) must be in 0..1. Got 2 instead"):
         torch_predictor.explain(torch_answers[:1], member=2)
 
