@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pneumo.errors import DataLayoutError, ImageReadError
+from pneumo.files import atomic_path
 from pneumo.labels import BACTERIAL, CLASSES, VIRAL, LabelError, class_from_name, class_index, patient_id
 from pneumo.data.readers import probe, read_bytes
 
@@ -292,13 +293,10 @@ def organize(src: Path, dest: Path, progress: Callable[[int, int], None] | None 
 
 def write_manifest(path: Path, records: Iterable[Record]) -> None:
     """Write the manifest atomically (a killed run leaves the old one or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}{_TMP_SUFFIX}")
-    with temporary.open("w", newline="") as handle:
+    with atomic_path(path, suffix=_TMP_SUFFIX) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
         writer.writerows(record.row() for record in records)
-    os.replace(temporary, path)
 
 
 def read_manifest(path: Path) -> list[Record]:

@@ -22,6 +22,7 @@ import numpy as np
 from pneumo.data.archive import Problem, Record
 from pneumo.data.readers import load_for_model
 from pneumo.errors import ImageReadError
+from pneumo.files import atomic_path, atomic_write
 
 #: Bump when the preprocessing itself changes, so that old caches are rebuilt.
 PREPROCESSING_VERSION = 2  # 2: DICOM shown by its window or VOI LUT, 8-bit values as stored
@@ -181,17 +182,13 @@ def _write(folder: Path, images: np.ndarray, records: Sequence[Record], settings
     """Write the cache; key.json goes last, so a killed run leaves a cache that is rebuilt."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "key.json").unlink(missing_ok=True)
-    with open(folder / "images.npy.tmp", "wb") as handle:
+    with atomic_path(folder / "images.npy") as temporary, open(temporary, "wb") as handle:
         np.save(handle, images)
-    os.replace(folder / "images.npy.tmp", folder / "images.npy")
-    with (folder / "index.csv.tmp").open("w", newline="") as handle:
+    with atomic_path(folder / "index.csv") as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(INDEX_FIELDS)
         writer.writerows((r.path, r.split, r.label, r.patient, r.sha256) for r in records)
-    os.replace(folder / "index.csv.tmp", folder / "index.csv")
-    key = {"settings": settings, "rows": len(records)}
-    (folder / "key.json.tmp").write_text(json.dumps(key, indent=1))
-    os.replace(folder / "key.json.tmp", folder / "key.json")
+    atomic_write(folder / "key.json", json.dumps({"settings": settings, "rows": len(records)}, indent=1))
 
 
 def prepare_folder(

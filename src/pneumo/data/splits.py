@@ -7,7 +7,6 @@ inflates validation scores; ``grouped`` (the default) splits by patient, stratif
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from pneumo.data.cache import PreparedData
 from pneumo.errors import DataLayoutError
+from pneumo.files import atomic_path
 from pneumo.labels import CLASSES
 
 SPLIT_METHODS = ("grouped", "random")
@@ -106,14 +106,11 @@ def split_sha256(split: Split, data: PreparedData) -> str:
 
 def save_split(path: Path, split: Split, data: PreparedData) -> None:
     """Write the split as CSV (path, role, class, patient, sha256)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("path", "role", "class", "patient", "sha256"))
         for row in zip(data.paths, split.roles, data.labels, data.patients, data.sha256):
             writer.writerow((row[0], row[1], CLASSES[row[2]], row[3], row[4]))
-    os.replace(temporary, path)
 
 
 def load_split(path: Path, data: PreparedData, *, seed: int = -1) -> Split:

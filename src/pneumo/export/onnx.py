@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import onnx
 import onnx.numpy_helper
 import torch
 
+from pneumo.files import atomic_path
 from pneumo.models.bundle import Bundle
 
 OPSET = 17
@@ -27,10 +27,15 @@ METADATA_KEY = "pneumo"
 def export_onnx(bundle: Bundle, out: str | Path) -> Path:
     """Write ``bundle`` as ONNX to ``out`` (atomically) and return the path."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = bundle.model.eval()
     example = torch.rand(2, 1, bundle.size, bundle.size)
-    temporary = out.with_name(f".{out.name}.tmp")
+    with atomic_path(out) as temporary:
+        _export(model, example, temporary, bundle)
+    return out
+
+
+def _export(model, example: torch.Tensor, temporary: Path, bundle: Bundle) -> None:
+    """The graph with the bundle's metadata, checked, written to ``temporary``."""
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated but needs no onnxscript and handles these CNNs exactly.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -46,8 +51,6 @@ def export_onnx(bundle: Bundle, out: str | Path) -> Path:
     graph.doc_string = f"pneumo {metadata['model_name']}: research software, not a diagnostic device"
     onnx.checker.check_model(graph)
     onnx.save(graph, str(temporary))
-    os.replace(temporary, out)
-    return out
 
 
 def initializers_sha256(graph: onnx.ModelProto) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from pneumo.errors import ModelFileError
+from pneumo.files import atomic_path
 from pneumo.labels import CLASSES
 from pneumo.models.registry import create_model
 
@@ -100,11 +100,9 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
         "temperature": 1.0,
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, "version": VERSION, "metadata": json.dumps(metadata), "state_dict": state}, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save({"format": FORMAT, "version": VERSION, "metadata": json.dumps(metadata), "state_dict": state},
+                   temporary)
     return metadata
 
 

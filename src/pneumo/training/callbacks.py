@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import RichProgressBar
 
+from pneumo.files import atomic_path
+
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
@@ -19,10 +20,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file and renames it, so kill -9 never leaves a torn file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, temporary, storage_options)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            super().save_checkpoint(checkpoint, temporary, storage_options)
 
 
 class ThroughputBar(RichProgressBar):
@@ -90,13 +89,10 @@ class History(L.Callback):
             self._plot()
 
     def _write_csv(self) -> None:
-        path = self.run_dir / "history.csv"
-        temporary = path.with_name(".history.csv.tmp")
-        with temporary.open("w", newline="") as handle:
+        with atomic_path(self.run_dir / "history.csv") as temporary, temporary.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(temporary, path)
 
     def _plot(self) -> None:
         from pneumo.training.curves import plot_curves
