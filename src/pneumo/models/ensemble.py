@@ -6,8 +6,8 @@ bundle, exported to ONNX, served, evaluated and adapted (AdaBN) without special 
 each member sees the image resized to its own input size by fixed area-averaging matrices
 (the weights of OpenCV's ``INTER_AREA`` when shrinking, and plain matrix products in the ONNX
 graph; a member smaller than the ensemble's input thus sees the file resized twice, to S and
-then to its size, which equals one resize only when S is a whole multiple of it), its logits are divided by its own validation temperature, and the members'
-probabilities are averaged. The returned logits are the log of that average, so the bundle's
+then to its size, which equals one resize only when S is a whole multiple of it), its logits
+are divided by its own validation temperature, and the members' probabilities are averaged. The returned logits are the log of that average, so the bundle's
 own temperature (fitted on validation after averaging) applies on top as for any model.
 
 Optional test-time augmentation averages over views of the image too: zoomed copies made by
@@ -29,8 +29,8 @@ from torch import nn
 
 from pneumo.models.registry import create_model
 
-__all__ = ["ENSEMBLE_NAME", "Ensemble", "area_resize_matrix", "build_ensemble", "ensemble_from_bundles", "member_description",
-           "write_ensemble", "zoom_matrix"]
+__all__ = ["ENSEMBLE_NAME", "Ensemble", "area_resize_matrix", "build_ensemble", "ensemble_from_bundles",
+           "member_description", "same_split", "split_identity", "write_ensemble", "zoom_matrix"]
 
 ENSEMBLE_NAME = "ensemble"
 COMBINATION = ("mean of the members' temperature-scaled probabilities (each member at its own input size, "
