@@ -40,13 +40,13 @@ SPLIT = REPO / "splits" / "internal.csv"
 MIDDLE = [p for p in BATTERY if p.severity == "middle"]
 
 
-def member_logits(run: Path, data: str, cache: str, store: Path, view: float = 1.0
+def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0
                   ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """{"clean" | perturbation name: (N, K) logits} on validation, with the labels and patients.
+    """{"clean" | perturbation name: (N, K) logits} of ``run``'s loaded bundle on validation, with the labels
+    and patients.
 
     ``view`` != 1 gives the logits of each set zoomed by it (a test-time view, as ``pneumo ensemble --tta``).
     """
-    bundle = load_bundle(run)
     images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
     suffix = "" if view == 1.0 else f"-view{view:g}"
     # The cached logits belong to these weights, these validation images (by content and order) and this battery.
@@ -123,15 +123,16 @@ def main() -> None:
     store = REPO / "runs" / "ensemble-study"
     members, views, identity, labels, patients = {}, {}, {}, None, None
     for run in args.runs:
-        logits, labels, patients = member_logits(run, args.data, args.cache_dir, store)
+        bundle = load_bundle(run)
+        logits, labels, patients = member_logits(run, bundle, args.data, args.cache_dir, store)
         temperature = fit_temperature(logits["clean"], labels)
         members[run] = {key: softmax(value, temperature) for key, value in logits.items()}
         for view in args.tta:  # the same temperature: a view is an input, not another model
-            viewed = member_logits(run, args.data, args.cache_dir, store, view)[0]
+            viewed = member_logits(run, bundle, args.data, args.cache_dir, store, view)[0]
             views[run, view] = {key: softmax(value, temperature) for key, value in viewed.items()}
         members[run]["megabytes"] = (run / "model.pt").stat().st_size / 1e6
         identity[run.name] = {"path": str(run.resolve().relative_to(REPO) if run.resolve().is_relative_to(REPO) else run),
-                              "weights_sha256": load_bundle(run).metadata["weights_sha256"]}
+                              "weights_sha256": bundle.metadata["weights_sha256"]}
         print(f"{run.name}: temperature {temperature:.3f}", flush=True)
     rows = {}
     keys = [key for key in members[args.runs[0]] if key != "megabytes"]

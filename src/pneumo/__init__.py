@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 DISCLAIMER = "Research software, not a diagnostic device: do not use for clinical decisions."
 
 
-def load(model="pneumo-ensemble", **options):
+def load(model=None, **options):
     """Load a model: a shipped name, a run folder, a bundle or an .onnx file; see ``pneumo.api.load``.
 
     >>> model = pneumo.load()  # the default, pneumo-ensemble; or "pneumo-mobilenet", a run folder, ...

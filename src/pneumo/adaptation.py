@@ -119,33 +119,26 @@ def adapt_bundle(bundle, images: np.ndarray, files: list[str], out: Path, *, nam
 
 
 def read_labels(path: Path) -> tuple[list[str], np.ndarray]:
-    """A labels CSV with columns ``path`` and ``class`` (a class name: NORMAL, bacterial, ...).
-
-    Relative paths are taken relative to the CSV's folder.
+    """A labels CSV (``path``, ``class``; read as everywhere else, ``archive.read_label_rows``) as file
+    paths, relative ones taken from the CSV's folder, and class indices.
 
     Raises:
-        PneumoError: a missing file or column, or an unknown class, naming the line.
+        PneumoError: a missing file or column, a row without a path, or an unknown class, naming the line.
     """
-    import csv
-
+    from pneumo.data.archive import read_label_rows
     from pneumo.labels import class_index
 
     path = Path(path)
-    if not path.is_file():
-        raise PneumoError(f"{path}: labels file not found")
     files, labels = [], []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"path", "class"} - set(reader.fieldnames or [])
-        if missing:
-            raise PneumoError(f"{path}: needs the columns path and class; missing {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                labels.append(class_index(row["class"]))
-            except ValueError as error:
-                raise PneumoError(f"{path}, line {line}: {error}") from None
-            file = Path(row["path"])
-            files.append(str(file if file.is_absolute() else path.parent / file))
+    for line, row in read_label_rows(path):
+        try:
+            if not row["path"]:
+                raise ValueError("no path in this row")
+            labels.append(class_index(row["class"]))
+        except ValueError as error:
+            raise PneumoError(f"{path}, line {line}: {error}") from None
+        file = Path(row["path"])
+        files.append(str(file if file.is_absolute() else path.parent / file))
     return files, np.asarray(labels, np.int64)
 
 

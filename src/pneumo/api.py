@@ -20,17 +20,19 @@ import numpy as np
 from pneumo import DISCLAIMER
 from pneumo.data.readers import ImageInfo, check_not_blank, is_colour, resize, to_gray_uint8
 from pneumo.errors import ImageReadError
+from pneumo.paths import default_model
 from pneumo.predict import Prediction, Predictor
 
 __all__ = ["Model", "load"]
 
 
-def load(model: str | Path = "pneumo-ensemble", *, backend: str = "auto",
+def load(model: str | Path | None = None, *, backend: str = "auto",
          decision: str = "operating-point") -> "Model":
     """Load a model for prediction.
 
     Args:
-        model: a shipped model's name (``pneumo-ensemble``, the default; ``pneumo-mobilenet``, ``pneumo-cnn``), a run folder,
+        model: None for the default model (``paths.default_model()``), a shipped model's name
+            (``pneumo-ensemble``, ``pneumo-mobilenet``, ``pneumo-cnn``), a run folder,
             a ``model.pt`` bundle, a model folder or an exported ``.onnx`` file.
         backend: ``auto`` (ONNX Runtime where the model has an export), ``torch`` or ``onnx``.
         decision: ``operating-point`` (the model's threshold on P(pneumonia)) or ``argmax``.
@@ -38,7 +40,7 @@ def load(model: str | Path = "pneumo-ensemble", *, backend: str = "auto",
     Raises:
         ModelFileError: no such model, or a model file that fails its integrity checks.
     """
-    return Model(Predictor(model, backend=backend, decision=decision))
+    return Model(Predictor(default_model() if model is None else model, backend=backend, decision=decision))
 
 
 class Model:

@@ -714,16 +714,14 @@ def ensemble(
     from pneumo.evaluation.evaluate import select_images
     from pneumo.export.onnx import export_onnx
     from pneumo.models.bundle import load_bundle
-    from pneumo.models.ensemble import ensemble_from_bundles, write_ensemble
+    from pneumo.models.ensemble import check_members, write_ensemble
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")
-    if len(members) < 2:
-        raise fail(f"an ensemble needs at least two member models; got {len(members)}")
     if any(scale <= 0 for scale in tta or ()):
         raise fail(f"--tta takes zoom factors > 0 (0.9 zooms out, 1.1 in); got {', '.join(map(str, tta))}")
     bundles = [load_bundle(member) for member in members]
-    ensemble_from_bundles(bundles)  # refuses mismatched members before any data is prepared
+    check_members(bundles)  # before any data is prepared
     size = max(bundle.size for bundle in bundles)
     split_file = split_file or _run_split(members) or _recorded_split(bundles[0])
     if split_file is None:

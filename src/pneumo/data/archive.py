@@ -332,8 +332,8 @@ def load_records(data: Path, progress: Callable[[int, int], None] | None = None)
         if set(MANIFEST_FIELDS) <= set(header):
             return read_manifest(data), []
         records, problems = read_labels_csv(data, progress)
-    elif data.is_dir() and _class_folder_roots(data):
-        records, problems = scan_class_folders(data, progress)
+    elif data.is_dir() and (roots := _class_folder_roots(data)):
+        records, problems = scan_class_folders(data, roots, progress)
     else:
         return scan(data, progress)
     return records, problems + coverage_problems(records, str(data))
@@ -344,21 +344,35 @@ LABEL_FIELDS = ("path", "class")
 OPTIONAL_LABEL_FIELDS = ("patient", "split")
 
 
-def read_labels_csv(path: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
-    """Records from a CSV with columns ``path`` and ``class`` (NORMAL / bacterial / viral / a class name),
-    optionally ``patient`` and ``split`` (train / val / test; default train). Paths are relative to the
-    CSV's folder; a row that cannot be used is a problem naming its line."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets start with a byte-order mark
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        header = reader.fieldnames or []
+def read_label_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a labels CSV (columns ``path`` and ``class``, optionally ``patient`` and ``split``) with
+    their line numbers, cells stripped; a spreadsheet's byte-order mark and short rows are taken in stride.
+
+    Raises:
+        DataLayoutError: the file is missing or lacks a required column.
+    """
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except FileNotFoundError:
+        raise DataLayoutError(f"{path}: labels file not found") from None
     missing = set(LABEL_FIELDS) - set(header)
     if missing:
         raise DataLayoutError(f"{path}: a labels CSV needs the columns {', '.join(LABEL_FIELDS)} (optional: "
                               f"{', '.join(OPTIONAL_LABEL_FIELDS)}); missing {', '.join(sorted(missing))}")
+    return [(line, {key: (value or "").strip() for key, value in row.items() if key is not None})
+            for line, row in enumerate(rows, 2)]
+
+
+def read_labels_csv(path: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
+    """Records from a CSV with columns ``path`` and ``class`` (NORMAL / bacterial / viral / a class name),
+    optionally ``patient`` and ``split`` (train / val / test; default train). Paths are relative to the
+    CSV's folder; a row that cannot be used is a problem naming its line."""
+    rows = read_label_rows(path)
     records, problems = [], []
-    for line, row in enumerate(rows, 2):
-        row = {key: (value or "").strip() for key, value in row.items() if key is not None}  # short rows: empty cells
+    for line, row in rows:
         if not row["path"]:
             problems.append(Problem(f"{path}:{line}", "no path in this row"))
             continue
@@ -398,10 +412,12 @@ def _folder_class(name: str) -> int | None:
         return {"bacteria": BACTERIAL, "virus": VIRAL}.get(name.lower())
 
 
-def scan_class_folders(root: Path, progress: Callable[[int, int], None] | None = None) -> tuple[list[Record], list[Problem]]:
-    """Records of ``root/<CLASS>/`` or ``root/<split>/<CLASS>/`` folders (NORMAL, BACTERIAL, VIRAL, any case)."""
+def scan_class_folders(root: Path, roots: dict[str, Path], progress: Callable[[int, int], None] | None = None
+                       ) -> tuple[list[Record], list[Problem]]:
+    """Records of ``root/<CLASS>/`` or ``root/<split>/<CLASS>/`` folders (NORMAL, BACTERIAL, VIRAL, any case);
+    ``roots`` is ``{split: folder holding class folders}`` (``_class_folder_roots``)."""
     records, problems, files = [], [], []
-    for split, folder in _class_folder_roots(root).items():
+    for split, folder in roots.items():
         for class_dir in sorted(folder.iterdir()):
             if not class_dir.is_dir() or _is_litter(class_dir.name):
                 continue

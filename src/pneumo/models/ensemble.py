@@ -29,7 +29,7 @@ from torch import nn
 
 from pneumo.models.registry import create_model
 
-__all__ = ["ENSEMBLE_NAME", "Ensemble", "area_resize_matrix", "build_ensemble", "ensemble_from_bundles",
+__all__ = ["ENSEMBLE_NAME", "Ensemble", "area_resize_matrix", "build_ensemble", "check_members", "ensemble_from_bundles",
            "member_description", "same_split", "split_identity", "write_ensemble", "zoom_matrix"]
 
 ENSEMBLE_NAME = "ensemble"
@@ -178,12 +178,13 @@ def same_split(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "split_sha256"} == {k: v for k, v in b.items() if k != "split_sha256"}
 
 
-def ensemble_from_bundles(bundles: list, *, views: tuple[float, ...] = (1.0,)) -> tuple[Ensemble, dict]:
-    """An ensemble of loaded bundles (their trained networks, not copies) and the metadata that describes it.
+def check_members(bundles: list) -> None:
+    """Refuse bundles that cannot form an ensemble.
 
     Raises:
-        ModelFileError: fewer than two members, members with other classes, or members trained on
-            different splits (the ensemble's validation images would then be training images of some).
+        ModelFileError: fewer than two members, members with other classes, an ensemble among them, or
+            members trained on different splits (the ensemble's validation images would then be training
+            images of some).
     """
     from pneumo.errors import ModelFileError
 
@@ -199,6 +200,16 @@ def ensemble_from_bundles(bundles: list, *, views: tuple[float, ...] = (1.0,)) -
         if not same_split(split, first_split):
             raise ModelFileError(f"{bundle.path} was trained on split {split} and {first.path} on {first_split}: "
                                  "members must share their training split, or validation would see training images")
+
+
+def ensemble_from_bundles(bundles: list, *, views: tuple[float, ...] = (1.0,)) -> tuple[Ensemble, dict]:
+    """An ensemble of loaded bundles (their trained networks, not copies) and the metadata that describes it.
+
+    Raises:
+        ModelFileError: bundles that cannot form an ensemble (``check_members``).
+    """
+    check_members(bundles)
+    first = bundles[0]
     members = [member_description(b.metadata, b.file_sha256) for b in bundles]
     ensemble = Ensemble([b.model for b in bundles], names=[m["model_name"] for m in members],
                         sizes=[m["size"] for m in members], temperatures=[m["temperature"] for m in members],
