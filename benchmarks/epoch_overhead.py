@@ -32,9 +32,9 @@ def main() -> None:
     quiet_lightning()
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig(model=args.model, epochs=args.epochs, size=args.size, data=args.data,
-                             cache_dir=cache_dir(), max_train_images=args.steps * 32,
-                             accelerator=args.accelerator)
+        config = TrainConfig().replace(model=args.model, epochs=args.epochs, size=args.size, data=args.data,
+                                       cache_dir=cache_dir(), max_train_images=args.steps * 32,
+                                       accelerator=args.accelerator)
         started = time.perf_counter()
         result = train(config, Path(folder) / "run", progress_bar=False)
         total = time.perf_counter() - started

@@ -57,10 +57,10 @@ def main() -> None:
     batches = args.skip + args.steps + 2  # one epoch holds every profiled step
     profiler = StepProfiler(args.skip, args.steps, device)
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig(model=args.model, epochs=1, size=args.size, data=args.data,
-                             cache_dir=cache_dir(), max_train_images=batches * 32,
-                             accelerator=args.accelerator, precision=args.precision, compile=args.compile,
-                             deterministic=args.deterministic)
+        config = TrainConfig().replace(model=args.model, epochs=1, size=args.size, data=args.data,
+                                       cache_dir=cache_dir(), max_train_images=batches * 32,
+                                       accelerator=args.accelerator, precision=args.precision, compile=args.compile,
+                                       deterministic=args.deterministic)
         train(config, Path(folder) / "run", progress_bar=False, callbacks=[profiler])
     events = profiler.profiler.key_averages()
     steps = [event for event in events if event.key.startswith("ProfilerStep")]

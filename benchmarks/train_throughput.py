@@ -56,10 +56,10 @@ def pipeline(model_name: str, size: int, batch: int, steps: int, data: str, acce
              compile_mode: str, deterministic: bool) -> float:
     """Images/s of the second of two epochs of ``steps`` batches (the first warms up)."""
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig(model=model_name, epochs=2, batch_size=batch, size=size, data=data,
-                             cache_dir=cache_dir(), max_train_images=steps * batch,
-                             val_fraction=0.2, accelerator=accelerator, precision=precision, compile=compile_mode,
-                             deterministic=deterministic)
+        config = TrainConfig().replace(model=model_name, epochs=2, batch_size=batch, size=size, data=data,
+                                       cache_dir=cache_dir(), max_train_images=steps * batch,
+                                       val_fraction=0.2, accelerator=accelerator, precision=precision,
+                                       compile=compile_mode, deterministic=deterministic)
         train(config, Path(folder) / "run", progress_bar=False)
         with (Path(folder) / "run" / "history.csv").open() as handle:
             rows = list(csv.DictReader(handle))

@@ -132,8 +132,8 @@ def tiny_run(tmp_path_factory, shared_data, cache_dir) -> Path:
     from pneumo.training.train import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-cnn"
-    config = TrainConfig(model="cnn", epochs=2, max_train_images=192, holdout=0.15, data=str(shared_data),
-                         cache_dir=str(cache_dir), accelerator="cpu", seed=1)
+    config = TrainConfig().replace(model="cnn", epochs=2, max_train_images=192, holdout=0.15, data=str(shared_data),
+                                   cache_dir=str(cache_dir), accelerator="cpu", seed=1)
     train(config, run_dir, progress_bar=False)
     return run_dir
 
@@ -145,8 +145,8 @@ def tiny_run_b(tmp_path_factory, shared_data, cache_dir) -> Path:
     from pneumo.training.train import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-mnv3"
-    config = TrainConfig(model="mobilenet_v3_small", epochs=1, max_train_images=128, holdout=0.15,
-                         data=str(shared_data), cache_dir=str(cache_dir), accelerator="cpu", seed=2)
+    config = TrainConfig().replace(model="mobilenet_v3_small", epochs=1, max_train_images=128, holdout=0.15,
+                                   data=str(shared_data), cache_dir=str(cache_dir), accelerator="cpu", seed=2)
     train(config, run_dir, progress_bar=False)
     return run_dir
 

@@ -112,6 +112,8 @@ def adapt_bundle(bundle, images: np.ndarray, files: list[str], out: Path, *, nam
         "source": {"id": bundle.model_id, "bundle_sha256": bundle.file_sha256,
                    "weights_sha256": bundle.metadata.get("weights_sha256")},
         "calibration": "temperature and operating point of the source model (fitted on its validation images)",
+        "novelty": "none: the source model's novelty check was fitted on features that the new BatchNorm "
+                   "statistics change, and the training images it needs are not at hand here",
     }
     path = Path(out) / BUNDLE_NAME
     save_bundle(path, adapted, model_name=bundle.metadata["model_name"], size=bundle.size, **metadata)
@@ -181,4 +183,5 @@ def recalibrate(bundle_path: Path, labels_path: Path) -> None:
                        "pneumonia_threshold": threshold, "temperature": temperature,
                        "class_counts": np.bincount(labels, minlength=3).tolist()},
     )
-    save_bundle(bundle.path, bundle.model, model_name=bundle.metadata["model_name"], size=bundle.size, **metadata)
+    save_bundle(bundle.path, bundle.model, model_name=bundle.metadata["model_name"], size=bundle.size,
+                novelty=bundle.novelty, **metadata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pneumo import DISCLAIMER
+from pneumo.config import flat_config
 from pneumo.models import get_spec
 
 LIMITATIONS = [
@@ -52,7 +53,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     """The Markdown card of a model bundle."""
     evaluation = evaluation if evaluation is not None else metadata.get("evaluation")
     training = metadata.get("training", {})
-    config = training.get("config", {})
+    config = flat_config(training.get("config", {}))
     name = metadata.get("id") or metadata["model_name"]
     lines = [
         f"# Model card: {name}", "",
@@ -111,6 +112,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                      "Adaptation re-estimates the class mix of each batch, so it needs a batch drawn from one population "
                      "and is off by default.")
     lines += _adaptation_lines(metadata)
+    lines += ["", "## Novelty check", "", _novelty_line(metadata)]
     lines += ["", "## Metrics", ""]
     if evaluation:
         lines += [f"Measured on {evaluation.get('images', '?')} images of {evaluation.get('patients', '?')} patients: "
@@ -130,6 +132,19 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     return "\n".join(lines)
 
 
+def _novelty_line(metadata: dict) -> str:
+    novelty = metadata.get("novelty")
+    if not novelty:
+        why = (metadata.get("adaptation") or {}).get("novelty") or "none fitted; `pneumo calibrate` fits one"
+        return f"- None ({why}): images unlike the training X-rays get no warning from the model's features."
+    return (f"- Images whose features lie far from the training X-rays' are flagged: {novelty['score']}. Fitted on "
+            f"{novelty['fitted_on_images']} training images ({', '.join(map(str, novelty['components']))} principal "
+            f"directions); threshold {novelty['threshold']:.3f}, which {novelty['val_flagged']:.1%} of "
+            f"{novelty['threshold_set_on_images']} validation images exceed (set for {novelty['false_alarm_rate']:.0%}). "
+            "A flag means unlike the training set (not a chest X-ray, or a degraded, differently framed or exposed "
+            "one); no flag does not prove the image is a pediatric frontal chest X-ray.")
+
+
 def _architecture(metadata: dict) -> str:
     if "ensemble" in metadata:
         members = metadata["ensemble"]["members"]
@@ -138,7 +153,7 @@ def _architecture(metadata: dict) -> str:
 
 
 def _training_lines(training: dict) -> list[str]:
-    config = training.get("config", {})
+    config = flat_config(training.get("config", {}))
     return [
         f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
         f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "

@@ -16,6 +16,7 @@ from pneumo.allocator import keep_freed_memory
 from pneumo.console import console, errors, progress_bar, table
 from pneumo.errors import PneumoError
 from pneumo.labels import CLASSES
+from pneumo.tables import Rows, count_rows
 
 STARTED = time.perf_counter()  # the process start, give or take the interpreter's own ~50 ms
 PREDICT_CHUNK = 256  # files read and classified at a time when predicting many, for the progress bar
@@ -77,11 +78,6 @@ def _problems(problems, limit: int = 50) -> None:
         errors.print(f"  ... and {len(problems) - limit} more")
 
 
-def _counts_table(title: str, counts: dict[str, list[int]]) -> None:
-    rows = [[split, *counts[split], sum(counts[split])] for split in counts]
-    console.print(table(title, ["split", *CLASSES, "total"], rows))
-
-
 @app.command()
 def organize(
     src: Annotated[Path, typer.Argument(help="The archive: its 'chest_xray' folder or the .zip.")],
@@ -98,8 +94,10 @@ def organize(
     started = time.perf_counter()
     with progress_bar("organize") as update:
         result = run(src, dest, progress=update, link=link)
-    counts = {split: [result.counts[split][label] for label in range(len(CLASSES))] for split in sorted(result.counts)}
-    _counts_table(f"{dest}", counts)
+    counts = Rows(str(dest), ["split", *CLASSES, "total"],
+                  [[split, *[result.counts[split][label] for label in range(len(CLASSES))],
+                    sum(result.counts[split].values())] for split in sorted(result.counts)])
+    console.print(table(counts.title, counts.columns, counts.rows))
     changed = result.linked + result.copied
     console.print(
         f"{result.linked} hard-linked, {result.copied} copied, {result.unchanged} already in place"
@@ -141,9 +139,9 @@ def prepare(
         result.data, method=split, val_fraction=val_fraction, holdout=holdout, seed=seed)
     elapsed = time.perf_counter() - started
     prepared = result.data
-    counts = {s: [int(((prepared.splits == s) & (prepared.labels == c)).sum()) for c in range(len(CLASSES))]
-              for s in sorted(set(prepared.splits))}
-    _counts_table(f"prepared {len(prepared)} images at {size}x{size}", counts)
+    counts = count_rows(f"prepared {len(prepared)} images at {size}x{size}", prepared.splits, prepared.labels,
+                        role_name="split")
+    console.print(table(counts.title, counts.columns, counts.rows))
     console.print(f"{result.decoded} decoded, {result.reused} reused from {result.folder} ({elapsed:.2f} s)")
     _problems(result.problems)
     split_path = result.folder / f"split-{chosen.method}-seed{seed}.csv"
@@ -156,11 +154,8 @@ def prepare(
 
 
 def _split_table(chosen, prepared) -> None:
-    rows = []
-    for role, counts in chosen.counts(prepared.labels).items():
-        patients = len(set(prepared.patients[chosen.roles == role]))
-        rows.append([role, *counts, sum(counts), patients])
-    console.print(table(f"{chosen.method} split, seed {chosen.seed}", ["role", *CLASSES, "total", "patients"], rows))
+    counts = count_rows(f"{chosen.method} split, seed {chosen.seed}", chosen.roles, prepared.labels, prepared.patients)
+    console.print(table(counts.title, counts.columns, counts.rows))
 
 
 def prepare_data(data: Path, size: int, cache_dir: Path, update=None):
@@ -259,7 +254,7 @@ def show_augment(
     if config_file:
         from pneumo.config import TrainConfig
 
-        config = TrainConfig.from_yaml(config_file).augmentation()
+        config = TrainConfig.from_yaml(config_file).augment
     else:
         config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom, brightness=brightness,
                                contrast=contrast, gamma=gamma, crop=crop, blur=blur, sharpen=sharpen,
@@ -343,10 +338,10 @@ def train(
         base = TrainConfig.from_yaml(resume / CONFIG_NAME)
         run_dir = resume
     else:
-        base = TrainConfig.from_yaml(config) if config else TrainConfig(
+        base = TrainConfig.from_yaml(config) if config else TrainConfig().replace(
             data=str(paths.data_dir()), cache_dir=str(paths.cache_dir()))
-        chosen = base.replace(**{k: v for k, v in flags.items() if k == "model"})
-        run_dir = runs_dir / (name or f"{chosen.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        chosen = base.replace(model=flags["model"])
+        run_dir = runs_dir / (name or f"{chosen.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     resolved = base.replace(**flags)
     start_up = time.perf_counter() - STARTED  # mostly importing torch and Lightning
     result = run(resolved, run_dir, resume=resume is not None, progress_bar=not quiet)
@@ -380,23 +375,14 @@ def _adapt_mode(adapt: str, adapt_priors: bool) -> str:
     return "priors" if adapt_priors else adapt
 
 
-def _run_split(models: list[Path]) -> Optional[Path]:
-    """The split.csv of the first run folder among ``models``: its roles say which images are test."""
-    return next((Path(m) / "split.csv" for m in models if (Path(m) / "split.csv").is_file()), None)
+def _evaluate_model(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path, resamples: int,
+                    **options) -> tuple[dict, object]:
+    """``evaluate_model`` behind a status line."""
+    from pneumo.evaluation.evaluate import evaluate_model
 
-
-def _load_for_evaluation(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path,
-                         resamples: int, seed: int, adapt: str | bool, backend: str = "torch", stress: bool = False,
-                         decision: str = "operating-point"):
-    from pneumo.evaluation.evaluate import evaluate as run, select_images
-    from pneumo.models.bundle import load_bundle
-
-    bundle = load_bundle(model)
-    split_file = split_file or _run_split([model])
-    with console.status(f"evaluating {bundle.model_id} ({resamples} bootstrap resamples)"):
-        images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=role, split_file=split_file)
-        return run(bundle, images, resamples=resamples, seed=seed, adapt=adapt, source=source, backend=backend,
-                   stress=stress, decision=decision)
+    with console.status(f"evaluating {model} ({resamples} bootstrap resamples)"):
+        return evaluate_model(model, data, role=role, split_file=split_file, cache_dir=cache_dir,
+                              resamples=resamples, **options)
 
 
 def _metrics_table(metrics: dict) -> None:
@@ -413,6 +399,11 @@ def _metrics_table(metrics: dict) -> None:
         source = metrics["prior_adaptation"]["source"]
         console.print(f"[bold]With prior adaptation (--adapt-priors):[/bold] probabilities re-weighted to the class mix "
                       f"EM estimated on these images, {metrics['estimated_priors']} (calibration: {source}).")
+    if metrics.get("novelty"):
+        novelty = metrics["novelty"]
+        console.print(f"Novelty check: {novelty['flagged_images']} of {metrics['images']} images ({novelty['flagged']:.1%}) "
+                      f"are unlike the training X-rays (novelty above {novelty['threshold']:.2f}, set to flag "
+                      f"{novelty['val_false_alarm_rate']:.0%} of validation images).")
     if metrics.get("stress"):
         _stress_table(metrics["stress"])
     console.print(f"[dim]{metrics['data']}. {DISCLAIMER}[/dim]")
@@ -462,8 +453,9 @@ def evaluate(
 
     from pneumo.evaluation.evaluate import write_evaluation
 
-    metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, seed,
-                                                _adapt_mode(adapt, adapt_priors), backend, stress, decision)
+    metrics, predictions = _evaluate_model(model, data, split, split_file, cache_dir, resamples, seed=seed,
+                                           adapt=_adapt_mode(adapt, adapt_priors), backend=backend, stress=stress,
+                                           decision=decision)
     out = out or Path("out") / f"evaluate-{metrics['model_id']}"
     written = write_evaluation(out, metrics, predictions)
     if as_json:
@@ -488,10 +480,10 @@ def compare(
     import json
 
     from pneumo.evaluation.compare import compare as run, to_html, to_markdown
-    from pneumo.evaluation.evaluate import write_evaluation
+    from pneumo.evaluation.evaluate import run_split_file, write_evaluation
 
-    split_file = split_file or _run_split(models)
-    results = [_load_for_evaluation(m, data, split, split_file, cache_dir, resamples, seed, False) for m in models]
+    split_file = split_file or run_split_file(models)
+    results = [_evaluate_model(m, data, split, split_file, cache_dir, resamples, seed=seed) for m in models]
     comparison = run(results)
     out.mkdir(parents=True, exist_ok=True)
     for metrics, predictions in results:
@@ -524,9 +516,10 @@ def report(
 ) -> None:
     """One self-contained HTML report: data, curves, metrics with CIs, figures, comparison, stress, audit, epoch study."""
     from pneumo.data.splits import load_split
+    from pneumo.evaluation.evaluate import run_split_file
     from pneumo.evaluation.report import build_report
 
-    split_file = split_file or _run_split(models)
+    split_file = split_file or run_split_file(models)
     if audit is not None and not (audit / "audit.json").is_file():
         raise fail(f"{audit}: no audit.json; run 'pneumo audit DATA --out {audit}' first")
     summary = None
@@ -536,8 +529,7 @@ def report(
             raise fail(f"{experiment}: no summary.json; run 'pneumo experiment epochs' first")
     results = []
     for model in models:
-        metrics, predictions = _load_for_evaluation(model, data, split, split_file, cache_dir, resamples, 0, False,
-                                                    stress=stress)
+        metrics, predictions = _evaluate_model(model, data, split, split_file, cache_dir, resamples, stress=stress)
         results.append((metrics, predictions, Path(model) if Path(model).is_dir() else None))
     prepared = prepare_data(data, results[0][0]["size"], cache_dir).data
     roles = load_split(split_file, prepared).roles if split_file else prepared.splits
@@ -633,19 +625,21 @@ def calibrate(
     target: Annotated[float, typer.Option(help="Pneumonia sensitivity the operating point must keep.")] = 0.97,
     stress: Annotated[bool, typer.Option("--stress/--no-stress", help="Keep the target under the stress battery's middle severities too (default).")] = True,
 ) -> None:
-    """Fit a model's temperature and operating point on its validation images and write them into its bundle."""
+    """Fit a model's temperature and operating point on its validation images, and its novelty check on its
+    training images, and write them into its bundle."""
     from pneumo.evaluation.calibrate import calibrate_bundle
-    from pneumo.evaluation.evaluate import select_images
+    from pneumo.evaluation.evaluate import run_split_file, select_images
     from pneumo.models.bundle import load_bundle
 
     if not 0 < target <= 1:
         raise fail(f"--target must be a sensitivity in (0, 1]; got {target}")
     bundle = load_bundle(model)
-    images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=split,
-                                   split_file=split_file or _run_split([model]))
+    split_file = split_file or run_split_file([model])
+    images, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role=split, split_file=split_file)
+    train, _ = select_images(data, size=bundle.size, cache_dir=cache_dir, role="train", split_file=split_file)
     with console.status(f"calibrating {bundle.model_id} on {len(images)} images"):
         result = calibrate_bundle(bundle.path, images.images, images.labels, target=target, stress=stress,
-                                  source=source)
+                                  source=source, train_images=train.images)
     point = result["operating_point"]
     console.print(f"{escape(bundle.model_id)}: temperature {result['temperature']:.4f}; operating point P(pneumonia) >= "
                   f"{point['pneumonia_threshold']:.4f} (sensitivity {point['val_sensitivity']:.3f}, specificity "
@@ -653,6 +647,9 @@ def calibrate(
     if stress:
         console.print(f"under the stress battery's middle severities: sensitivity >= "
                       f"{point['val_stress_worst_sensitivity']:.3f}, specificity >= {point['val_stress_worst_specificity']:.3f}")
+    novelty = load_bundle(bundle.path).metadata["novelty"]
+    console.print(f"novelty check: fitted on {novelty['fitted_on_images']} training images; images above "
+                  f"{novelty['threshold']:.2f} are flagged ({novelty['val_flagged']:.1%} of these)")
     console.print(f"wrote {bundle.path}", markup=False)
 
 
@@ -711,7 +708,7 @@ def ensemble(
     """Combine models into one: the average of their calibrated probabilities, with its own temperature and
     operating point fitted on the members' validation images."""
     from pneumo.card import model_card
-    from pneumo.evaluation.evaluate import select_images
+    from pneumo.evaluation.evaluate import run_split_file, select_images
     from pneumo.export.onnx import export_onnx
     from pneumo.models.bundle import load_bundle
     from pneumo.models.ensemble import check_members, write_ensemble
@@ -723,15 +720,16 @@ def ensemble(
     bundles = [load_bundle(member) for member in members]
     check_members(bundles)  # before any data is prepared
     size = max(bundle.size for bundle in bundles)
-    split_file = split_file or _run_split(members) or _recorded_split(bundles[0])
+    split_file = split_file or run_split_file(members) or _recorded_split(bundles[0])
     if split_file is None:
         raise fail("no split file found for the members' validation images: pass --split-file (a member run's "
                    "split.csv, or the split file it was trained with)")
     images, source = select_images(data, size=size, cache_dir=cache_dir, role="val", split_file=split_file)
+    train, _ = select_images(data, size=size, cache_dir=cache_dir, role="train", split_file=split_file)
     with console.status(f"calibrating an ensemble of {len(bundles)} on {len(images)} validation images"):
         written = write_ensemble(bundles, out, images.images, images.labels,
                                  name=name or f"pneumo-ensemble-{len(bundles)}", source=source,
-                                 views=(1.0, *(tta or ())))
+                                 views=(1.0, *(tta or ())), train_images=train.images)
         result = load_bundle(written)
         export_onnx(result, out / "model.onnx")
         (out / "MODEL_CARD.md").write_text(model_card(result.metadata, sha256=result.file_sha256))
@@ -745,7 +743,7 @@ def ensemble(
 
 def _recorded_split(bundle) -> Optional[Path]:
     """The split file a bundle's training recorded, when it is here (shipped models name splits/internal.csv)."""
-    recorded = bundle.metadata.get("training", {}).get("config", {}).get("split_file")
+    recorded = bundle.info.training_config.get("split_file")
     return Path(recorded) if recorded and Path(recorded).is_file() else None
 
 
@@ -879,9 +877,8 @@ def experiment_epochs(
     summary = experiment.summarize_runs(planned)
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     (root / "summary.md").write_text(experiment.to_markdown(summary, model))
-    rows = [[row["epochs"], row["runs"], *[f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in
-                                            ("accuracy", "loss", "macro_f1")]] for row in summary["rows"]]
-    console.print(table("epoch study (mean ± sd over seeds)", ["epochs", "runs", "accuracy", "loss", "macro-F1"], rows))
+    means, _ = experiment.epoch_tables(summary)
+    console.print(table(f"epoch study: {means.title.lower()}", means.columns, means.rows))
     console.print(f"wrote {root}/summary.md and summary.json", markup=False)
 
 

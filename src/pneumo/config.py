@@ -1,6 +1,19 @@
-"""Typed, frozen training configuration; YAML presets; CLI flags override.
+"""Typed, frozen training configuration in five sections; YAML presets; CLI flags override.
 
-The resolved configuration is written into every run folder as ``config.yaml``.
+    TrainConfig
+      data      DataConfig      folder, cache, input size, split (method, fractions, file, seed), image limit
+      model     ModelConfig     registry name, initial weights
+      optim     OptimConfig     epochs, batch, optimizer, schedule, loss, freezing, early stopping, seed, mixup
+      augment   AugmentConfig   training augmentation (pneumo.data.augment)
+      hardware  HardwareConfig  accelerator, devices, DDP strategy and nodes, precision, compile, determinism
+
+Each section checks its own values when built, and ``TrainConfig`` checks what spans sections,
+so that a bad value is refused before anything is written to disk. The resolved configuration
+is written into every run folder as ``config.yaml``, nested by section.
+
+Options also have one flat name each (``lr``, ``zoom``, ``data``, ``model``: the CLI flags).
+``replace`` takes those, and ``from_dict`` / ``from_yaml`` take either the nested form or the
+flat one, which presets, older run folders and older checkpoints use.
 """
 
 from __future__ import annotations
@@ -14,6 +27,8 @@ import yaml
 
 from pneumo.data.augment import AugmentConfig
 
+__all__ = ["DataConfig", "HardwareConfig", "ModelConfig", "OptimConfig", "TrainConfig", "flat_config"]
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -21,12 +36,56 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on. Defaults reproduce the original study's protocol."""
+def _check(section: object, checks: list[tuple[str, bool, str]]) -> None:
+    for name, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"The '{name}' option must be {expected}. Got {getattr(section, name)!r} instead.")
 
-    model: str = "cnn"
-    pretrained: str | None = None
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, how they are prepared and how they are split."""
+
+    path: str = "data/chest_xray"  # flat name: data
+    cache_dir: str = "cache"
+    size: int = 128
+    split: str = "grouped"
+    val_fraction: float = 0.2
+    holdout: float = 0.0
+    split_file: str | None = None
+    split_seed: int = 42  # the split alone, so that seeds can vary with the split fixed
+    max_train_images: int = 0  # 0 = all; a small number for smoke runs
+
+    def __post_init__(self) -> None:
+        _check(self, [
+            ("size", 32 <= self.size <= 1024, "between 32 and 1024"),
+            ("split", self.split in ("grouped", "random"), "'grouped' or 'random'"),
+            ("val_fraction", 0 < self.val_fraction <= 0.5, "in (0, 0.5]"),
+            ("holdout", 0 <= self.holdout <= 0.5, "in [0, 0.5]"),
+            ("max_train_images", self.max_train_images >= 0, ">= 0 (0 for all)"),
+        ])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network and its initial weights."""
+
+    name: str = "cnn"  # flat name: model
+    pretrained: str | None = None  # None (random), "imagenet", or the path of a state_dict
+
+    def __post_init__(self) -> None:
+        from pneumo.models import get_spec  # the registry, filled when pneumo.models is imported
+
+        get_spec(self.name)  # an unknown name gets its did-you-mean message here, before anything is written
+        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
+            raise ValueError(f"The 'pretrained' weights file {self.pretrained} was not found; pass the path of an "
+                             "ImageNet state_dict, 'imagenet', or nothing for random initialization.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How the weights are fitted. Defaults reproduce the original study (Adam 1e-3, batch 32, 100 epochs)."""
+
     epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-3
@@ -40,26 +99,28 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs on validation loss; 0 = off (as in the study)
     bundle_weights: str = "best"  # model.pt from the lowest validation loss ("best") or the final epoch ("last")
     seed: int = 42  # initialization, shuffling, augmentation
-    split_seed: int = 42  # the split alone, so that seeds can vary with the split fixed
-    size: int = 128
-    split: str = "grouped"
-    val_fraction: float = 0.2
-    holdout: float = 0.0
-    split_file: str | None = None
-    rotation: float = 10.0
-    shift: float = 0.1
-    zoom: float = 0.1
-    brightness: float = 0.0  # intensity augmentation, off in the study
-    contrast: float = 0.0
-    gamma: float = 0.0
-    crop: float = 0.0  # acquisition-invariance augmentation (pneumo.data.augment), off in the study
-    blur: float = 0.0
-    sharpen: float = 0.0
-    downsample: float = 0.0
-    noise: float = 0.0
-    jpeg: int = 0
     mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs (Zhang et al. 2018); 0 = off
-    max_train_images: int = 0  # 0 = all; a small number for smoke runs
+
+    def __post_init__(self) -> None:
+        _check(self, [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("class_weights", self.class_weights in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
+            ("freeze_epochs", 0 <= self.freeze_epochs, ">= 0"),
+            ("early_stopping", self.early_stopping >= 0, ">= 0"),
+            ("bundle_weights", self.bundle_weights in ("best", "last"), "'best' or 'last'"),
+            ("mixup", self.mixup >= 0, ">= 0"),
+        ])
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Where and how fast it runs; none of these change what is learned, except ``deterministic`` off."""
+
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
@@ -67,59 +128,69 @@ class TrainConfig:
     precision: str = "32-true"
     compile: str = "off"  # torch.compile mode of the model; "reduce-overhead" adds CUDA graphs on a GPU
     deterministic: bool = True  # False lets cuDNN choose the fastest algorithms: faster GPU runs, not repeatable
-    data: str = "data/chest_xray"
-    cache_dir: str = "cache"
-    tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        checks = [
-            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
-            ("schedule", self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
-            ("class_weights", self.class_weights in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
+        _check(self, [
             ("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}"),
             ("compile", self.compile in COMPILE_MODES, f"one of {COMPILE_MODES}"),
-            ("split", self.split in ("grouped", "random"), "'grouped' or 'random'"),
-            ("bundle_weights", self.bundle_weights in ("best", "last"), "'best' or 'last'"),
-            ("epochs", self.epochs >= 1, "at least 1"),
-            ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("lr", self.lr > 0, "positive"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("freeze_epochs", 0 <= self.freeze_epochs, ">= 0"),
-            ("size", 32 <= self.size <= 1024, "between 32 and 1024"),
-            ("mixup", self.mixup >= 0, ">= 0"),
-            ("val_fraction", 0 < self.val_fraction <= 0.5, "in (0, 0.5]"),
-            ("holdout", 0 <= self.holdout <= 0.5, "in [0, 0.5]"),
-            ("early_stopping", self.early_stopping >= 0, ">= 0"),
-            ("max_train_images", self.max_train_images >= 0, ">= 0 (0 for all)"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"The '{name}' option must be {expected}. Got {getattr(self, name)!r} instead.")
-        self.augmentation()  # its ranges are checked there
-        from pneumo.models import get_spec  # the registry, filled when pneumo.models is imported
+            ("num_nodes", self.num_nodes >= 1, "at least 1"),
+        ])
 
-        get_spec(self.model)  # an unknown name gets its did-you-mean message here, before anything is written
-        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
-            raise ValueError(f"The 'pretrained' weights file {self.pretrained} was not found; pass the path of an "
-                             "ImageNet state_dict, 'imagenet', or nothing for random initialization.")
 
-    def augmentation(self) -> AugmentConfig:
-        """The training augmentation these options describe."""
-        return AugmentConfig(**{f.name: getattr(self, f.name) for f in fields(AugmentConfig)})
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig,
+            "hardware": HardwareConfig}
+RENAMED = {("data", "path"): "data", ("model", "name"): "model"}  # fields whose flat name differs
+# Every option's flat name -> (section, field).
+FLAT = {RENAMED.get((section, f.name), f.name): (section, f.name)
+        for section, kind in SECTIONS.items() for f in fields(kind)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Defaults reproduce the original study's protocol."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    tags: dict[str, str] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with the given fields changed; None values are ignored (flag not given)."""
-        unknown = set(changes) - {f.name for f in fields(self)}
+        """A copy with options changed by their flat names (``lr=0.01``, ``zoom=0.2``); None values are ignored
+        (a flag not given).
+
+        Raises:
+            ValueError: an unknown option name, or a value its section refuses.
+        """
+        unknown = set(changes) - set(FLAT) - {"tags"}
         if unknown:
-            raise ValueError(f"Unknown configuration keys {sorted(unknown)}; known keys: {[f.name for f in fields(self)]}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+            raise ValueError(f"Unknown configuration keys {sorted(unknown)}; known keys: {sorted(FLAT)}")
+        by_section: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if value is not None and name != "tags":
+                section, option = FLAT[name]
+                by_section.setdefault(section, {})[option] = value
+        updated = {section: dataclasses.replace(getattr(self, section), **options)
+                   for section, options in by_section.items()}
+        if changes.get("tags") is not None:
+            updated["tags"] = dict(changes["tags"])
+        return dataclasses.replace(self, **updated)
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name, and the tags."""
+        return {name: getattr(getattr(self, section), option) for name, (section, option) in FLAT.items()} | {
+            "tags": dict(self.tags)}
 
     def to_dict(self) -> dict[str, Any]:
+        """The nested form, as written to ``config.yaml``."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return cls().replace(**values)
+        """From the nested form (``{"optim": {"lr": ...}}``) or the flat one (``{"lr": ...}``), or a mix."""
+        flat = flat_config(values)
+        return cls().replace(**flat)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -130,3 +201,24 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def flat_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A recorded configuration (nested, as runs write it now, or flat, as older runs and presets do) by flat
+    option names, unchanged otherwise: for reading a bundle's ``training.config`` without building it (its
+    pretrained file, say, may not exist on this machine).
+
+    Raises:
+        ValueError: a section that is not a mapping, or an unknown option inside a section.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            known = {f.name for f in fields(SECTIONS[key])}
+            unknown = set(value) - known
+            if unknown:
+                raise ValueError(f"Unknown options {sorted(unknown)} in section '{key}'; known: {sorted(known)}")
+            flat.update({RENAMED.get((key, option), option): item for option, item in value.items()})
+        else:
+            flat[key] = value  # a flat option (or an unknown key, refused by replace)
+    return flat

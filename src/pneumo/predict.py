@@ -2,7 +2,8 @@
 
 Two backends with the same answers: ``torch`` (the bundle's model) and ``onnx``
 (onnxruntime on the exported graph, faster on CPU). Both apply the bundle's temperature and
-operating point. Decoding runs in threads (OpenCV releases the GIL).
+operating point, and its novelty check where it has one. Decoding runs in threads (OpenCV
+releases the GIL).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pneumo.inference.calibration import PriorAdaptation
 from pneumo.inference.decision import DECISIONS, decide, reason
 from pneumo.inference import predict_logits, softmax
 from pneumo.inference.checks import input_warnings
+from pneumo.inference.novelty import logits_and_features, novelty_warning
 from pneumo.labels import SHORT_NAMES
+from pneumo.models.info import ModelInfo
 from pneumo.paths import resolve_model
 
 BACKENDS = ("torch", "onnx", "auto")
@@ -41,8 +44,9 @@ class Prediction:
     image: np.ndarray | None = field(default=None, repr=False)  # (S, S) uint8, as the model saw it
     reason: str = ""  # why this class: the rule, P(pneumonia) and the threshold (pneumo.inference.decision)
     gradcam: np.ndarray | None = field(default=None, repr=False)  # overlay, when asked for (pneumo.api)
-    warnings: list[str] = field(default_factory=list)  # input checks (pneumo.inference.checks)
+    warnings: list[str] = field(default_factory=list)  # input checks (pneumo.inference.checks, .novelty)
     dicom: dict[str, str] = field(default_factory=dict)  # what a DICOM file says of itself (readers.DICOM_FIELDS)
+    novelty: float | None = None  # how unlike the training X-rays (pneumo.inference.novelty); None: no check
 
     @property
     def ok(self) -> bool:
@@ -57,11 +61,12 @@ class Prediction:
             return {"file": self.source, "error": self.error}
         return {"file": self.source, "class": self.label, "probabilities": self.probabilities,
                 "p_pneumonia": round(self.p_pneumonia, 6), "reason": self.reason, "warnings": self.warnings,
+                **({"novelty": round(self.novelty, 4)} if self.novelty is not None else {}),
                 **({"dicom": self.dicom} if self.dicom else {})}
 
     def describe_input(self, info: ImageInfo) -> "Prediction":
-        """Attach the input checks' warnings and the DICOM attributes of the file it answers."""
-        self.warnings, self.dicom = input_warnings(info), dict(info.dicom)
+        """Attach the input checks' warnings (before the novelty check's) and the DICOM attributes of the file."""
+        self.warnings, self.dicom = input_warnings(info) + self.warnings, dict(info.dicom)
         return self
 
 
@@ -143,14 +148,14 @@ class Predictor:
             self.bundle = load_bundle(path)
             self.metadata = self.bundle.metadata
             self.sha256 = self.bundle.file_sha256
-        self.size = int(self.metadata["preprocessing"]["size"])
-        self.temperature = float(self.metadata.get("temperature", 1.0))
+        self.info = ModelInfo.of(self.metadata)
+        self.size, self.temperature, self.model_id = self.info.size, self.info.temperature, self.info.model_id
         self.prior_adaptation = PriorAdaptation.of_model(self.metadata)
-        point = self.metadata.get("operating_point") or {}
+        point = self.info.operating_point
         # The operating point where the model has one (and it is asked for), else the most probable class.
-        self.threshold = point.get("pneumonia_threshold") if decision == "operating-point" else None
-        self.target_sensitivity = point.get("target_sensitivity")
-        self.model_id = str(self.metadata.get("id") or self.metadata["model_name"])
+        self.threshold = point.threshold if point and decision == "operating-point" else None
+        self.target_sensitivity = point.target_sensitivity if point else None
+        self.novelty = self.info.novelty  # None: the model has no novelty check
 
     def _load_onnx(self, path: Path, threads: int | None) -> None:
         import onnxruntime
@@ -176,17 +181,31 @@ class Predictor:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.metadata["classes"])
+        return list(self.info.classes)
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(N, K) logits for (N, S, S) uint8 images."""
         if self.backend == "torch":
             return predict_logits(self.bundle.model, images, batch_size=batch_size)
-        outputs = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size].astype(np.float32)[:, None] / 255.0
-            outputs.append(self.session.run(["logits"], {"image": batch})[0])
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+        return self._onnx_outputs(images, ["logits"], batch_size)[0]
+
+    def outputs(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, K) logits and (N,) novelty for (N, S, S) uint8 images; novelty is None for a model without the check."""
+        if self.novelty is None:
+            return self.logits(images, batch_size), None
+        if self.backend == "onnx":
+            return tuple(self._onnx_outputs(images, ["logits", "novelty"], batch_size))
+        logits, features = logits_and_features(self.bundle.model, images, self.bundle.novelty.layer_paths,
+                                               batch_size=batch_size)
+        return logits, self.bundle.novelty.score(features)
+
+    def _onnx_outputs(self, images: np.ndarray, names: list[str], batch_size: int) -> list[np.ndarray]:
+        """The ONNX graph's ``names`` outputs for (N, S, S) uint8 images, in batches."""
+        batches = [self.session.run(names, {"image": images[start:start + batch_size].astype(np.float32)[:, None] / 255.0})
+                   for start in range(0, len(images), batch_size)]
+        if not batches:
+            return [np.zeros((0, len(self.classes)), np.float32), np.zeros(0, np.float32)][:len(names)]
+        return [np.concatenate([batch[i] for batch in batches]) for i in range(len(names))]
 
     def probabilities(self, images: np.ndarray, *, adapt: bool | str = False) -> np.ndarray:
         """Calibrated probabilities, adapted to this batch as ``adapt`` says.
@@ -195,12 +214,16 @@ class Predictor:
         priors; "bn": AdaBN re-estimates BatchNorm statistics on the batch (PyTorch model, also
         under the ONNX backend); "bn+priors": both.
         """
+        return self._calibrated(images, None, adapt)
+
+    def _calibrated(self, images: np.ndarray, logits: np.ndarray | None, adapt: bool | str) -> np.ndarray:
+        """``probabilities``, from the model's ``logits`` of ``images`` where already computed (None: not yet)."""
         adapt = {True: "priors", False: "none"}.get(adapt, adapt)
         if adapt not in ADAPT_MODES:
             raise ValueError(f"The 'adapt' option must be one of {ADAPT_MODES}. Got {adapt!r} instead.")
         if adapt.startswith("bn"):
             logits = predict_logits(adapt_batchnorm(self._torch_bundle().model, images), images)
-        else:
+        elif logits is None:
             logits = self.logits(images)
         if adapt.endswith("priors") and len(logits):
             return self.prior_adaptation.adapt(logits)[0]
@@ -229,13 +252,20 @@ class Predictor:
         if not images:
             return []
         stack = np.stack(images)
-        probs = self.probabilities(stack, adapt=adapt)
+        # The novelty is the model's own (under --adapt bn too): it measures the image against the training X-rays.
+        logits, novelty = self.outputs(stack)
+        probs = self._calibrated(stack, logits, adapt)
         labels = decide(probs, self.threshold)
-        return [
+        predictions = [
             Prediction(source, self.classes[label], dict(zip(SHORT_NAMES, map(float, p.round(6)))), image=image,
                        reason=reason(p, label, self.threshold, self.target_sensitivity))
             for source, label, p, image in zip(sources, labels, probs, images)
         ]
+        for prediction, score in zip(predictions, novelty if novelty is not None else []):
+            prediction.novelty = float(score)
+            warning = novelty_warning(float(score), self.novelty)
+            prediction.warnings += [warning] if warning else []
+        return predictions
 
     @property
     def rule(self) -> str:
@@ -267,7 +297,7 @@ class Predictor:
         if not ok:
             return []
         classes = [self.classes.index(p.label) for p in ok]
-        heatmaps = gradcam(bundle.model, self.metadata["model_name"], np.stack([p.image for p in ok]), classes,
+        heatmaps = gradcam(bundle.model, self.info.model_name, np.stack([p.image for p in ok]), classes,
                            member=member)
         which = "" if member is None else f" (member {member})"
         return [overlay(p.image, heat, caption=f"{Path(p.source).name}: where {self.model_id}{which} looked for "
@@ -300,11 +330,12 @@ def predictions_csv(predictions: list[Prediction], model_id: str = "") -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "class", *[f"p_{name}" for name in SHORT_NAMES], "p_pneumonia", "reason", "warnings",
-                     *DICOM_FIELDS, "error", "model"])
+                     "novelty", *DICOM_FIELDS, "error", "model"])
     for p in predictions:
         probs = [f"{p.probabilities[name]:.6f}" for name in SHORT_NAMES] if p.ok else [""] * len(SHORT_NAMES)
         writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason,
-                         "; ".join(p.warnings), *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error, model_id])
+                         "; ".join(p.warnings), "" if p.novelty is None else f"{p.novelty:.4f}",
+                         *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error, model_id])
     return buffer.getvalue()
 
 

@@ -134,6 +134,8 @@ def test_prior_adaptation_of_a_model_without_a_fit_follows_its_recipe():
     metadata = {"classes": ["a", "b", "c"], "temperature": 1.5,
                 "training": {"train_class_counts": [1, 2, 1], "config": {"class_weights": "balanced"}}}
     assert PriorAdaptation.of_model(metadata).source_priors == pytest.approx([1 / 3] * 3)
+    nested = {**metadata, "training": {**metadata["training"], "config": {"optim": {"class_weights": "balanced"}}}}
+    assert PriorAdaptation.of_model(nested).source_priors == pytest.approx([1 / 3] * 3)  # as runs record it now
     metadata["training"]["config"]["class_weights"] = "none"
     assumed = PriorAdaptation.of_model(metadata)
     assert assumed.source_priors == pytest.approx([0.25, 0.5, 0.25]) and assumed.temperature == 1.5

@@ -87,6 +87,7 @@ def test_model_endpoint_keeps_the_training_machine_private():
     shipped = REPO / "models" / "pneumo-cnn"  # its bundle records where it was trained
     card = TestClient(create_app(shipped)).get("/v1/model").json()
     assert "environment" not in card["training"] and "data" not in card["training"]["config"]
+    assert set(card["novelty_check"]) == {"score", "threshold", "false_alarm_rate", "val_flagged", "fitted_on_images"}
     detailed = TestClient(create_app(shipped, settings=ServerSettings(model_details=True))).get("/v1/model").json()
     assert "git_commit" in detailed["training"]["environment"]
 

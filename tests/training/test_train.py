@@ -42,10 +42,14 @@ def test_study_cnn_command_end_to_end(shared_data, cache_dir, tmp_path):
     assert [row["epoch"] for row in rows] == ["1", "2"]
     bundle = load_bundle(run_dir)
     assert bundle.metadata["model_name"] == "cnn" and bundle.metadata["training"]["epochs_run"] == 2
-    assert TrainConfig.from_yaml(run_dir / "config.yaml").lr == 1e-3  # the study's defaults
+    assert TrainConfig.from_yaml(run_dir / "config.yaml").optim.lr == 1e-3  # the study's defaults
     # Where the time went: each phase of train(), in order; fit holds every epoch.
     phases = json.loads((run_dir / "summary.json").read_text())["phase_seconds"]
-    assert list(phases) == ["data", "model", "environment", "fit", "bundle"]
+    assert list(phases) == ["data", "model", "environment", "fit", "novelty", "bundle"]
+    # The novelty check is fitted on the run's training images, its threshold on its validation images.
+    summary = bundle.metadata["training"]
+    assert bundle.novelty is not None and bundle.metadata["novelty"]["fitted_on_images"] == summary["train_images"]
+    assert bundle.metadata["novelty"]["threshold_set_on_images"] == summary["val_images"]
     assert phases["fit"] >= sum(float(row["seconds"]) for row in rows) > 0
     assert "seconds: start-up" in result.output
     # Refuses to overwrite an existing run.
@@ -71,7 +75,8 @@ def test_mixup_and_intensity_augmentation_train_and_are_recorded(shared_data, ca
         "--mixup", "0.4", "--brightness", "0.1", "--contrast", "0.2", "--gamma", "0.3"])
     assert result.exit_code == 0, result.output
     config = TrainConfig.from_yaml(tmp_path / "mix" / "config.yaml")
-    assert (config.mixup, config.brightness, config.contrast, config.gamma) == (0.4, 0.1, 0.2, 0.3)
+    assert (config.optim.mixup, config.augment.brightness, config.augment.contrast, config.augment.gamma) == (
+        0.4, 0.1, 0.2, 0.3)
     assert float(history(tmp_path / "mix")[0]["train_loss"]) > 0
     bad = runner.invoke(app, ["train", "--mixup", "-1", "--data", str(shared_data)])
     assert bad.exit_code == 2 and "'mixup' option must be >= 0" in bad.output
@@ -93,14 +98,14 @@ def test_compiled_training_keeps_plain_weight_names(shared_data, cache_dir, tmp_
     """
     from torch._dynamo.utils import counters
 
-    config = TrainConfig(model="cnn", epochs=1, max_train_images=64, size=64, data=str(shared_data),
-                         cache_dir=str(cache_dir), accelerator="cpu", compile="default", deterministic=False)
+    config = TrainConfig().replace(model="cnn", epochs=1, max_train_images=64, size=64, data=str(shared_data),
+                                   cache_dir=str(cache_dir), accelerator="cpu", compile="default", deterministic=False)
     torch._dynamo.reset()
     counters.clear()
     result = train(config, tmp_path / "compiled", progress_bar=False)
     assert counters["stats"]["unique_graphs"] == 1  # one training graph; validation would add more
     bundle = load_bundle(result.bundle)  # strict: would fail on "_orig_mod." names
-    assert bundle.metadata["training"]["config"]["compile"] == "default"
+    assert bundle.info.training_config["compile"] == "default"
     assert 0 < result.val_loss < 10 and 0 < float(history(tmp_path / "compiled")[0]["train_loss"]) < 10
     with pytest.raises(ValueError, match="'compile' option must be one of"):
         config.replace(compile="fast")
@@ -114,15 +119,15 @@ def test_extra_callbacks_join_the_run(shared_data, cache_dir, tmp_path):
             self.steps += 1
 
     counter = CountSteps()
-    config = TrainConfig(model="cnn", epochs=2, max_train_images=64, size=32, data=str(shared_data),
-                         cache_dir=str(cache_dir), accelerator="cpu")
+    config = TrainConfig().replace(model="cnn", epochs=2, max_train_images=64, size=32, data=str(shared_data),
+                                   cache_dir=str(cache_dir), accelerator="cpu")
     result = train(config, tmp_path / "counted", progress_bar=False, callbacks=[counter])
     assert counter.steps == 2 * 2 and result.epochs_run == 2  # 64 images in batches of 32, two epochs
 
 
 def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):
-    config = TrainConfig(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
-                         accelerator="cpu", seed=7)
+    config = TrainConfig().replace(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
+                                   accelerator="cpu", seed=7)
     first = train(config, tmp_path / "a", progress_bar=False)
     second = train(config, tmp_path / "b", progress_bar=False)
     assert (first.val_loss, first.val_acc) == (second.val_loss, second.val_acc)
@@ -170,7 +175,7 @@ def test_ddp_on_two_cpu_processes(shared_data, cache_dir, tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.stdout.count("model bundle:") == 1
     assert [row["epoch"] for row in history(tmp_path / "ddp")] == ["1", "2"]
-    assert load_bundle(tmp_path / "ddp").metadata["training"]["config"]["strategy"] == "ddp"
+    assert load_bundle(tmp_path / "ddp").info.training_config["strategy"] == "ddp"
 
 
 def test_random_split_reports_leaked_patients(shared_data, cache_dir, tmp_path):
@@ -249,8 +254,8 @@ def test_checkpoints_load_weights_only_and_only_from_the_run_folder(tmp_path):
 
 
 def test_resume_from_a_tampered_checkpoint_is_refused_cleanly(shared_data, cache_dir, tmp_path):
-    config = TrainConfig(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
-                         accelerator="cpu", size=64)
+    config = TrainConfig().replace(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
+                                   accelerator="cpu", size=64)
     run_dir = tmp_path / "run"
     train(config, run_dir, progress_bar=False)
     marker = tmp_path / "payload-ran"

@@ -1,4 +1,5 @@
-"""Calibrate a model on labelled images: temperature, operating point, prior-adaptation fit.
+"""Calibrate a model on labelled images: temperature, operating point, prior-adaptation fit, and the
+novelty check's threshold.
 
 ``pneumo calibrate RUN`` uses a run's validation images; the shipped models are calibrated the
 same way by ``scripts/finalize_shipped.py``. The operating point is the highest threshold on
@@ -18,6 +19,7 @@ from pneumo.inference.calibration import PriorAdaptation, fit_temperature, opera
 from pneumo.evaluation.metrics import summarize
 from pneumo.evaluation.stress import BATTERY, perturb
 from pneumo.inference import predict_logits, softmax
+from pneumo.inference.novelty import fit_novelty
 
 __all__ = ["DEFAULT_TARGET", "calibrate_bundle", "fit_calibration"]
 
@@ -56,10 +58,13 @@ def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
             "prior_adaptation": PriorAdaptation.fit(logits, labels).to_dict()}
 
 
-def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, **options) -> dict:
+def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, *,
+                     train_images: np.ndarray | None = None, **options) -> dict:
     """Fit the calibration (see fit_calibration) and write it into the bundle at ``path``; returns it.
 
-    An ONNX export beside the bundle is exported again, so that the two stay a pair.
+    With ``train_images`` (the model's training images, uint8 (N, S, S)), the novelty check is fitted
+    on them anew, its threshold on ``images``; without, the bundle keeps the one it has. An ONNX
+    export beside the bundle is exported again, so that the two stay a pair.
     """
     from pneumo.export.onnx import export_onnx
     from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
@@ -68,7 +73,10 @@ def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, *
     calibration = fit_calibration(bundle.model, images, labels, **options)
     metadata = carried_metadata(bundle.metadata)
     metadata.update(calibration)
-    save_bundle(bundle.path, bundle.model, model_name=bundle.metadata["model_name"], size=bundle.size, **metadata)
+    novelty = bundle.novelty if train_images is None else fit_novelty(
+        bundle.model, bundle.metadata["model_name"], train_images, images, source=options.get("source", ""))
+    save_bundle(bundle.path, bundle.model, model_name=bundle.metadata["model_name"], size=bundle.size,
+                novelty=novelty, **metadata)
     onnx_file = bundle.path.with_suffix(".onnx")
     if onnx_file.is_file():
         export_onnx(load_bundle(bundle.path), onnx_file)

@@ -11,6 +11,7 @@ import numpy as np
 from pneumo.evaluation.evaluate import Predictions
 from pneumo.evaluation.metrics import decide, mcnemar
 from pneumo.labels import BACTERIAL, SHORT_NAMES, VIRAL
+from pneumo.tables import html_table, markdown_table
 
 COLUMNS = ("Model", "Accuracy", "Loss", "Macro-F1", "Recall normal", "Recall bacterial", "Recall viral",
            "FN bacterial", "FN viral", "ECE", "Train time (s)")
@@ -77,18 +78,14 @@ def compare(results: list[tuple[dict, Predictions]]) -> dict:
 
 
 def to_markdown(comparison: dict) -> str:
-    columns = comparison["columns"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in comparison["rows"]]
+    lines = [markdown_table(comparison["columns"], comparison["rows"])]
     lines += ["", f"{comparison['images']} images ({comparison['data']}); 95% patient-bootstrap intervals in brackets.", ""]
     lines += [f"- {sentence}" for sentence in comparison["sentences"]]
     return "\n".join(lines) + "\n"
 
 
 def to_html(comparison: dict) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in comparison["columns"])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in comparison["rows"])
     notes = "".join(f"<li>{html.escape(s)}</li>" for s in comparison["sentences"])
-    return (f"<table class='compare'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<p>{comparison['images']} images ({html.escape(comparison['data'])}); 95% patient-bootstrap intervals "
+    return (html_table(comparison["columns"], comparison["rows"], css_class="compare")
+            + f"<p>{comparison['images']} images ({html.escape(comparison['data'])}); 95% patient-bootstrap intervals "
             f"in brackets.</p><ul>{notes}</ul>")

@@ -18,6 +18,7 @@ from pneumo.evaluation import plots
 from pneumo.inference.calibration import PriorAdaptation
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.inference import predict_logits, softmax
+from pneumo.inference.novelty import logits_and_features
 from pneumo.labels import CLASSES, SHORT_NAMES
 from pneumo.models.bundle import Bundle
 
@@ -64,6 +65,27 @@ def select_images(data_dir: Path, *, size: int, cache_dir: Path, role: str, spli
     return data.subset(chosen), source
 
 
+def run_split_file(models: list[str | Path]) -> Path | None:
+    """The ``split.csv`` of the first run folder among ``models`` (its roles say which images are test), or None."""
+    return next((Path(m) / "split.csv" for m in models if (Path(m) / "split.csv").is_file()), None)
+
+
+def evaluate_model(model: str | Path, data_dir: Path, *, role: str = "test", split_file: Path | None = None,
+                   cache_dir: Path, **options) -> tuple[dict, Predictions]:
+    """Load ``model`` and evaluate it (``evaluate``, with ``options``) on one role of the data in ``data_dir``.
+
+    The roles come from ``split_file``, else from the run folder's own ``split.csv`` when ``model``
+    is a run, else from the archive's folders (see ``select_images``).
+    """
+    from pneumo.models.bundle import load_bundle
+
+    bundle = load_bundle(model)
+    split_file = split_file or run_split_file([model])
+    images, source = select_images(Path(data_dir), size=bundle.size, cache_dir=Path(cache_dir), role=role,
+                                   split_file=split_file)
+    return evaluate(bundle, images, source=source, **options)
+
+
 def onnx_logits(bundle: Bundle, images: np.ndarray) -> np.ndarray:
     """Logits from the ONNX export beside the bundle (onnxruntime: several times faster on a CPU).
 
@@ -71,20 +93,37 @@ def onnx_logits(bundle: Bundle, images: np.ndarray) -> np.ndarray:
         ModelFileError: no model.onnx beside the bundle, or one exported from other weights
             (``Predictor`` checks the pair).
     """
+    return _onnx_predictor(bundle).logits(images)
+
+
+def _onnx_predictor(bundle: Bundle):
     from pneumo.predict import Predictor
 
-    return Predictor(Path(bundle.path).parent / "model.onnx", backend="onnx").logits(images)
+    return Predictor(Path(bundle.path).parent / "model.onnx", backend="onnx")
 
 
-def model_logits(bundle: Bundle, backend: str = "torch"):
-    """The bundle's model as a function of uint8 images (N, S, S) -> logits (N, K), on one backend."""
+def model_outputs(bundle: Bundle, backend: str = "torch"):
+    """The bundle's model as a function of uint8 images (N, S, S) -> (logits (N, K), novelty (N,) or None when
+    the bundle has no novelty check), on one backend."""
     from pneumo.predict import BACKENDS
 
     if backend not in BACKENDS:
         raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
     if backend == "onnx":
-        return lambda images: onnx_logits(bundle, images)
-    return lambda images: predict_logits(bundle.model, images)
+        return lambda images: _onnx_predictor(bundle).outputs(images)
+    if bundle.novelty is None:
+        return lambda images: (predict_logits(bundle.model, images), None)
+
+    def outputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = logits_and_features(bundle.model, images, bundle.novelty.layer_paths)
+        return logits, bundle.novelty.score(features)
+    return outputs
+
+
+def model_logits(bundle: Bundle, backend: str = "torch"):
+    """The bundle's model as a function of uint8 images (N, S, S) -> logits (N, K), on one backend."""
+    outputs = model_outputs(bundle, backend)
+    return lambda images: outputs(images)[0]
 
 
 def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "none",
@@ -106,7 +145,12 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
         info["backend"] = "torch"  # the adapted statistics exist only in the PyTorch model
         info["adapted_batchnorm_on"] = int(len(images))
     else:
-        logits = model_logits(bundle, backend)(images)
+        logits, novelty = model_outputs(bundle, backend)(images)
+        if novelty is not None:
+            check = bundle.info.novelty
+            info["novelty"] = {"threshold": check.threshold, "val_false_alarm_rate": check.false_alarm_rate,
+                               "flagged": float(np.mean(novelty > check.threshold)),
+                               "flagged_images": int(np.sum(novelty > check.threshold))}
     if adapt.endswith("priors"):
         adaptation = PriorAdaptation.of_model(bundle.metadata)
         probs, priors = adaptation.adapt(logits)
@@ -125,7 +169,7 @@ def decision_threshold(bundle: Bundle, decision: str = "operating-point") -> flo
         raise ValueError(f"The 'decision' must be one of {DECISIONS}. Got {decision!r} instead.")
     if decision == "argmax":
         return None
-    return (bundle.metadata.get("operating_point") or {}).get("pneumonia_threshold")
+    return bundle.info.operating_point.threshold if bundle.info.operating_point else None
 
 
 def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", adapt: str = "none",
@@ -172,10 +216,10 @@ def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed:
     metrics["ci95"] = bootstrap(predictions.labels, predictions.probs, predictions.patients, resamples=resamples,
                                 seed=seed, threshold=threshold)
     metrics.update(
-        model_id=bundle.model_id, model_name=bundle.metadata["model_name"], model_sha256=bundle.file_sha256,
-        size=bundle.size, training={**{key: bundle.metadata.get("training", {}).get(key)
+        model_id=bundle.model_id, model_name=bundle.info.model_name, model_sha256=bundle.file_sha256,
+        size=bundle.size, training={**{key: bundle.info.training.get(key)
                                        for key in ("epochs_run", "epoch", "train_seconds_total", "train_images")},
-                                    "pretrained": bundle.metadata.get("training", {}).get("config", {}).get("pretrained")},
+                                    "pretrained": bundle.info.training_config.get("pretrained")},
         data=source, patients=int(len(set(predictions.patients))), bootstrap={"resamples": resamples, "seed": seed,
         "unit": "patient", "level": 0.95}, seconds=round(time.perf_counter() - started, 3), disclaimer=DISCLAIMER,
         **info,

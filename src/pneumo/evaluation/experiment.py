@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.config import TrainConfig
-from pneumo.evaluation.evaluate import evaluate, select_images, write_evaluation
-from pneumo.models.bundle import load_bundle
+from pneumo.evaluation.evaluate import evaluate_model, write_evaluation
+from pneumo.tables import Rows
 
 REPORTED = ("accuracy", "loss", "macro_f1", "recall_bacterial", "recall_viral", "ece")
+REPORTED_LABELS = ("Accuracy", "Loss", "Macro-F1", "Recall bacterial", "Recall viral", "ECE")
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,10 @@ def run_planned(run: PlannedRun, base: TrainConfig, *, resamples: int = 1000, pr
     resume = (run.run_dir / "config.yaml").is_file()
     if not (run.run_dir / "model.pt").is_file():
         train(config, run.run_dir, resume=resume, progress_bar=progress_bar)
-    bundle = load_bundle(run.run_dir)
-    images, source = select_images(Path(config.data), size=config.size, cache_dir=Path(config.cache_dir),
-                                   role="test", split_file=run.run_dir / "split.csv")
-    metrics, predictions = evaluate(bundle, images, resamples=resamples, source=source)
+    metrics, predictions = evaluate_model(run.run_dir, Path(config.data.path), role="test",
+                                          cache_dir=Path(config.data.cache_dir), resamples=resamples)
     metrics["epochs"], metrics["seed"] = run.epochs, run.seed
-    metrics["train_seconds"] = bundle.metadata["training"]["train_seconds_total"]
+    metrics["train_seconds"] = metrics["training"]["train_seconds_total"]
     write_evaluation(run.run_dir / "eval", metrics, predictions)
     return metrics
 
@@ -76,16 +75,19 @@ def summarize_runs(runs: list[PlannedRun]) -> dict:
     return {"rows": rows, "runs": individual, "data": finished[0][1]["data"] if finished else ""}
 
 
+def epoch_tables(summary: dict) -> tuple[Rows, Rows]:
+    """The epoch study as two tables: mean ± sd per epoch count, and every run with its interval."""
+    means = Rows("Mean ± sd over seeds", ["Epochs", "Runs", *REPORTED_LABELS],
+                 [[row["epochs"], row["runs"], *[f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in REPORTED]]
+                  for row in summary["rows"]])
+    runs = Rows("Individual runs", ["Epochs", "Seed", "Accuracy (95% CI)", "Loss", "Macro-F1", "Train time (s)"],
+                [[run["epochs"], run["seed"], f"{run['accuracy']:.4f} ({run['accuracy_ci95'][0]:.3f}-"
+                  f"{run['accuracy_ci95'][1]:.3f})", f"{run['loss']:.4f}", f"{run['macro_f1']:.4f}", run["train_seconds"]]
+                 for run in summary["runs"]])
+    return means, runs
+
+
 def to_markdown(summary: dict, model: str) -> str:
-    lines = [f"Epoch study of `{model}`: mean ± sd over seeds on {summary['data']}.", "",
-             "| Epochs | Runs | Accuracy | Loss | Macro-F1 | Recall bacterial | Recall viral | ECE |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in summary["rows"]:
-        cells = [f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in REPORTED]
-        lines.append(f"| {row['epochs']} | {row['runs']} | " + " | ".join(cells) + " |")
-    lines += ["", "| Epochs | Seed | Accuracy (95% CI) | Loss | Macro-F1 | Train time (s) |", "|---|---|---|---|---|---|"]
-    for run in summary["runs"]:
-        low, high = run["accuracy_ci95"]
-        lines.append(f"| {run['epochs']} | {run['seed']} | {run['accuracy']:.4f} ({low:.3f}-{high:.3f}) | "
-                     f"{run['loss']:.4f} | {run['macro_f1']:.4f} | {run['train_seconds']} |")
-    return "\n".join(lines) + "\n"
+    means, runs = epoch_tables(summary)
+    return (f"Epoch study of `{model}`: mean ± sd over seeds on {summary['data']}.\n\n{means.markdown()}\n\n"
+            f"{runs.markdown()}\n")

@@ -15,9 +15,10 @@ from pneumo.data.cache import PreparedData
 from pneumo.data.figures import ATTRIBUTION, augment_grid, sample_grid
 from pneumo.evaluation import compare as comparing
 from pneumo.evaluation.evaluate import Predictions, write_evaluation
+from pneumo.evaluation.experiment import epoch_tables
 from pneumo.evaluation.metrics import metric_rows
 from pneumo.files import atomic_write
-from pneumo.labels import CLASSES
+from pneumo.tables import count_rows, html_table
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -31,18 +32,9 @@ def _image(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _table(columns: list[str], rows: list[list[object]]) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _data_section(data: PreparedData, roles, work: Path) -> str:
-    counts = [[role, *[int(((roles == role) & (data.labels == c)).sum()) for c in range(len(CLASSES))],
-               int((roles == role).sum()), len(set(data.patients[roles == role]))]
-              for role in ("train", "val", "test") if (roles == role).any()]
     return (
-        "<h2>Data</h2>" + _table(["role", *CLASSES, "images", "patients"], counts)
+        "<h2>Data</h2>" + count_rows("", roles, data.labels, data.patients).html()
         + _image(sample_grid(data, work / "data.png"), "sample images per class")
         + _image(augment_grid(data, work / "augment.png", AugmentConfig()), "augmentation of one image")
     )
@@ -61,7 +53,7 @@ def _model_section(metrics: dict, predictions: Predictions, run_dir: Path | None
     if run_dir is not None and (run_dir / "curves.png").is_file():
         parts += ["<h3>Training curves</h3>", _image(run_dir / "curves.png", "training curves")]
     parts += ["<h3>Test metrics (95% patient-bootstrap CI)</h3>",
-              _table(["metric", "value", "95% CI"], rows),
+              html_table(["metric", "value", "95% CI"], rows),
               "<h3>Confusion matrix</h3>", _image(folder / "confusion.png", "confusion matrix"),
               "<h3>Classification report</h3>", f"<pre>{html.escape(metrics['classification_report_text'])}</pre>",
               "<h3>ROC curves</h3>", _image(folder / "roc.png", "ROC curves"),
@@ -80,7 +72,7 @@ def _stress_section(metrics: dict) -> str:
             for row in [stress["clean"], *stress["perturbations"]]]
     summary = stress["summary"]
     return (f"<h3>Stress battery ({html.escape(stress['rule'])})</h3>"
-            + _table(["change", "accuracy (95% CI)", "recall normal / bacterial / viral", "pneumonia sens. / spec.",
+            + html_table(["change", "accuracy (95% CI)", "recall normal / bacterial / viral", "pneumonia sens. / spec.",
                       "flips"], rows)
             + f"<p>Middle severities, worst case: accuracy {summary['worst_accuracy']['value']:.3f} "
               f"({html.escape(summary['worst_accuracy']['perturbation'])}), normal recall "
@@ -113,7 +105,7 @@ def _summary_section(results: list[tuple[dict, Predictions, Path | None]]) -> st
                      " / ".join(f"{metrics[f'recall_{name}']:.3f}" for name in ("normal", "bacterial", "viral")),
                      (metrics.get("training") or {}).get("epochs_run", "?"), "; ".join(run_flags(metrics)) or "–"])
     return ("<h2>Summary</h2>"
-            + _table(["model", "accuracy (95% CI)", "macro-F1", "recall normal / bacterial / viral", "epochs",
+            + html_table(["model", "accuracy (95% CI)", "macro-F1", "recall normal / bacterial / viral", "epochs",
                       "read with care"], rows))
 
 
@@ -126,18 +118,13 @@ def _audit_section(folder: Path) -> str:
     figure = _image(folder / "audit.png", "image statistics per class") if (folder / "audit.png").is_file() else ""
     return ("<h2>Shortcut audit</h2><p>How well low-level image statistics alone predict the class (AUC 0.5: not "
             "at all); a high AUC means acquisition carries the label, which a model can learn instead of the lungs.</p>"
-            + _table(["task", "images", "AUC", "95% CI", "carried by (own AUC)"], rows) + figure)
+            + html_table(["task", "images", "AUC", "95% CI", "carried by (own AUC)"], rows) + figure)
 
 
 def _epoch_section(summary: dict) -> str:
-    rows = [[row["epochs"], row["runs"], *[f"{row[n]['mean']:.4f} ± {row[n]['sd']:.4f}" for n in
-                                           ("accuracy", "loss", "macro_f1", "recall_bacterial", "recall_viral")]]
-            for row in summary["rows"]]
-    runs = [[r["epochs"], r["seed"], f"{r['accuracy']:.4f}", f"{r['loss']:.4f}", f"{r['macro_f1']:.4f}"]
-            for r in summary["runs"]]
-    return ("<h2>Epoch study</h2><p>Mean ± sd over seeds.</p>"
-            + _table(["epochs", "runs", "accuracy", "loss", "macro-F1", "recall bacterial", "recall viral"], rows)
-            + "<h3>Individual runs</h3>" + _table(["epochs", "seed", "accuracy", "loss", "macro-F1"], runs))
+    means, runs = epoch_tables(summary)
+    return (f"<h2>Epoch study</h2><p>{html.escape(means.title)}.</p>" + means.html()
+            + f"<h3>{html.escape(runs.title)}</h3>" + runs.html())
 
 
 def build_report(out: Path, *, data: PreparedData, roles, results: list[tuple[dict, Predictions, Path | None]],

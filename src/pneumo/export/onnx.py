@@ -1,7 +1,8 @@
 """Export a model bundle to ONNX, with the bundle's metadata inside the file.
 
 The graph takes ``image``: float32 (batch, 1, S, S) in [0, 1] and returns ``logits``
-(batch, classes); the batch axis is dynamic. The metadata (classes, preprocessing,
+(batch, classes) and, where the bundle has a novelty check, ``novelty`` (batch,); the batch
+axis is dynamic. The metadata (classes, preprocessing,
 temperature, operating point, weights hash) is stored as the ``pneumo`` metadata property,
 so an ``.onnx`` file is usable on its own.
 """
@@ -18,6 +19,7 @@ import onnx.numpy_helper
 import torch
 
 from pneumo.files import atomic_path
+from pneumo.inference.novelty import ScoredModel
 from pneumo.models.bundle import Bundle
 
 OPSET = 17
@@ -27,7 +29,7 @@ METADATA_KEY = "pneumo"
 def export_onnx(bundle: Bundle, out: str | Path) -> Path:
     """Write ``bundle`` as ONNX to ``out`` (atomically) and return the path."""
     out = Path(out)
-    model = bundle.model.eval()
+    model = bundle.model.eval() if bundle.novelty is None else ScoredModel(bundle.model, bundle.novelty).eval()
     example = torch.rand(2, 1, bundle.size, bundle.size)
     with atomic_path(out) as temporary:
         _export(model, example, temporary, bundle)
@@ -36,12 +38,13 @@ def export_onnx(bundle: Bundle, out: str | Path) -> Path:
 
 def _export(model, example: torch.Tensor, temporary: Path, bundle: Bundle) -> None:
     """The graph with the bundle's metadata, checked, written to ``temporary``."""
+    outputs = ["logits"] if bundle.novelty is None else ["logits", "novelty"]
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated but needs no onnxscript and handles these CNNs exactly.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
-            model, (example,), str(temporary), input_names=["image"], output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+            model, (example,), str(temporary), input_names=["image"], output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]}, opset_version=OPSET, dynamo=False,
         )
     graph = onnx.load(str(temporary))
     metadata = dict(bundle.metadata, source_bundle_sha256=bundle.file_sha256,

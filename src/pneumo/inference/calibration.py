@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
+from pneumo.config import flat_config
 from pneumo.inference import softmax
 
 
@@ -96,7 +97,7 @@ class PriorAdaptation:
         classes = len(metadata["classes"])
         training = metadata.get("training", {})
         counts = np.array(training.get("train_class_counts") or [1] * classes, np.float64)
-        if (training.get("config") or {}).get("class_weights") == "balanced":
+        if flat_config(training.get("config") or {}).get("class_weights") == "balanced":
             counts = np.ones(classes)
         return cls(float(metadata.get("temperature", 1.0)), [0.0] * classes, (counts / counts.sum()).tolist(),
                    "assumed from the training recipe")

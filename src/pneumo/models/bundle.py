@@ -3,11 +3,12 @@
 A bundle is a plain dict of tensors and strings that loads with
 ``torch.load(path, weights_only=True)`` (no arbitrary unpickling):
 
-    {"format": "pneumo-bundle", "version": 1, "metadata": "<JSON>", "state_dict": {name: tensor}}
+    {"format": "pneumo-bundle", "version": 1, "metadata": "<JSON>", "state_dict": {name: tensor},
+     "novelty": {name: tensor}}  # optional
 
 The metadata holds the model name, class names, preprocessing (size, grayscale, scaling,
-normalization), the training summary, the calibration temperature, the operating point and
-the sha256 of the weights.
+normalization), the training summary, the calibration temperature, the operating point, the
+novelty check's threshold and the sha256 of the weights and of the novelty tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from torch import nn
 
 from pneumo.errors import ModelFileError
 from pneumo.files import atomic_path
+from pneumo.inference.novelty import Novelty
 from pneumo.labels import CLASSES
+from pneumo.models.info import ModelInfo
 from pneumo.models.registry import create_model
 
 FORMAT = "pneumo-bundle"
@@ -39,22 +43,28 @@ class Bundle:
     metadata: dict[str, Any]
     path: Path | None = None
     file_sha256: str = field(default="")
+    novelty: Novelty | None = None  # the check that an image resembles the training X-rays (pneumo.inference.novelty)
+
+    @cached_property
+    def info(self) -> ModelInfo:
+        """The typed view of the metadata."""
+        return ModelInfo.of(self.metadata)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.metadata["classes"])
+        return list(self.info.classes)
 
     @property
     def size(self) -> int:
-        return int(self.metadata["preprocessing"]["size"])
+        return self.info.size
 
     @property
     def temperature(self) -> float:
-        return float(self.metadata.get("temperature", 1.0))
+        return self.info.temperature
 
     @property
     def model_id(self) -> str:
-        return str(self.metadata.get("id") or self.metadata["model_name"])
+        return self.info.model_id
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -78,7 +88,8 @@ def preprocessing(size: int) -> dict[str, Any]:
     }
 
 
-def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: int, **extra: Any) -> dict[str, Any]:
+def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: int, novelty: Novelty | None = None,
+                **extra: Any) -> dict[str, Any]:
     """Write ``model`` and its metadata atomically; returns the metadata.
 
     Args:
@@ -86,6 +97,7 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
         model: a model built by ``create_model(model_name)``.
         model_name: its registry name.
         size: input side in pixels.
+        novelty: its novelty check, fitted on these weights' features; without one, the bundle has none.
         **extra: further metadata (``id``, ``training``, ``temperature``, ``operating_point``, ...).
     """
     # Always the standard layout, whatever the model was trained or run in (channels_last), so
@@ -100,17 +112,23 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
         "temperature": 1.0,
         **extra,
     }
+    content = {"format": FORMAT, "version": VERSION, "state_dict": state}
+    if novelty is not None:
+        content["novelty"] = {name: tensor.detach().cpu().contiguous() for name, tensor in novelty.state_dict().items()}
+        metadata["novelty"] = {**novelty.metadata(), "sha256": weights_sha256(content["novelty"])}
     with atomic_path(path) as temporary:
-        torch.save({"format": FORMAT, "version": VERSION, "metadata": json.dumps(metadata), "state_dict": state},
-                   temporary)
+        torch.save({**content, "metadata": json.dumps(metadata)}, temporary)
     return metadata
 
 
 def carried_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """A bundle's metadata without what ``save_bundle`` derives itself: to save new weights or calibration
-    under the same description (``save_bundle(path, model, model_name=..., size=..., **carried_metadata(m))``)."""
+    under the same description (``save_bundle(path, model, model_name=..., size=..., **carried_metadata(m))``).
+
+    The novelty check's record is left out too: it travels with its tensors, as ``save_bundle(novelty=...)``.
+    """
     return {key: value for key, value in metadata.items()
-            if key not in ("model_name", "classes", "preprocessing", "weights_sha256")}
+            if key not in ("model_name", "classes", "preprocessing", "weights_sha256", "novelty")}
 
 
 def model_from_metadata(metadata: dict[str, Any]) -> nn.Module:
@@ -163,8 +181,14 @@ def load_bundle(path: str | Path) -> Bundle:
         model.load_state_dict(content["state_dict"], strict=True)
     except (RuntimeError, ValueError, KeyError) as error:
         raise ModelFileError(f"{path}: weights do not fit model {metadata.get('model_name')!r} ({error})") from None
+    novelty = None
+    if "novelty" in content:
+        if weights_sha256(content["novelty"]) != metadata.get("novelty", {}).get("sha256"):
+            raise ModelFileError(f"{path}: its novelty-check tensors do not match the sha256 recorded in it; the file "
+                                 "was altered or damaged. Restore it, or refit with 'pneumo calibrate'")
+        novelty = Novelty.from_state(content["novelty"], metadata["novelty"])
     # Weights in channels_last like the batches of predict_logits: about 1.7x faster for MobileNetV2
     # on the 2-core CPU. Done once here, not per prediction, and outside inference mode, where
     # remade parameters could never take part in autograd again (Grad-CAM).
     model.to(memory_format=torch.channels_last).eval()
-    return Bundle(model, metadata, path, hashlib.sha256(raw).hexdigest())
+    return Bundle(model, metadata, path, hashlib.sha256(raw).hexdigest(), novelty)

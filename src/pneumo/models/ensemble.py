@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumo.config import flat_config
 from pneumo.models.registry import create_model
 
 __all__ = ["ENSEMBLE_NAME", "Ensemble", "area_resize_matrix", "build_ensemble", "check_members", "ensemble_from_bundles",
@@ -146,7 +147,7 @@ def member_description(metadata: dict, file_sha256: str) -> dict:
         "size": int(metadata["preprocessing"]["size"]), "temperature": float(metadata.get("temperature", 1.0)),
         "weights_sha256": metadata.get("weights_sha256", ""), "bundle_sha256": file_sha256,
         "run": training.get("run", ""), "val_acc": training.get("val_acc"), "val_loss": training.get("val_loss"),
-        "split": training.get("split", ""), "seed": training.get("config", {}).get("seed"),
+        "split": training.get("split", ""), "seed": flat_config(training.get("config", {})).get("seed"),
     }
 
 
@@ -163,7 +164,7 @@ def split_identity(metadata: dict) -> dict:
     """What says which split a model was trained on: the options that made it (method or file, seed,
     fractions) and, where the bundle records it, the hash of its roles."""
     training = metadata.get("training", {})
-    config = training.get("config", {})
+    config = flat_config(training.get("config", {}))
     identity = {"split": training.get("split"), "split_file": Path(config.get("split_file") or "").name,
                 **{key: config.get(key) for key in ("split_seed", "val_fraction", "holdout")}}
     if training.get("split_sha256"):
@@ -217,26 +218,34 @@ def ensemble_from_bundles(bundles: list, *, views: tuple[float, ...] = (1.0,)) -
     training = first.metadata.get("training", {})
     shared = {key: training[key] for key in ("split", "train_images", "val_images", "train_class_counts",
                                              "patient_overlap") if key in training}
-    shared["config"] = {"split_file": training.get("config", {}).get("split_file")}
+    shared["config"] = {"split_file": flat_config(training.get("config", {})).get("split_file")}
     described = {"members": members, "combination": COMBINATION, "views": list(ensemble.views)}
     return ensemble, {"ensemble": described, "training": shared}
 
 
 def write_ensemble(bundles: list, out: Path, images: np.ndarray, labels: np.ndarray, *, name: str,
-                   source: str, views: tuple[float, ...] = (1.0,)) -> Path:
+                   source: str, views: tuple[float, ...] = (1.0,), train_images: np.ndarray | None = None) -> Path:
     """Assemble ``bundles`` (with test-time ``views``), fit the ensemble's temperature and operating point
     on labelled validation images (N, S, S) at the ensemble's input size, and write ``out/model.pt``;
     returns its path.
+
+    With the members' ``train_images`` (uint8, same size), the ensemble gets a novelty check on its
+    members' features, its threshold set on the validation images.
     """
     from pneumo.evaluation.calibrate import fit_calibration
+    from pneumo.inference.novelty import fit_novelty
     from pneumo.models.bundle import BUNDLE_NAME, save_bundle
 
     ensemble, metadata = ensemble_from_bundles(bundles, views=views)
-    if images.shape[-1] != ensemble.size:
-        raise ValueError(f"The calibration images must be {ensemble.size} px, the largest member input. "
-                         f"Got {images.shape[-1]} px instead.")
+    for role, given in (("calibration", images), ("training", train_images)):
+        if given is not None and given.shape[-1] != ensemble.size:
+            raise ValueError(f"The {role} images must be {ensemble.size} px, the largest member input. "
+                             f"Got {given.shape[-1]} px instead.")
     ensemble.eval()
     calibration = fit_calibration(ensemble, images, labels, source=source)
+    novelty = None if train_images is None else fit_novelty(ensemble, ENSEMBLE_NAME, train_images, images,
+                                                                      source=source)
     path = Path(out) / BUNDLE_NAME
-    save_bundle(path, ensemble, model_name=ENSEMBLE_NAME, size=ensemble.size, id=name, **metadata, **calibration)
+    save_bundle(path, ensemble, model_name=ENSEMBLE_NAME, size=ensemble.size, novelty=novelty, id=name, **metadata,
+                **calibration)
     return path

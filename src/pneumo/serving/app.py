@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumo import DISCLAIMER, __version__
+from pneumo.config import flat_config
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.predict import Predictor
 from pneumo.serving.batching import MicroBatcher
@@ -90,7 +91,7 @@ _PRIVATE_CONFIG_KEYS = ("data", "cache_dir", "pretrained", "split_file")
 def _public_training(training: dict) -> dict:
     public = {key: value for key, value in training.items() if key not in _PRIVATE_TRAINING_KEYS}
     if isinstance(public.get("config"), dict):
-        public["config"] = {k: v for k, v in public["config"].items() if k not in _PRIVATE_CONFIG_KEYS}
+        public["config"] = {k: v for k, v in flat_config(public["config"]).items() if k not in _PRIVATE_CONFIG_KEYS}
     return public
 
 
@@ -290,6 +291,9 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             "model_name": metadata["model_name"], "classes": predictor.classes,
             "preprocessing": metadata["preprocessing"], "temperature": predictor.temperature,
             "operating_point": metadata.get("operating_point"), "decision_rule": predictor.rule,
+            "novelty_check": {key: value for key, value in (metadata.get("novelty") or {}).items()
+                              if key in ("score", "threshold", "false_alarm_rate", "val_flagged", "fitted_on_images")}
+                             or None,
             "training": training if settings.model_details else _public_training(training),
             "evaluation": metadata.get("evaluation", {}), "intended_use": DISCLAIMER,
         }

@@ -113,13 +113,14 @@ class Classifier(L.LightningModule):
         self.config = TrainConfig.from_dict(config)
         # channels_last weights to match the channels_last batches (on_after_batch_transfer): with
         # only the input in that layout, each convolution converts one of them on every step.
-        self.model = create_model(self.config.model, num_classes=len(CLASSES), pretrained=self.config.pretrained)
+        self.model = create_model(self.config.model.name, num_classes=len(CLASSES),
+                                  pretrained=self.config.model.pretrained)
         self.model.to(memory_format=torch.channels_last)
-        if self.config.compile != "off":
+        if self.config.hardware.compile != "off":
             # In place, so the state_dict keeps its names (checkpoints, bundles); compiled on first use.
-            self.model.compile(mode=self.config.compile)
-        self.classifier_prefix = "model." + get_spec(self.config.model).classifier
-        self.augment = self.config.augmentation()
+            self.model.compile(mode=self.config.hardware.compile)
+        self.classifier_prefix = "model." + get_spec(self.config.model.name).classifier
+        self.augment = self.config.augment
         self.register_buffer("class_weight", torch.tensor(weights) if weights else torch.ones(len(CLASSES)))
         self._generator: torch.Generator | None = None
         self._epoch_started = self._last_step = 0.0
@@ -134,7 +135,7 @@ class Classifier(L.LightningModule):
         images = images.float().div_(255.0)  # the study's 1/255 rescaling
         if self.trainer.training and self.augment.enabled:
             if self._generator is None or self._generator.device != images.device:
-                seed = self.config.seed * 1000 + self.global_rank + 7919 * self.current_epoch
+                seed = self.config.optim.seed * 1000 + self.global_rank + 7919 * self.current_epoch
                 self._generator = torch.Generator(device=images.device).manual_seed(seed)
             images = augment(images, self.augment, self._generator)
         return images.contiguous(memory_format=torch.channels_last), labels
@@ -143,7 +144,7 @@ class Classifier(L.LightningModule):
         return F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=smoothing)
 
     def on_train_epoch_start(self) -> None:
-        frozen = self.current_epoch < self.config.freeze_epochs
+        frozen = self.current_epoch < self.config.optim.freeze_epochs
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(not frozen or name.startswith(self.classifier_prefix))
         # Fresh streams per epoch (augmentation here, dropout and mixup at the first batch) make a run
@@ -156,22 +157,22 @@ class Classifier(L.LightningModule):
         if batch_idx == 0:
             # Seeded here, not at epoch start: a fresh run and a resumed one create the epoch's
             # DataLoader iterator (which draws its base seed from this generator) at different points.
-            torch.manual_seed(self.config.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
+            torch.manual_seed(self.config.optim.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if self.config.mixup > 0:
+        if self.config.optim.mixup > 0:
             # Mixup (Zhang et al. 2018): blend each image with a partner from the same batch and
             # the loss with the same weight. Random numbers come from torch's generator, reseeded
             # every epoch, so resumed runs stay reproducible.
-            share = float(torch.distributions.Beta(self.config.mixup, self.config.mixup).sample())
+            share = float(torch.distributions.Beta(self.config.optim.mixup, self.config.optim.mixup).sample())
             partner = torch.randperm(len(labels), device=images.device)
             logits = self(share * images + (1 - share) * images[partner])
-            loss = (share * self._loss(logits, labels, self.config.label_smoothing)
-                    + (1 - share) * self._loss(logits, labels[partner], self.config.label_smoothing))
+            loss = (share * self._loss(logits, labels, self.config.optim.label_smoothing)
+                    + (1 - share) * self._loss(logits, labels[partner], self.config.optim.label_smoothing))
         else:
             logits = self(images)
-            loss = self._loss(logits, labels, self.config.label_smoothing)
+            loss = self._loss(logits, labels, self.config.optim.label_smoothing)
         # Sums on the device, logged once per epoch: each self.log call costs ~0.8 ms of Lightning
         # bookkeeping on the 2-core CPU, against a ~5 ms step for the cnn on an H100.
         self._sums += torch.stack([loss.detach().float() * len(labels), (logits.argmax(1) == labels).sum().float()])
@@ -203,20 +204,21 @@ class Classifier(L.LightningModule):
         config = self.config
         head = [p for n, p in self.named_parameters() if n.startswith(self.classifier_prefix)]
         body = [p for n, p in self.named_parameters() if not n.startswith(self.classifier_prefix)]
-        groups = [{"params": body, "lr": config.lr * config.backbone_lr_scale}, {"params": head, "lr": config.lr}]
+        groups = [{"params": body, "lr": config.optim.lr * config.optim.backbone_lr_scale},
+                  {"params": head, "lr": config.optim.lr}]
         # One fused kernel for the whole update on a GPU instead of a few per parameter group.
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        if config.optimizer == "adam":
-            optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, **fused)
-        elif config.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, **fused)
+        if config.optim.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay, **fused)
+        elif config.optim.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay, **fused)
         else:
-            optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True,
-                                        weight_decay=config.weight_decay, **fused)
-        if config.schedule == "none":
+            optimizer = torch.optim.SGD(groups, lr=config.optim.lr, momentum=0.9, nesterov=True,
+                                        weight_decay=config.optim.weight_decay, **fused)
+        if config.optim.schedule == "none":
             return optimizer
-        if config.schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        if config.optim.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.optim.epochs)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         steps = self.trainer.estimated_stepping_batches
         scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -24,6 +24,7 @@ from pneumo.config import TrainConfig
 from pneumo.data.cache import PreparedData, prepare_folder
 from pneumo.data.splits import Split, load_split, make_split, save_split, split_sha256
 from pneumo.errors import PneumoError
+from pneumo.inference.novelty import fit_novelty
 from pneumo.models.bundle import BUNDLE_NAME, save_bundle
 from pneumo.training.callbacks import AtomicCheckpointIO, History, ThroughputBar
 from pneumo.training.module import Classifier, XrayDataModule, class_weights
@@ -105,10 +106,11 @@ def environment() -> dict[str, str]:
 
 
 def choose_split(config: TrainConfig, data: PreparedData) -> Split:
-    if config.split_file:
-        return load_split(Path(config.split_file), data, seed=config.split_seed)
-    return make_split(data, method=config.split, val_fraction=config.val_fraction, holdout=config.holdout,
-                      seed=config.split_seed)
+    if config.data.split_file:
+        return load_split(Path(config.data.split_file), data, seed=config.data.split_seed)
+    options = config.data
+    return make_split(data, method=options.split, val_fraction=options.val_fraction, holdout=options.holdout,
+                      seed=options.split_seed)
 
 
 def _limit(indices: np.ndarray, labels: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -162,30 +164,31 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         raise PneumoError(f"{run_dir} already exists; pass --resume {run_dir} to continue it, or choose another --name")
     # Everything that can fail on the user's input (data, split, model, pretrained weights, trainer
     # options) comes before the run folder is written, so that a failed start leaves nothing behind.
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    prepared = prepare_folder(Path(config.data), size=config.size, cache_dir=Path(config.cache_dir)).data
+    L.seed_everything(config.optim.seed, workers=True, verbose=False)
+    prepared = prepare_folder(Path(config.data.path), size=config.data.size, cache_dir=Path(config.data.cache_dir)).data
     split = choose_split(config, prepared)
-    train_idx = _limit(split.indices("train"), prepared.labels, config.max_train_images, config.seed)
-    val_idx = _limit(split.indices("val"), prepared.labels, config.max_train_images // 4, config.seed)
+    train_idx = _limit(split.indices("train"), prepared.labels, config.data.max_train_images, config.optim.seed)
+    val_idx = _limit(split.indices("val"), prepared.labels, config.data.max_train_images // 4, config.optim.seed)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise PneumoError(f"the split leaves {len(train_idx)} training and {len(val_idx)} validation images")
     laps.lap("data")
 
-    weights = class_weights(prepared.labels[train_idx], config.class_weights)
+    weights = class_weights(prepared.labels[train_idx], config.optim.class_weights)
     module = Classifier(config.to_dict(), weights.tolist() if weights is not None else None)
-    datamodule = XrayDataModule(prepared, train_idx, val_idx, config.batch_size, config.seed)
+    datamodule = XrayDataModule(prepared, train_idx, val_idx, config.optim.batch_size, config.optim.seed)
     history = History(run_dir)
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
     run_callbacks: list[L.Callback] = [history, best, *callbacks]
-    if config.early_stopping > 0:
-        run_callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.early_stopping))
+    if config.optim.early_stopping > 0:
+        run_callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=config.optim.early_stopping))
     if progress_bar:
         run_callbacks.append(ThroughputBar(leave=True))
+    hardware = config.hardware
     trainer = L.Trainer(
-        max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
-        strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision,
-        deterministic="warn" if config.deterministic else False, benchmark=not config.deterministic,
+        max_epochs=config.optim.epochs, accelerator=hardware.accelerator, devices=_devices(hardware.devices),
+        strategy=hardware.strategy, num_nodes=hardware.num_nodes, precision=hardware.precision,
+        deterministic="warn" if hardware.deterministic else False, benchmark=not hardware.deterministic,
         callbacks=run_callbacks, logger=False, default_root_dir=run_dir,
         num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], enable_progress_bar=progress_bar,
         enable_model_summary=False, log_every_n_steps=1,
@@ -212,15 +215,15 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     seconds = laps.lap("fit")
 
     rows = history.rows
-    best_row = min(rows, key=lambda row: row["val_loss"]) if config.bundle_weights == "best" else rows[-1]
+    best_row = min(rows, key=lambda row: row["val_loss"]) if config.optim.bundle_weights == "best" else rows[-1]
     epoch, val_loss, val_acc = int(best_row["epoch"]), best_row["val_loss"], best_row["val_acc"]
     overlap = split.patient_overlap(prepared.patients)
     bundle = run_dir / BUNDLE_NAME
     if trainer.is_global_zero:
-        if config.bundle_weights == "best":
+        if config.optim.bundle_weights == "best":
             module.load_state_dict(load_checkpoint(best.best_model_path or last, run_dir)["state_dict"])
         summary = {
-            "run": run_dir.name, "weights": config.bundle_weights, "epoch": epoch, "val_loss": val_loss,
+            "run": run_dir.name, "weights": config.optim.bundle_weights, "epoch": epoch, "val_loss": val_loss,
             "val_acc": val_acc, "epochs_run": len(rows),
             "train_seconds_total": round(sum(row["seconds"] for row in rows), 1),
             "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
@@ -228,8 +231,15 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "split": split.method, "split_sha256": split_sha256(split, prepared), "patient_overlap": overlap,
             "config": config.to_dict(),
         }
-        model_id = run_dir.name if run_dir.name.startswith(config.model) else f"{config.model}-{run_dir.name}"
-        save_bundle(bundle, module.model, model_name=config.model, size=config.size, id=model_id, training=summary)
+        name = config.model.name
+        model_id = run_dir.name if run_dir.name.startswith(name) else f"{name}-{run_dir.name}"
+        # The novelty check belongs to these weights: fitted on the training images as they are (not augmented).
+        novelty = fit_novelty(module.model.eval(), name, prepared.images[train_idx], prepared.images[val_idx],
+                              source=f"the training and validation roles of run {run_dir.name}"
+                              ) if len(train_idx) >= 3 else None
+        laps.lap("novelty")
+        save_bundle(bundle, module.model, model_name=name, size=config.data.size, novelty=novelty, id=model_id,
+                    training=summary)
         laps.lap("bundle")
         (run_dir / "summary.json").write_text(json.dumps({**summary, "phase_seconds": laps.seconds}, indent=1))
     return TrainResult(run_dir, bundle, epoch, val_loss, val_acc, len(rows), seconds, overlap["train/val"],
