@@ -59,7 +59,8 @@ def ms_per_step(args: argparse.Namespace, *, augment: bool, pageable: bool) -> f
     timer = StepTimer(args.steps, pageable)
     no_augmentation = {} if augment else {"rotation": 0.0, "shift": 0.0, "zoom": 0.0}
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig().replace(model=args.model, epochs=1, size=args.size, data=args.data, cache_dir=cache_dir(),
+        config = TrainConfig().replace(model=args.model, epochs=1, size=args.size, data=args.data,
+                                       cache_dir=cache_dir(),
                                        max_train_images=(args.skip + args.steps + 1) * 32, accelerator=args.accelerator,
                                        precision=args.precision, compile=args.compile, deterministic=False,
                                        **no_augmentation)

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from add_novelty import add_novelty
 from finalize_shipped import KEYS, SPLIT, TARGET_SENSITIVITY, _targets
 
 from pneumo.allocator import keep_freed_memory
@@ -100,6 +101,7 @@ def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> N
     (out / "MODEL_CARD.md").write_text(model_card(shipped.metadata, sha256=shipped.file_sha256))
     metrics["model_sha256"] = shipped.file_sha256
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    add_novelty(out, Path(data), Path(cache))
     print(json.dumps({"chosen": name, "validation_source": val_source, "temperature": shipped.temperature,
                       "operating_point": shipped.metadata["operating_point"],
                       "test": {k: metrics[k] for k in KEYS}}, indent=1))

@@ -30,6 +30,8 @@ import torch
 import yaml
 from sklearn.model_selection import GroupKFold
 
+from add_novelty import add_novelty
+
 from pneumo.allocator import keep_freed_memory
 from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
@@ -186,6 +188,7 @@ def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/
                                                  "temperature": temperature, "threshold": threshold,
                                                  "operating_point": calibration["operating_point"],
                                                  "levers_on_validation": levers}, indent=1))
+    add_novelty(out, Path(data), Path(cache))
     print(json.dumps({"chosen": runs[chosen].name, "temperature": temperature, "threshold": threshold,
                       "test": {k: metrics[k] for k in KEYS}}, indent=1))
 

@@ -39,14 +39,15 @@ DATA = Path("../shared/datasets/chest_xray")
 
 def study(folder: Path) -> dict:
     predictor = Predictor(folder, backend="onnx")
-    threshold = predictor.novelty.threshold
+    check = predictor.novelty_check
+    threshold = check.threshold
     images = {role: select_images(DATA, size=predictor.size, cache_dir=REPO / "cache", role=role, split_file=SPLIT)[0]
               for role in ("val", "test")}
 
     def flagged_and_right(batch: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, novelty = predictor.outputs(batch)
         right = decide(softmax(logits, predictor.temperature), predictor.threshold) == labels
-        return novelty > threshold, right
+        return check.flagged(novelty), right
 
     test = images["test"]
     flags, rights = {}, {}
@@ -68,7 +69,7 @@ def study(folder: Path) -> dict:
             "accuracy_unflagged": float(pooled_right[~pooled_flag].mean()),
         },
         "not_xrays": {name: float(score) for name, score in zip(gallery, novelty)},
-        "not_xrays_flagged": int((novelty > threshold).sum()), "not_xrays_total": len(gallery),
+        "not_xrays_flagged": int(check.flagged(novelty).sum()), "not_xrays_total": len(gallery),
     }
 
 
@@ -81,7 +82,8 @@ def markdown(results: list[dict], header: str) -> str:
     for r in results:
         pooled = r["middle_pooled"]
         flagged_accuracy = "-" if pooled["accuracy_flagged"] is None else f"{pooled['accuracy_flagged']:.3f}"
-        lines.append(f"| {r['model']} | {r['threshold']:.3f} | {r['val_flagged']:.1%} | {r['test_flagged']['clean']:.1%} "
+        lines.append(f"| {r['model']} | {r['threshold']:.3f} | {r['val_flagged']:.1%} | "
+                     f"{r['test_flagged']['clean']:.1%} "
                      f"| {pooled['flagged']:.1%} | {r['not_xrays_flagged']}/{r['not_xrays_total']} | "
                      f"{min(r['not_xrays'].values()) / r['threshold']:.2f} | {flagged_accuracy} / "
                      f"{pooled['accuracy_unflagged']:.3f} |")
@@ -105,7 +107,8 @@ def main() -> None:
     keep_freed_memory()
     names = args.names or sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.pt").is_file())
     results = [study(REPO / "models" / name) for name in names]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} CPU ({torch.get_num_threads()} threads), "
               f"commit {commit}, by `scripts/novelty_study.py`.")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,9 @@ def test_adapt_command_writes_a_bundle_onnx_and_card_that_record_the_adaptation(
     stats = [name for name in adapted.model.state_dict() if name.endswith("running_mean")]
     assert any(not torch.equal(adapted.model.state_dict()[n], original.model.state_dict()[n]) for n in stats)
     assert "## Site adaptation" in (out / "MODEL_CARD.md").read_text()
+    # The source's novelty check described other features: the adapted model carries none, and says why.
+    assert original.novelty is not None and adapted.novelty is None and "novelty" not in adapted.metadata
+    assert "This model has none (not carried: the source model's novelty check" in (out / "MODEL_CARD.md").read_text()
     predicted = runner.invoke(app, ["predict", "--model", str(out), "--backend", "onnx", "--json",
                                     str(folder / "case000.jpeg")])
     assert predicted.exit_code == 0, predicted.output

@@ -13,9 +13,9 @@ import torch
 
 from pneumo.errors import ModelFileError
 from pneumo.evaluation.not_xrays import not_xray_images
-from pneumo.inference.novelty import (FeatureTap, Novelty, feature_layers, fit_novelty, logits_and_features,
-                                      novelty_warning)
-from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
+from pneumo.inference.logits import FeatureTap, logits_and_features
+from pneumo.inference.novelty import Novelty, feature_layers, fit_novelty, novelty_warning
+from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle, weights_sha256
 from pneumo.models.ensemble import Ensemble
 from pneumo.models.info import NoveltyInfo
 from pneumo.models.registry import create_model
@@ -47,7 +47,7 @@ def test_training_images_score_n_minus_1_over_n_per_dimension(cnn, images):
 def test_threshold_flags_at_most_the_false_alarm_rate_of_validation(cnn, images):
     novelty = fit_novelty(cnn, "cnn", images[:20], images[20:], false_alarm=0.1)
     _, features = logits_and_features(cnn, images[20:], ["head"])
-    flagged = novelty.flagged(novelty.score(features))
+    flagged = novelty.info.flagged(novelty.score(features))
     assert flagged.mean() <= 0.1 and flagged.sum() == 1  # 20 validation images: the highest one is over
     assert novelty.description["val_flagged"] == flagged.mean()
 
@@ -93,7 +93,7 @@ def test_score_is_the_mean_whitened_squared_distance():
     novelty = Novelty(["head"], [torch.tensor([1.0, 2.0])], [torch.diag(torch.tensor([0.5, 1.0]))], threshold=4.0)
     assert novelty.score([np.array([[3.0, 5.0]], np.float32)]) == pytest.approx([5.0])
     check = NoveltyInfo(threshold=4.0, false_alarm_rate=0.01)
-    assert novelty_warning(5.0, check).startswith("unlike the training X-rays (novelty 5.0, above the 4.0 that 99% of")
+    assert novelty_warning(5.0, check).startswith("unlike the training X-rays (novelty 5.00, above the 4.00 that 99%")
     assert novelty_warning(3.9, check) is None
 
 
@@ -110,6 +110,24 @@ def test_bundle_keeps_the_check_and_refuses_altered_tensors(tmp_path, cnn, image
     save_bundle(tmp_path / "plain.pt", cnn, model_name="cnn", size=SIZE, **carried_metadata(loaded.metadata))
     assert load_bundle(tmp_path / "plain.pt").novelty is None
     assert "novelty" not in load_bundle(tmp_path / "plain.pt").metadata
+
+    # A check fitted on other weights is refused, when saved and when loaded.
+    other = create_model("cnn", num_classes=3).eval()
+    with pytest.raises(ValueError, match="fitted on other weights"):
+        save_bundle(tmp_path / "other.pt", other, model_name="cnn", size=SIZE, novelty=novelty)
+    content = torch.load(path, weights_only=True)
+    content["state_dict"] = other.state_dict()
+    content["metadata"] = json.dumps({**json.loads(content["metadata"]),
+                                      "weights_sha256": weights_sha256(other.state_dict())})
+    torch.save(content, tmp_path / "swapped.pt")
+    with pytest.raises(ModelFileError, match="its novelty check was fitted on other weights"):
+        load_bundle(tmp_path / "swapped.pt")
+
+    content = torch.load(path, weights_only=True)
+    del content["novelty"]
+    torch.save(content, tmp_path / "dropped.pt")
+    with pytest.raises(ModelFileError, match="describes a novelty check but the file holds none"):
+        load_bundle(tmp_path / "dropped.pt")
 
     content = torch.load(path, weights_only=True)
     content["novelty"]["mean_0"] += 1
@@ -129,6 +147,9 @@ def test_onnx_export_computes_the_same_novelty(tmp_path, cnn, images):
     onnx_logits, onnx_novelty = Predictor(tmp_path, backend="onnx").outputs(images)
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
     np.testing.assert_allclose(onnx_novelty, torch_novelty, rtol=1e-3)
+    for backend in ("torch", "onnx"):  # an empty batch is no error, and both backends say so alike
+        logits, novelty = Predictor(tmp_path, backend=backend).outputs(images[:0])
+        assert logits.shape == (0, 3) and novelty.shape == (0,)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -140,8 +161,9 @@ def test_shipped_models_flag_every_image_that_is_not_an_xray(backend):
     gallery = not_xray_images()
     for name in shipped_models():
         predictor = Predictor(name, backend=backend)
-        assert predictor.novelty is not None, f"{name} has no novelty check"
-        predictions = predictor.predict_images(list(gallery), [resize(image, predictor.size) for image in gallery.values()])
+        assert predictor.novelty_check is not None, f"{name} has no novelty check"
+        images = [resize(image, predictor.size) for image in gallery.values()]
+        predictions = predictor.predict_images(list(gallery), images)
         unflagged = [p.source for p in predictions if not any(w.startswith("unlike the training") for w in p.warnings)]
         assert not unflagged, f"{name} ({backend}) did not flag {unflagged}"
 
@@ -152,7 +174,8 @@ def test_real_xrays_are_rarely_flagged(shared_data):
     files = sorted((shared_data / "train" / "NORMAL").iterdir())[:20] + \
         sorted((shared_data / "train" / "PNEUMONIA").iterdir())[:20]
     results = load("pneumo-mobilenet").predict([str(f) for f in files])
-    flagged = [r.source for r in results if r.novelty > load("pneumo-mobilenet").predictor.novelty.threshold]
+    check = load("pneumo-mobilenet").predictor.novelty_check
+    flagged = [r.source for r in results if check.flagged(r.novelty)]
     assert len(flagged) <= 2, flagged  # 1% of validation is flagged by design; 2 of 40 would already be unusual
 
 
@@ -182,7 +205,8 @@ def test_card_describes_the_check(cnn, images, tmp_path):
     card = model_card(load_bundle(tmp_path).metadata)
     assert "## Novelty check" in card and "Fitted on 30 training images" in card
     save_bundle(tmp_path / "plain.pt", cnn, model_name="cnn", size=SIZE)
-    assert "- None (none fitted; `pneumo calibrate` fits one)" in model_card(load_bundle(tmp_path / "plain.pt").metadata)
+    assert "- This model has none (none was fitted; `pneumo calibrate` fits one" in model_card(
+        load_bundle(tmp_path / "plain.pt").metadata)
 
 
 def test_shipped_ensemble_gets_the_same_novelty_from_torch_and_onnx():

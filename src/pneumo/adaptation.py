@@ -112,8 +112,8 @@ def adapt_bundle(bundle, images: np.ndarray, files: list[str], out: Path, *, nam
         "source": {"id": bundle.model_id, "bundle_sha256": bundle.file_sha256,
                    "weights_sha256": bundle.metadata.get("weights_sha256")},
         "calibration": "temperature and operating point of the source model (fitted on its validation images)",
-        "novelty": "none: the source model's novelty check was fitted on features that the new BatchNorm "
-                   "statistics change, and the training images it needs are not at hand here",
+        "novelty": "not carried: the source model's novelty check was fitted on features that the new BatchNorm "
+                   "statistics change, and the training images a new one needs are not at hand here",
     }
     path = Path(out) / BUNDLE_NAME
     save_bundle(path, adapted, model_name=bundle.metadata["model_name"], size=bundle.size, **metadata)

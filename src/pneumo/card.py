@@ -112,7 +112,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                      "Adaptation re-estimates the class mix of each batch, so it needs a batch drawn from one population "
                      "and is off by default.")
     lines += _adaptation_lines(metadata)
-    lines += ["", "## Novelty check", "", _novelty_line(metadata)]
+    lines += ["", "## Novelty check", "", *_novelty_lines(metadata)]
     lines += ["", "## Metrics", ""]
     if evaluation:
         lines += [f"Measured on {evaluation.get('images', '?')} images of {evaluation.get('patients', '?')} patients: "
@@ -132,17 +132,21 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     return "\n".join(lines)
 
 
-def _novelty_line(metadata: dict) -> str:
+def _novelty_lines(metadata: dict) -> tuple[str, ...]:
     novelty = metadata.get("novelty")
     if not novelty:
-        why = (metadata.get("adaptation") or {}).get("novelty") or "none fitted; `pneumo calibrate` fits one"
-        return f"- None ({why}): images unlike the training X-rays get no warning from the model's features."
+        why = ((metadata.get("adaptation") or {}).get("novelty")
+               or "none was fitted; `pneumo calibrate` fits one, refitting the temperature and operating point too")
+        return (f"- This model has none ({why}): images unlike the training X-rays get no warning from its features.",)
+    components = ", ".join(map(str, novelty["components"]))
     return (f"- Images whose features lie far from the training X-rays' are flagged: {novelty['score']}. Fitted on "
-            f"{novelty['fitted_on_images']} training images ({', '.join(map(str, novelty['components']))} principal "
-            f"directions); threshold {novelty['threshold']:.3f}, which {novelty['val_flagged']:.1%} of "
-            f"{novelty['threshold_set_on_images']} validation images exceed (set for {novelty['false_alarm_rate']:.0%}). "
-            "A flag means unlike the training set (not a chest X-ray, or a degraded, differently framed or exposed "
-            "one); no flag does not prove the image is a pediatric frontal chest X-ray.")
+            f"{novelty['fitted_on_images']} training images ({components} principal directions); threshold "
+            f"{novelty['threshold']:.3f}, which {novelty['val_flagged']:.1%} of {novelty['threshold_set_on_images']} "
+            f"validation images exceed (set for {novelty['false_alarm_rate']:.0%}).",
+            "- A flag means the image is unlike the training set: not a chest X-ray, or one degraded, framed or "
+            f"exposed differently; about {novelty['false_alarm_rate']:.0%} of ordinary X-rays like the training "
+            "set's are flagged too. No flag does not prove the image is a pediatric frontal chest X-ray; the check "
+            "was not tried on adult, lateral or other X-rays.")
 
 
 def _architecture(metadata: dict) -> str:

@@ -130,11 +130,12 @@ def prepare(
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 42,
 ) -> None:
     """Decode, grayscale and resize every image into the cache, then split by patient."""
+    from pneumo.data.cache import prepare_folder
     from pneumo.data.splits import load_split, make_split, save_split
 
     started = time.perf_counter()
     with progress_bar("prepare") as update:
-        result = prepare_data(data, size, cache_dir, update)
+        result = prepare_folder(data, size=size, cache_dir=cache_dir, progress=update)
     chosen = load_split(split_file, result.data) if split_file else make_split(
         result.data, method=split, val_fraction=val_fraction, holdout=holdout, seed=seed)
     elapsed = time.perf_counter() - started
@@ -158,16 +159,6 @@ def _split_table(chosen, prepared) -> None:
     console.print(table(counts.title, counts.columns, counts.rows))
 
 
-def prepare_data(data: Path, size: int, cache_dir: Path, update=None):
-    """Prepare (or load from the cache) a data folder; raises PneumoError for a bad layout."""
-    from pneumo.data.cache import prepare_folder
-
-    if not Path(data).exists():
-        raise PneumoError(f"{data}: no such data folder; set --data or $PNEUMO_DATA "
-                          "(download the archive from doi:10.17632/rscbjbr9sj.2 and run 'pneumo organize')")
-    return prepare_folder(data, size=size, cache_dir=cache_dir, progress=update)
-
-
 @app.command("show-data")
 def show_data(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("out/data.png"),
@@ -178,9 +169,10 @@ def show_data(
     seed: int = 0,
 ) -> None:
     """Write a PNG grid of sample images per class."""
+    from pneumo.data.cache import prepare_folder
     from pneumo.data.figures import sample_grid
 
-    result = prepare_data(data, size, cache_dir)
+    result = prepare_folder(data, size=size, cache_dir=cache_dir)
     console.print(f"wrote {sample_grid(result.data, out, per_class=per_class, seed=seed)}", markup=False)
 
 
@@ -249,6 +241,7 @@ def show_augment(
 ) -> None:
     """Write a PNG grid of one image and its random augmentations."""
     from pneumo.data.augment import AugmentConfig
+    from pneumo.data.cache import prepare_folder
     from pneumo.data.figures import augment_grid
 
     if config_file:
@@ -259,7 +252,7 @@ def show_augment(
         config = AugmentConfig(rotation=rotation, shift=shift, zoom=zoom, brightness=brightness,
                                contrast=contrast, gamma=gamma, crop=crop, blur=blur, sharpen=sharpen,
                                downsample=downsample, noise=noise, jpeg=jpeg)
-    result = prepare_data(data, size, cache_dir)
+    result = prepare_folder(data, size=size, cache_dir=cache_dir)
     written = augment_grid(result.data, out, config, index=index, seed=seed)
     console.print(f"wrote {written}", markup=False)
 
@@ -401,9 +394,9 @@ def _metrics_table(metrics: dict) -> None:
                       f"EM estimated on these images, {metrics['estimated_priors']} (calibration: {source}).")
     if metrics.get("novelty"):
         novelty = metrics["novelty"]
-        console.print(f"Novelty check: {novelty['flagged_images']} of {metrics['images']} images ({novelty['flagged']:.1%}) "
-                      f"are unlike the training X-rays (novelty above {novelty['threshold']:.2f}, set to flag "
-                      f"{novelty['val_false_alarm_rate']:.0%} of validation images).")
+        console.print(f"Novelty check: {novelty['flagged_images']} of {metrics['images']} images "
+                      f"({novelty['flagged']:.1%}) are unlike the training X-rays (novelty above {novelty['threshold']:.2f}, set to flag "
+                      f"{novelty['set_to_flag_on_validation']:.0%} of validation images).")
     if metrics.get("stress"):
         _stress_table(metrics["stress"])
     console.print(f"[dim]{metrics['data']}. {DISCLAIMER}[/dim]")
@@ -477,20 +470,13 @@ def compare(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     """Compare models on the same images: the study's table plus recall, ECE and McNemar's test."""
-    import json
-
-    from pneumo.evaluation.compare import compare as run, to_html, to_markdown
-    from pneumo.evaluation.evaluate import run_split_file, write_evaluation
+    from pneumo.evaluation.compare import compare as run, write_comparison
+    from pneumo.evaluation.evaluate import run_split_file
 
     split_file = split_file or run_split_file(models)
     results = [_evaluate_model(m, data, split, split_file, cache_dir, resamples, seed=seed) for m in models]
     comparison = run(results)
-    out.mkdir(parents=True, exist_ok=True)
-    for metrics, predictions in results:
-        write_evaluation(out / metrics["model_id"], metrics, predictions)
-    (out / "comparison.md").write_text(to_markdown(comparison))
-    (out / "comparison.html").write_text(to_html(comparison))
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=1))
+    write_comparison(out, comparison, results)
     # The terminal is narrow: the main columns' point estimates; the Markdown and HTML files have it all.
     shown = [comparison["columns"].index(c) for c in ("Model", "Accuracy", "Loss", "Macro-F1", "Recall bacterial",
                                                       "Recall viral", "ECE")]
@@ -515,6 +501,7 @@ def report(
     audit: Annotated[Optional[Path], typer.Option(help="A 'pneumo audit' output folder (audit.json, audit.png) to include.")] = None,
 ) -> None:
     """One self-contained HTML report: data, curves, metrics with CIs, figures, comparison, stress, audit, epoch study."""
+    from pneumo.data.cache import prepare_folder
     from pneumo.data.splits import load_split
     from pneumo.evaluation.evaluate import run_split_file
     from pneumo.evaluation.report import build_report
@@ -531,7 +518,7 @@ def report(
     for model in models:
         metrics, predictions = _evaluate_model(model, data, split, split_file, cache_dir, resamples, stress=stress)
         results.append((metrics, predictions, Path(model) if Path(model).is_dir() else None))
-    prepared = prepare_data(data, results[0][0]["size"], cache_dir).data
+    prepared = prepare_folder(data, size=results[0][0]["size"], cache_dir=cache_dir).data
     roles = load_split(split_file, prepared).roles if split_file else prepared.splits
     written = build_report(out, data=prepared, roles=roles, results=results, epoch_summary=summary,
                            audit_folder=audit)
@@ -848,8 +835,6 @@ def experiment_epochs(
     dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
 ) -> None:
     """The study's epoch study (25/50/100) repeated over seeds: mean ± sd per epoch count."""
-    import json
-
     from pneumo.config import TrainConfig
     from pneumo.evaluation import experiment
 
@@ -874,9 +859,7 @@ def experiment_epochs(
         metrics = experiment.run_planned(run, base, resamples=resamples)
         console.print(f"  accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
                       f"macro-F1 {metrics['macro_f1']:.4f}")
-    summary = experiment.summarize_runs(planned)
-    (root / "summary.json").write_text(json.dumps(summary, indent=1))
-    (root / "summary.md").write_text(experiment.to_markdown(summary, model))
+    summary = experiment.write_summary(root, planned, model)
     means, _ = experiment.epoch_tables(summary)
     console.print(table(f"epoch study: {means.title.lower()}", means.columns, means.rows))
     console.print(f"wrote {root}/summary.md and summary.json", markup=False)

@@ -7,8 +7,8 @@
       augment   AugmentConfig   training augmentation (pneumo.data.augment)
       hardware  HardwareConfig  accelerator, devices, DDP strategy and nodes, precision, compile, determinism
 
-Each section checks its own values when built, and ``TrainConfig`` checks what spans sections,
-so that a bad value is refused before anything is written to disk. The resolved configuration
+Each section checks its own values when built, so that a bad value is refused before anything
+is written to disk. The resolved configuration
 is written into every run folder as ``config.yaml``, nested by section.
 
 Options also have one flat name each (``lr``, ``zoom``, ``data``, ``model``: the CLI flags).
@@ -188,9 +188,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """From the nested form (``{"optim": {"lr": ...}}``) or the flat one (``{"lr": ...}``), or a mix."""
-        flat = flat_config(values)
-        return cls().replace(**flat)
+        """From the nested form (``{"optim": {"lr": ...}}``) or the flat one (``{"lr": ...}``), or a mix.
+
+        Raises:
+            ValueError: an unknown option (inside a section too), or a value its section refuses.
+        """
+        return cls().replace(**flat_config(values, strict=True))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -203,20 +206,21 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def flat_config(values: dict[str, Any]) -> dict[str, Any]:
+def flat_config(values: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
     """A recorded configuration (nested, as runs write it now, or flat, as older runs and presets do) by flat
     option names, unchanged otherwise: for reading a bundle's ``training.config`` without building it (its
-    pretrained file, say, may not exist on this machine).
+    pretrained file, say, may not exist on this machine). Options this version does not know are kept, by
+    their own names, so that a record from another version still reads.
 
     Raises:
-        ValueError: a section that is not a mapping, or an unknown option inside a section.
+        ValueError: with ``strict``, an unknown option inside a section.
     """
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if key in SECTIONS and isinstance(value, dict):
             known = {f.name for f in fields(SECTIONS[key])}
             unknown = set(value) - known
-            if unknown:
+            if unknown and strict:
                 raise ValueError(f"Unknown options {sorted(unknown)} in section '{key}'; known: {sorted(known)}")
             flat.update({RENAMED.get((key, option), option): item for option, item in value.items()})
         else:

@@ -24,7 +24,8 @@ from pneumo.inference.calibration import PriorAdaptation
 from pneumo.inference.decision import DECISIONS, decide, reason
 from pneumo.inference import predict_logits, softmax
 from pneumo.inference.checks import input_warnings
-from pneumo.inference.novelty import logits_and_features, novelty_warning
+from pneumo.inference.logits import logits_and_features
+from pneumo.inference.novelty import novelty_warning
 from pneumo.labels import SHORT_NAMES
 from pneumo.models.info import ModelInfo
 from pneumo.paths import resolve_model
@@ -155,7 +156,7 @@ class Predictor:
         # The operating point where the model has one (and it is asked for), else the most probable class.
         self.threshold = point.threshold if point and decision == "operating-point" else None
         self.target_sensitivity = point.target_sensitivity if point else None
-        self.novelty = self.info.novelty  # None: the model has no novelty check
+        self.novelty_check = self.info.novelty  # None: the model has none
 
     def _load_onnx(self, path: Path, threads: int | None) -> None:
         import onnxruntime
@@ -191,7 +192,7 @@ class Predictor:
 
     def outputs(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, K) logits and (N,) novelty for (N, S, S) uint8 images; novelty is None for a model without the check."""
-        if self.novelty is None:
+        if self.novelty_check is None:
             return self.logits(images, batch_size), None
         if self.backend == "onnx":
             return tuple(self._onnx_outputs(images, ["logits", "novelty"], batch_size))
@@ -201,7 +202,7 @@ class Predictor:
 
     def _onnx_outputs(self, images: np.ndarray, names: list[str], batch_size: int) -> list[np.ndarray]:
         """The ONNX graph's ``names`` outputs for (N, S, S) uint8 images, in batches."""
-        batches = [self.session.run(names, {"image": images[start:start + batch_size].astype(np.float32)[:, None] / 255.0})
+        batches = [self.session.run(names, {"image": images[start:start + batch_size, None].astype(np.float32) / 255})
                    for start in range(0, len(images), batch_size)]
         if not batches:
             return [np.zeros((0, len(self.classes)), np.float32), np.zeros(0, np.float32)][:len(names)]
@@ -263,7 +264,7 @@ class Predictor:
         ]
         for prediction, score in zip(predictions, novelty if novelty is not None else []):
             prediction.novelty = float(score)
-            warning = novelty_warning(float(score), self.novelty)
+            warning = novelty_warning(float(score), self.novelty_check)
             prediction.warnings += [warning] if warning else []
         return predictions
 

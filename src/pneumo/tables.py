@@ -49,8 +49,8 @@ def count_rows(title: str, roles: np.ndarray, labels: np.ndarray, patients: np.n
         labels: (N,) class indices.
         patients: (N,) patient ids, or None to leave the column out.
     """
-    rows = []
-    for role in [r for r in ("train", "val", "test") if r in set(roles)] + sorted(set(roles) - {"train", "val", "test"}):
+    rows, present = [], set(roles)
+    for role in [r for r in ("train", "val", "test") if r in present] + sorted(present - {"train", "val", "test"}):
         chosen = roles == role
         counts = np.bincount(labels[chosen], minlength=len(CLASSES)).tolist()
         rows.append([role, *counts, int(chosen.sum()), *([len(set(patients[chosen]))] if patients is not None else [])])

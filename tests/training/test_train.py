@@ -126,8 +126,8 @@ def test_extra_callbacks_join_the_run(shared_data, cache_dir, tmp_path):
 
 
 def test_same_seed_same_validation_metrics(shared_data, cache_dir, tmp_path):
-    config = TrainConfig().replace(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
-                                   accelerator="cpu", seed=7)
+    config = TrainConfig().replace(model="cnn", epochs=1, max_train_images=64, data=str(shared_data),
+                                   cache_dir=str(cache_dir), accelerator="cpu", seed=7)
     first = train(config, tmp_path / "a", progress_bar=False)
     second = train(config, tmp_path / "b", progress_bar=False)
     assert (first.val_loss, first.val_acc) == (second.val_loss, second.val_acc)
@@ -254,8 +254,8 @@ def test_checkpoints_load_weights_only_and_only_from_the_run_folder(tmp_path):
 
 
 def test_resume_from_a_tampered_checkpoint_is_refused_cleanly(shared_data, cache_dir, tmp_path):
-    config = TrainConfig().replace(model="cnn", epochs=1, max_train_images=64, data=str(shared_data), cache_dir=str(cache_dir),
-                                   accelerator="cpu", size=64)
+    config = TrainConfig().replace(model="cnn", epochs=1, max_train_images=64, data=str(shared_data),
+                                   cache_dir=str(cache_dir), accelerator="cpu", size=64)
     run_dir = tmp_path / "run"
     train(config, run_dir, progress_bar=False)
     marker = tmp_path / "payload-ran"

@@ -21,7 +21,7 @@ import numpy as np
 
 from pneumo.data.archive import Problem, Record
 from pneumo.data.readers import load_for_model
-from pneumo.errors import ImageReadError
+from pneumo.errors import DataLayoutError, ImageReadError
 from pneumo.files import atomic_path, atomic_write
 
 #: Bump when the preprocessing itself changes, so that old caches are rebuilt.
@@ -197,10 +197,16 @@ def prepare_folder(
     """Prepare a data folder (organized with a manifest, or the archive layout) into the cache.
 
     Each data folder gets its own cache subfolder, named after it and a hash of its path.
+
+    Raises:
+        DataLayoutError: no such folder, or one in no layout pneumo reads.
     """
     from pneumo.data.archive import load_records
 
     data = Path(data)
+    if not data.exists():
+        raise DataLayoutError(f"{data}: no such data folder; pass --data or set $PNEUMO_DATA (download the archive "
+                              "from doi:10.17632/rscbjbr9sj.2 and run 'pneumo organize')")
     records, problems = load_records(data, progress)
     root = data.parent if data.is_file() else data
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]

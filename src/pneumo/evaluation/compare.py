@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import html
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 
 from pneumo.evaluation.evaluate import Predictions
 from pneumo.evaluation.metrics import decide, mcnemar
+from pneumo.files import atomic_write
 from pneumo.labels import BACTERIAL, SHORT_NAMES, VIRAL
 from pneumo.tables import html_table, markdown_table
 
@@ -89,3 +92,19 @@ def to_html(comparison: dict) -> str:
     return (html_table(comparison["columns"], comparison["rows"], css_class="compare")
             + f"<p>{comparison['images']} images ({html.escape(comparison['data'])}); 95% patient-bootstrap intervals "
             f"in brackets.</p><ul>{notes}</ul>")
+
+
+def write_comparison(out: Path, comparison: dict, results: list[tuple[dict, Predictions]]) -> list[Path]:
+    """Each model's evaluation in ``out/<model id>/`` and the comparison as ``comparison.md``, ``.html`` and
+    ``.json`` in ``out``; returns the comparison files."""
+    from pneumo.evaluation.evaluate import write_evaluation
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for metrics, predictions in results:
+        write_evaluation(out / metrics["model_id"], metrics, predictions)
+    written = {"comparison.md": to_markdown(comparison), "comparison.html": to_html(comparison),
+               "comparison.json": json.dumps(comparison, indent=1)}
+    for name, text in written.items():
+        atomic_write(out / name, text)
+    return [out / name for name in written]

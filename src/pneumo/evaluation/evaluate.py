@@ -18,7 +18,7 @@ from pneumo.evaluation import plots
 from pneumo.inference.calibration import PriorAdaptation
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.inference import predict_logits, softmax
-from pneumo.inference.novelty import logits_and_features
+from pneumo.inference.logits import logits_and_features
 from pneumo.labels import CLASSES, SHORT_NAMES
 from pneumo.models.bundle import Bundle
 
@@ -147,10 +147,9 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
     else:
         logits, novelty = model_outputs(bundle, backend)(images)
         if novelty is not None:
-            check = bundle.info.novelty
-            info["novelty"] = {"threshold": check.threshold, "val_false_alarm_rate": check.false_alarm_rate,
-                               "flagged": float(np.mean(novelty > check.threshold)),
-                               "flagged_images": int(np.sum(novelty > check.threshold))}
+            check, flagged = bundle.info.novelty, bundle.info.novelty.flagged(novelty)
+            info["novelty"] = {"threshold": check.threshold, "set_to_flag_on_validation": check.false_alarm_rate,
+                               "flagged": float(flagged.mean()), "flagged_images": int(flagged.sum())}
     if adapt.endswith("priors"):
         adaptation = PriorAdaptation.of_model(bundle.metadata)
         probs, priors = adaptation.adapt(logits)

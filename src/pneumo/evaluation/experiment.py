@@ -15,6 +15,7 @@ import numpy as np
 
 from pneumo.config import TrainConfig
 from pneumo.evaluation.evaluate import evaluate_model, write_evaluation
+from pneumo.files import atomic_write
 from pneumo.tables import Rows
 
 REPORTED = ("accuracy", "loss", "macro_f1", "recall_bacterial", "recall_viral", "ece")
@@ -75,6 +76,14 @@ def summarize_runs(runs: list[PlannedRun]) -> dict:
     return {"rows": rows, "runs": individual, "data": finished[0][1]["data"] if finished else ""}
 
 
+def write_summary(root: Path, runs: list[PlannedRun], model: str) -> dict:
+    """Summarize the finished ``runs`` (``summarize_runs``) into ``root/summary.json`` and ``.md``; returns it."""
+    summary = summarize_runs(runs)
+    atomic_write(Path(root) / "summary.json", json.dumps(summary, indent=1))
+    atomic_write(Path(root) / "summary.md", to_markdown(summary, model))
+    return summary
+
+
 def epoch_tables(summary: dict) -> tuple[Rows, Rows]:
     """The epoch study as two tables: mean ± sd per epoch count, and every run with its interval."""
     means = Rows("Mean ± sd over seeds", ["Epochs", "Runs", *REPORTED_LABELS],
@@ -82,8 +91,8 @@ def epoch_tables(summary: dict) -> tuple[Rows, Rows]:
                   for row in summary["rows"]])
     runs = Rows("Individual runs", ["Epochs", "Seed", "Accuracy (95% CI)", "Loss", "Macro-F1", "Train time (s)"],
                 [[run["epochs"], run["seed"], f"{run['accuracy']:.4f} ({run['accuracy_ci95'][0]:.3f}-"
-                  f"{run['accuracy_ci95'][1]:.3f})", f"{run['loss']:.4f}", f"{run['macro_f1']:.4f}", run["train_seconds"]]
-                 for run in summary["runs"]])
+                  f"{run['accuracy_ci95'][1]:.3f})", f"{run['loss']:.4f}", f"{run['macro_f1']:.4f}",
+                  run["train_seconds"]] for run in summary["runs"]])
     return means, runs
 
 

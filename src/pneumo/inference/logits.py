@@ -1,25 +1,86 @@
-"""Batched model inference on prepared uint8 images."""
+"""Batched model inference on prepared uint8 images: logits, and the features entering given layers."""
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import numpy as np
 import torch
 from torch import nn
 
+# Hooks live on the model's modules, which threads share: one tapped forward pass at a time.
+_TAP_LOCK = threading.Lock()
+
+
+class FeatureTap:
+    """Records the input of each of ``layers`` (module paths, flattened to (B, D_i)) during a forward pass,
+    the first call of each only (for an ensemble's test-time views, the image as given: its first view).
+
+        with FeatureTap(model, ["head"]) as tap:
+            logits = model(images)
+        features = tap.features  # [(B, D_i) per layer]
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str]):
+        self.layers = [model.get_submodule(path) for path in layers]
+        self._captured: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "FeatureTap":
+        self._captured.clear()
+        self._handles = [layer.register_forward_pre_hook(self._hook(index)) for index, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, index: int):
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            self._captured.setdefault(index, inputs[0].flatten(1))
+        return record
+
+    @property
+    def features(self) -> list[torch.Tensor]:
+        missing = [index for index in range(len(self.layers)) if index not in self._captured]
+        if missing:
+            raise RuntimeError(f"The forward pass did not reach feature layers {missing}.")
+        return [self._captured[index] for index in range(len(self.layers))]
+
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-    """Logits (N, classes) for uint8 images (N, S, S), on the model's device; scaling by 1/255 is done here.
+def logits_and_features(model: nn.Module, images: np.ndarray, layers: list[str] = (), *, batch_size: int = 128
+                        ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Logits (N, K) for uint8 images (N, S, S), on the model's device, and the features that enter each of
+    ``layers`` [(N, D_i)]; scaling by 1/255 is done here.
 
     Batches go in as channels_last; a model whose weights are too (``load_bundle`` does that) runs fastest.
     """
     model.eval()
     device = next(model.parameters()).device
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).float().div_(255.0)
-        outputs.append(model(batch[:, None].contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, 3), np.float32)
+    tap = FeatureTap(model, list(layers))
+    logits: list[np.ndarray] = []
+    features: list[list[np.ndarray]] = [[] for _ in tap.layers]
+    with _TAP_LOCK if layers else contextlib.nullcontext():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+            batch = batch.float().div_(255)[:, None].contiguous(memory_format=torch.channels_last)
+            with tap:
+                # forward, not the call: a model compiled in place for training (--compile) would otherwise run
+                # its compiled graph, which need not call the hooked modules as modules.
+                logits.append(model.forward(batch).float().cpu().numpy())
+            for store, layer_features in zip(features, tap.features):
+                store.append(layer_features.float().cpu().numpy())
+    if not logits:
+        return np.zeros((0, 3), np.float32), [np.zeros((0, 0), np.float32) for _ in tap.layers]
+    return np.concatenate(logits), [np.concatenate(f) for f in features]
+
+
+def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+    """Logits (N, classes) for uint8 images (N, S, S) (see ``logits_and_features``)."""
+    return logits_and_features(model, images, batch_size=batch_size)[0]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

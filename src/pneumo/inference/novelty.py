@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumo.inference.logits import FeatureTap, logits_and_features
 from pneumo.models.info import NoveltyInfo
 
-__all__ = ["DEFAULT_COMPONENTS", "DEFAULT_FALSE_ALARM", "FeatureTap", "Novelty", "ScoredModel", "feature_layers",
-           "fit_novelty", "logits_and_features", "novelty_scores", "novelty_warning"]
+__all__ = ["DEFAULT_COMPONENTS", "DEFAULT_FALSE_ALARM", "Novelty", "ScoredModel", "feature_layers", "fit_novelty",
+           "novelty_scores", "novelty_warning"]
 
 DEFAULT_COMPONENTS = 256  # principal directions kept per feature layer (MobileNetV2's head takes 1280 features)
 DEFAULT_FALSE_ALARM = 0.01  # share of validation X-rays flagged
@@ -46,43 +47,6 @@ def feature_layers(model_name: str, model: nn.Module) -> list[str]:
     if model_name == ENSEMBLE_NAME:
         return [f"members.{index}.{get_spec(name).classifier}" for index, name in enumerate(model.member_names)]
     return [get_spec(model_name).classifier]
-
-
-class FeatureTap:
-    """Records the input of each feature layer (flattened) during a forward pass, the first call of each
-    only (for test-time views, the image as given, which is an ensemble's first view).
-
-        with FeatureTap(model, ["head"]) as tap:
-            logits = model(images)
-        features = tap.features  # [(B, D_i) per layer]
-    """
-
-    def __init__(self, model: nn.Module, layers: list[str]):
-        self.layers = [model.get_submodule(path) for path in layers]
-        self._captured: dict[int, torch.Tensor] = {}
-        self._handles: list = []
-
-    def __enter__(self) -> "FeatureTap":
-        self._captured.clear()
-        self._handles = [layer.register_forward_pre_hook(self._hook(index)) for index, layer in enumerate(self.layers)]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _hook(self, index: int):
-        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            self._captured.setdefault(index, inputs[0].flatten(1))
-        return record
-
-    @property
-    def features(self) -> list[torch.Tensor]:
-        missing = [index for index in range(len(self.layers)) if index not in self._captured]
-        if missing:
-            raise RuntimeError(f"The forward pass did not reach feature layers {missing}.")
-        return [self._captured[index] for index in range(len(self.layers))]
 
 
 class Novelty(nn.Module):
@@ -107,24 +71,25 @@ class Novelty(nn.Module):
         for index, (mean, projection) in enumerate(zip(means, projections)):
             self.register_buffer(f"mean_{index}", torch.as_tensor(mean, dtype=torch.float32))
             self.register_buffer(f"projection_{index}", torch.as_tensor(projection, dtype=torch.float32))
-        self.layers = len(means)
         self.threshold = float(threshold)
         self.description = dict(description or {})
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:  # [(B, D_i)] -> (B,)
         per_layer = [((f.float() - getattr(self, f"mean_{i}")) @ getattr(self, f"projection_{i}")).pow(2).mean(1)
-                     for i, f in enumerate(features)]
+                     for i, f in enumerate(features)]  # (B,) per layer
         return torch.stack(per_layer).mean(0)
 
     @torch.inference_mode()
     def score(self, features: list[np.ndarray]) -> np.ndarray:
         """(N,) novelty from numpy features [(N, D_i)], as ``logits_and_features`` returns them."""
+        if not len(features[0]):
+            return np.zeros(0, np.float32)
         return self([torch.from_numpy(f) for f in features]).numpy()
 
     def metadata(self) -> dict[str, Any]:
         """What the bundle metadata records: the threshold, the shapes needed to rebuild it, how it was fitted."""
         return {**self.description, "threshold": self.threshold, "layers": self.layer_paths,
-                "shapes": [list(getattr(self, f"projection_{i}").shape) for i in range(self.layers)]}
+                "shapes": [list(getattr(self, f"projection_{i}").shape) for i in range(len(self.layer_paths))]}
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> "Novelty":
@@ -135,8 +100,9 @@ class Novelty(nn.Module):
                    [tensors[f"projection_{i}"] for i in range(layers)], threshold=metadata["threshold"],
                    description=description)
 
-    def flagged(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) > self.threshold
+    @property
+    def info(self) -> NoveltyInfo:
+        return NoveltyInfo(self.threshold, float(self.description.get("false_alarm_rate", DEFAULT_FALSE_ALARM)))
 
 
 class ScoredModel(nn.Module):
@@ -150,26 +116,6 @@ class ScoredModel(nn.Module):
         with FeatureTap(self.model, self.novelty.layer_paths) as tap:
             logits = self.model(images)
         return logits, self.novelty(tap.features)
-
-
-@torch.inference_mode()
-def logits_and_features(model: nn.Module, images: np.ndarray, layers: list[str], *, batch_size: int = 64
-                        ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Logits (N, K) and the features that enter each of ``layers`` [(N, D_i)] for uint8 images (N, S, S)."""
-    model.eval()
-    device = next(model.parameters()).device
-    tap = FeatureTap(model, layers)
-    logits, features = [], [[] for _ in tap.layers]
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).float().div_(255.0)
-        with tap:
-            # forward, not the call: a model compiled in place for training (--compile) would otherwise run
-            # its compiled graph, which need not call the hooked modules as modules.
-            batch = batch[:, None].contiguous(memory_format=torch.channels_last)
-            logits.append(model.forward(batch).float().cpu().numpy())
-        for store, layer_features in zip(features, tap.features):
-            store.append(layer_features.float().cpu().numpy())
-    return np.concatenate(logits), [np.concatenate(f) for f in features]
 
 
 def fit_novelty(model: nn.Module, model_name: str, train_images: np.ndarray, val_images: np.ndarray, *,
@@ -211,7 +157,10 @@ def fit_novelty(model: nn.Module, model_name: str, train_images: np.ndarray, val
     val_scores = novelty_scores(model, novelty, val_images)
     # The "higher" quantile: at most false_alarm of the validation images lie above it.
     novelty.threshold = float(np.quantile(val_scores, 1 - false_alarm, method="higher"))
+    from pneumo.models.bundle import weights_sha256
+
     novelty.description = {
+        "weights_sha256": weights_sha256(model.state_dict()),  # the weights whose features it describes
         "score": "squared Mahalanobis distance per dimension in the training features' whitened principal "
                  "subspace (PCA), averaged over feature layers; about 1 for a training image",
         "features": "inputs of the classification head" + (" of each member" if len(layers) > 1 else ""),
@@ -229,10 +178,9 @@ def novelty_scores(model: nn.Module, novelty: Novelty, images: np.ndarray) -> np
 
 def novelty_warning(score: float, check: NoveltyInfo) -> str | None:
     """The warning for an image whose novelty is above the model's threshold (``ModelInfo.novelty``); None below it."""
-    threshold = check.threshold
-    if score <= threshold:
+    if not check.flagged(score):
         return None
     kept = 100 * (1 - check.false_alarm_rate)
-    return (f"unlike the training X-rays (novelty {score:.1f}, above the {threshold:.1f} that {kept:g}% of validation "
-            "X-rays stay under): it may not be a frontal chest X-ray of a child, or it is degraded; the answer is "
-            "unreliable")
+    return (f"unlike the training X-rays (novelty {score:.2f}, above the {check.threshold:.2f} that {kept:g}% of "
+            "validation X-rays stay under): it may not be a frontal chest X-ray of a child, or it is degraded; the "
+            "answer may be unreliable")

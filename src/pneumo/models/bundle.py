@@ -98,6 +98,9 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
         model_name: its registry name.
         size: input side in pixels.
         novelty: its novelty check, fitted on these weights' features; without one, the bundle has none.
+
+    Raises:
+        ValueError: a novelty check fitted on other weights.
         **extra: further metadata (``id``, ``training``, ``temperature``, ``operating_point``, ...).
     """
     # Always the standard layout, whatever the model was trained or run in (channels_last), so
@@ -114,6 +117,9 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
     }
     content = {"format": FORMAT, "version": VERSION, "state_dict": state}
     if novelty is not None:
+        if novelty.description.get("weights_sha256") != metadata["weights_sha256"]:
+            raise ValueError("The novelty check was fitted on other weights than these; fit it again on these "
+                             "(pneumo.inference.novelty.fit_novelty).")
         content["novelty"] = {name: tensor.detach().cpu().contiguous() for name, tensor in novelty.state_dict().items()}
         metadata["novelty"] = {**novelty.metadata(), "sha256": weights_sha256(content["novelty"])}
     with atomic_path(path) as temporary:
@@ -185,8 +191,14 @@ def load_bundle(path: str | Path) -> Bundle:
     if "novelty" in content:
         if weights_sha256(content["novelty"]) != metadata.get("novelty", {}).get("sha256"):
             raise ModelFileError(f"{path}: its novelty-check tensors do not match the sha256 recorded in it; the file "
-                                 "was altered or damaged. Restore it, or refit with 'pneumo calibrate'")
+                                 "was altered or damaged. Restore it (git checkout, or retrain) rather than use it")
         novelty = Novelty.from_state(content["novelty"], metadata["novelty"])
+        if novelty.description.get("weights_sha256") != metadata.get("weights_sha256"):
+            raise ModelFileError(f"{path}: its novelty check was fitted on other weights; the file was altered. "
+                                 "Restore it (git checkout, or retrain) rather than use it")
+    elif "novelty" in metadata:
+        raise ModelFileError(f"{path}: its metadata describes a novelty check but the file holds none; the file was "
+                             "altered or damaged. Restore it (git checkout, or retrain) rather than use it")
     # Weights in channels_last like the batches of predict_logits: about 1.7x faster for MobileNetV2
     # on the 2-core CPU. Done once here, not per prediction, and outside inference mode, where
     # remade parameters could never take part in autograd again (Grad-CAM).

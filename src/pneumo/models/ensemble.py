@@ -84,7 +84,7 @@ class Ensemble(nn.Module):
         names: each member's registry name (Grad-CAM finds its layer by it).
         sizes: each member's input side in pixels.
         temperatures: each member's validation temperature.
-        views: zoom of each test-time view (1.0: the image as given); probabilities are averaged
+        views: zoom of each test-time view, the first 1.0 (the image as given); probabilities are averaged
             over views and members.
     """
 
@@ -104,8 +104,9 @@ class Ensemble(nn.Module):
             if size != self.size:
                 self.register_buffer(f"resize_{index}", torch.from_numpy(area_resize_matrix(self.size, size)),
                                      persistent=False)
-        if not views:
-            raise ValueError("An ensemble needs at least one view; (1.0,) is the image as given.")
+        if not views or views[0] != 1.0:
+            # The novelty check reads the members' features of the first view: it must be the image as given.
+            raise ValueError(f"An ensemble's first view must be the image as given, 1.0. Got {tuple(views)} instead.")
         self.views = [float(v) for v in views]
         for index, scale in enumerate(self.views):
             if scale != 1.0:

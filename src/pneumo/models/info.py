@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = ["ModelInfo", "NoveltyInfo", "OperatingPoint"]
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """Pneumonia when P(bacterial) + P(viral) >= ``threshold``, chosen for ``target_sensitivity`` (None: not recorded)."""
+    """Pneumonia when P(bacterial) + P(viral) >= ``threshold``, chosen for ``target_sensitivity`` (None: not
+    recorded)."""
 
     threshold: float
     target_sensitivity: float | None = None
@@ -28,6 +31,10 @@ class NoveltyInfo:
 
     threshold: float
     false_alarm_rate: float
+
+    def flagged(self, scores):
+        """True where a novelty score (a float or an array of them) is above the threshold."""
+        return np.asarray(scores) > self.threshold
 
 
 @dataclass(frozen=True)

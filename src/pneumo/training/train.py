@@ -233,7 +233,9 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
         }
         name = config.model.name
         model_id = run_dir.name if run_dir.name.startswith(name) else f"{name}-{run_dir.name}"
-        # The novelty check belongs to these weights: fitted on the training images as they are (not augmented).
+        # The novelty check belongs to these weights: fitted on the training images as they are (not augmented),
+        # on the device that trained them (Lightning's teardown has moved the model back to the CPU).
+        module.model.to(trainer.strategy.root_device)
         novelty = fit_novelty(module.model.eval(), name, prepared.images[train_idx], prepared.images[val_idx],
                               source=f"the training and validation roles of run {run_dir.name}"
                               ) if len(train_idx) >= 3 else None
