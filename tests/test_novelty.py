@@ -190,10 +190,12 @@ def test_predict_cli_reports_novelty_in_json_and_csv(tmp_path):
     result = CliRunner().invoke(app, ["predict", str(noise), "--model", "pneumo-mobilenet", "--json"])
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)["predictions"][0]
-    assert row["novelty"] > 1 and any(w.startswith("unlike the training X-rays") for w in row["warnings"])
+    assert row["novelty"]["score"] > row["novelty"]["threshold"] and row["novelty"]["flagged"]
+    assert any(w.startswith("unlike the training X-rays") for w in row["warnings"])
     result = CliRunner().invoke(app, ["predict", str(noise), "--model", "pneumo-mobilenet", "--csv"])
     (answer,) = csv.DictReader(io.StringIO(result.stdout))
-    assert float(answer["novelty"]) == pytest.approx(row["novelty"], abs=1e-3)
+    assert float(answer["novelty"]) == pytest.approx(row["novelty"]["score"], abs=1e-3)
+    assert float(answer["novelty_threshold"]) == pytest.approx(row["novelty"]["threshold"], abs=1e-3)
     assert answer["warnings"].startswith("unlike the training X-rays")
 
 

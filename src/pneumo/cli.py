@@ -578,8 +578,10 @@ def predict(
         print(predictions_csv(predictions, predictor.model_id), end="")
         errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
     else:
-        rows = [[p.source, p.label, *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")],
-                 f"{p.p_pneumonia:.3f}"] for p in predictions if p.ok]
+        # A row with input warnings is marked where the eye lands, the class; the warnings follow the table.
+        rows = [[p.source, f"{p.label} ⚠" if p.warnings else p.label,
+                 *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")], f"{p.p_pneumonia:.3f}"]
+                for p in predictions if p.ok]
         adapted = f", adapted to this batch (--adapt {mode})" if mode != "none" else ""
         if rows:
             console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
@@ -590,7 +592,7 @@ def predict(
                 console.print(f"  {p.source}: {p.reason}", markup=False)
         for p in predictions:
             for warning in p.warnings:
-                console.print(Text.assemble(("warning: ", "yellow"), f"{p.source}: {warning}"))
+                console.print(Text.assemble(("⚠ warning: ", "yellow"), f"{p.source}: {warning}"))
         if overlays:
             console.print(f"Grad-CAM overlays in {gradcam}", markup=False)
         if out is not None:

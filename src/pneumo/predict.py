@@ -48,6 +48,7 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)  # input checks (pneumo.inference.checks, .novelty)
     dicom: dict[str, str] = field(default_factory=dict)  # what a DICOM file says of itself (readers.DICOM_FIELDS)
     novelty: float | None = None  # how unlike the training X-rays (pneumo.inference.novelty); None: no check
+    novelty_threshold: float | None = None  # the model's threshold: above it, the image is flagged
 
     @property
     def ok(self) -> bool:
@@ -62,7 +63,8 @@ class Prediction:
             return {"file": self.source, "error": self.error}
         return {"file": self.source, "class": self.label, "probabilities": self.probabilities,
                 "p_pneumonia": round(self.p_pneumonia, 6), "reason": self.reason, "warnings": self.warnings,
-                **({"novelty": round(self.novelty, 4)} if self.novelty is not None else {}),
+                **({"novelty": {"score": round(self.novelty, 4), "threshold": round(self.novelty_threshold, 4),
+                                "flagged": self.novelty > self.novelty_threshold}} if self.novelty is not None else {}),
                 **({"dicom": self.dicom} if self.dicom else {})}
 
     def describe_input(self, info: ImageInfo) -> "Prediction":
@@ -263,7 +265,7 @@ class Predictor:
             for source, label, p, image in zip(sources, labels, probs, images)
         ]
         for prediction, score in zip(predictions, novelty if novelty is not None else []):
-            prediction.novelty = float(score)
+            prediction.novelty, prediction.novelty_threshold = float(score), self.novelty_check.threshold
             warning = novelty_warning(float(score), self.novelty_check)
             prediction.warnings += [warning] if warning else []
         return predictions
@@ -301,8 +303,8 @@ class Predictor:
         heatmaps = gradcam(bundle.model, self.info.model_name, np.stack([p.image for p in ok]), classes,
                            member=member)
         which = "" if member is None else f" (member {member})"
-        return [overlay(p.image, heat, caption=f"{Path(p.source).name}: where {self.model_id}{which} looked for "
-                                               f"{p.label} (Grad-CAM). Research use only.")
+        return [overlay(p.image, heat, caption=f"{Path(p.source).name}: regions that most raised {self.model_id}{which}'s "
+                                               f"score for {p.label} (Grad-CAM). Research use only.")
                 for p, heat in zip(ok, heatmaps)]
 
 
@@ -331,11 +333,12 @@ def predictions_csv(predictions: list[Prediction], model_id: str = "") -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "class", *[f"p_{name}" for name in SHORT_NAMES], "p_pneumonia", "reason", "warnings",
-                     "novelty", *DICOM_FIELDS, "error", "model"])
+                     "novelty", "novelty_threshold", *DICOM_FIELDS, "error", "model"])
     for p in predictions:
         probs = [f"{p.probabilities[name]:.6f}" for name in SHORT_NAMES] if p.ok else [""] * len(SHORT_NAMES)
         writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason,
                          "; ".join(p.warnings), "" if p.novelty is None else f"{p.novelty:.4f}",
+                         "" if p.novelty is None else f"{p.novelty_threshold:.4f}",
                          *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error, model_id])
     return buffer.getvalue()
 

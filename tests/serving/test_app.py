@@ -169,7 +169,7 @@ def test_page_in_chromium(server, shared_images, tmp_path):
         assert predicted in ("NORMAL", "Bacterial Pneumonia", "Viral Pneumonia")
         assert len(first.query_selector_all(".bar")) == 3
         assert first.query_selector(".reason").inner_text().startswith("Why: ")
-        assert f'looked for "{predicted}"' in first.query_selector(".caption").inner_text()
+        assert f'most raised the score for "{predicted}"' in first.query_selector(".caption").inner_text()
         assert first.query_selector(".scale").is_visible()
         page.wait_for_function("document.querySelector('.result .overlay').naturalWidth > 0", timeout=10_000)
         assert "not a recognised image" in cards[1].query_selector(".error").inner_text()

@@ -205,8 +205,8 @@ def prepare_folder(
 
     data = Path(data)
     if not data.exists():
-        raise DataLayoutError(f"{data}: no such data folder; pass --data or set $PNEUMO_DATA (download the archive "
-                              "from doi:10.17632/rscbjbr9sj.2 and run 'pneumo organize')")
+        raise DataLayoutError(f"{data}: no such data folder; check --data or $PNEUMO_DATA (to get the archive, "
+                              "download it from doi:10.17632/rscbjbr9sj.2 and run 'pneumo organize')")
     records, problems = load_records(data, progress)
     root = data.parent if data.is_file() else data
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]

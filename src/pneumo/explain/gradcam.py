@@ -90,12 +90,12 @@ def _text_strip(text: str, width: int, *, line_height: int = 22, scale: float = 
 
 
 def _colour_scale(width: int, side: int, *, height: int = 30) -> np.ndarray:
-    """The heatmap's colours from low (left) to high attention (right), under the overlay half."""
+    """The heatmap's colours from low (left) to high Grad-CAM weight (right), under the overlay half."""
     strip = np.full((height, width, 3), 255, np.uint8)
     ramp = cv2.applyColorMap(np.linspace(0, 255, side).astype(np.uint8)[None].repeat(10, 0), cv2.COLORMAP_JET)
     left = width - side
     strip[4:14, left:] = cv2.cvtColor(ramp, cv2.COLOR_BGR2RGB)  # show_cam_on_image uses this colormap
-    for text, x in (("low", left), ("high attention", width - 110)):
+    for text, x in (("low", left), ("high Grad-CAM", width - 110)):
         cv2.putText(strip, text, (x, height - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return strip
 

@@ -4,12 +4,12 @@ The plain input checks (``checks``) read what a file says of itself; they cannot
 photograph, a chart or noise from a radiograph. This check looks at what the network makes of
 the image: the features that enter its classification head (the registry's ``classifier``:
 pooled convolutional features; each member's, for an ensemble; for test-time views, those of
-the image as given). Fitted on the training images, it keeps their
-mean and the principal directions of their spread (scikit-learn's PCA, whitened); an image's
-**novelty** is its squared Mahalanobis distance in that subspace, per dimension (about 1 for
-a training image), averaged over an ensemble's members. The threshold is the novelty that
-all but ``false_alarm`` of the validation images stay under, so that on images like the
-training set's it warns at that rate, and a stated one.
+the image as given). Fitted on the training images, it keeps their mean and the principal
+directions of their spread (scikit-learn's PCA, whitened); an image's **novelty** is its
+squared Mahalanobis distance in that subspace, per dimension (about 1 for a training image),
+averaged over an ensemble's members. The threshold is the novelty that all but
+``false_alarm`` of the validation images stay under, so that on images like the training
+set's it warns at that stated rate.
 
 A flagged image is unlike the training X-rays: not a chest radiograph, or one degraded
 (strong noise or blur), framed or exposed differently. An unflagged image is not proven to be
@@ -137,6 +137,8 @@ def fit_novelty(model: nn.Module, model_name: str, train_images: np.ndarray, val
     """
     from sklearn.decomposition import PCA
 
+    from pneumo.models.bundle import weights_sha256  # bundle imports this module
+
     if not 0 < false_alarm < 0.5:
         raise ValueError(f"The 'false_alarm' rate must be in (0, 0.5). Got {false_alarm} instead.")
     if len(train_images) < 3 or len(val_images) < 1:
@@ -157,8 +159,6 @@ def fit_novelty(model: nn.Module, model_name: str, train_images: np.ndarray, val
     val_scores = novelty_scores(model, novelty, val_images)
     # The "higher" quantile: at most false_alarm of the validation images lie above it.
     novelty.threshold = float(np.quantile(val_scores, 1 - false_alarm, method="higher"))
-    from pneumo.models.bundle import weights_sha256
-
     novelty.description = {
         "weights_sha256": weights_sha256(model.state_dict()),  # the weights whose features it describes
         "score": "squared Mahalanobis distance per dimension in the training features' whitened principal "
@@ -182,5 +182,5 @@ def novelty_warning(score: float, check: NoveltyInfo) -> str | None:
         return None
     kept = 100 * (1 - check.false_alarm_rate)
     return (f"unlike the training X-rays (novelty {score:.2f}, above the {check.threshold:.2f} that {kept:g}% of "
-            "validation X-rays stay under): it may not be a frontal chest X-ray of a child, or it is degraded; the "
-            "answer may be unreliable")
+            "validation X-rays stay under): it may not be a chest X-ray at all, or not a child's frontal one, or "
+            "it is degraded or framed differently; do not rely on the answer")
