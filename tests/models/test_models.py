@@ -70,6 +70,9 @@ def test_bundle_round_trip(tmp_path):
 def test_bundle_errors(tmp_path):
     with pytest.raises(ModelFileError, match="no model bundle here"):
         load_bundle(tmp_path)
+    with pytest.raises(ModelFileError, match=r"^cnn: no such file or folder, and no shipped model of that name; "
+                                             r"pass .*\(pneumo-cnn, pneumo-ensemble, pneumo-mobilenet\)"):
+        load_bundle("cnn")
     (tmp_path / "model.pt").write_bytes(b"garbage")
     with pytest.raises(ModelFileError, match="not a loadable pneumo bundle"):
         load_bundle(tmp_path)

@@ -150,12 +150,13 @@ def resolve_bundle_path(path: str | Path) -> Path:
     """A bundle file from a path to it, to a run folder or model folder, or from a shipped model's name."""
     from pneumo.paths import resolve_model, shipped_models
 
-    path = resolve_model(path)
-    if path.is_dir():
-        path = path / BUNDLE_NAME
+    given = resolve_model(path)
+    path = given / BUNDLE_NAME if given.is_dir() else given
     if not path.is_file():
-        raise ModelFileError(f"{path}: no model bundle here; pass a model.pt file, a run folder, a model folder or "
-                             f"the name of a shipped model ({', '.join(shipped_models()) or 'none installed'})")
+        what = (f"{path}: no model bundle here" if given.exists() else
+                f"{given}: no such file or folder, and no shipped model of that name")
+        raise ModelFileError(f"{what}; pass a model.pt file, a run folder, a model folder or the name of a shipped "
+                             f"model ({', '.join(shipped_models()) or 'none installed'})")
     return path
 
 
