@@ -78,9 +78,10 @@ def markdown(results: list[dict], header: str) -> str:
     lines = ["# Novelty check", "", header, "",
              "Share of images flagged as unlike the training X-rays (threshold set at 1% of validation images).",
              "The 15 images that are not X-rays also chose which features the check reads (the input of the "
-             "classification head; pneumo-cnn's last hidden layer missed 3 of them), so 15/15 is not an independent "
-             "test. A flag marks an input unlike the training X-rays, not a wrong answer: under the middle stress "
-             "severities, flagged images are answered only slightly less accurately than unflagged ones.", "",
+             "classification head; the last hidden layer of the CNN shipped before missed 3 of them), so 15/15 is not "
+             "an independent test. A flag marks an input unlike the training X-rays, not a wrong answer: under the "
+             "middle stress severities, flagged images are answered only somewhat less accurately than unflagged ones.",
+             "",
              "| Model | Threshold | Validation | Internal test | Middle stress, pooled | Not X-rays flagged | "
              "Lowest not-X-ray novelty / threshold | Test accuracy flagged / unflagged (middle stress) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -115,10 +116,11 @@ def main() -> None:
         (args.out / "novelty.md").write_text(markdown(saved["models"], saved["header"]))
         return
     keep_freed_memory()
-    names = args.names or sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.pt").is_file())
-    results = [study(REPO / "models" / name) for name in names]
+    # The commit of the code and models measured: read before measuring, as HEAD may move meanwhile.
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
+    names = args.names or sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.pt").is_file())
+    results = [study(REPO / "models" / name) for name in names]
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} CPU ({torch.get_num_threads()} threads), "
               f"commit {commit}, by `scripts/novelty_study.py`.")
     args.out.mkdir(parents=True, exist_ok=True)
