@@ -1,4 +1,4 @@
-"""Give each shipped model its novelty check, leaving weights, calibration and metrics as they are.
+"""Give each shipped model its novelty check, leaving its weights, calibration and measured figures as they are.
 
     python scripts/add_novelty.py [NAME...]     # default: every model under models/
 

@@ -9,7 +9,8 @@ the share flagged among the validation images (where the threshold was set, at 1
 internal test images, clean and under each severity of the stress battery; test accuracy (the
 model's own decision) among flagged and unflagged images, pooled over the middle severities;
 and the novelty of each of the 15 not-X-ray images of ``pneumo.evaluation.not_xrays``. Writes
-``novelty.json`` and ``novelty.md`` with the date, machine and commit.
+``novelty.json`` and ``novelty.md`` (``benchmarks/novelty/intro.md`` first) with the date, machine
+and commit.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pneumo.predict import Predictor
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "splits" / "internal.csv"
 DATA = Path("../shared/datasets/chest_xray")
+INTRO = REPO / "benchmarks" / "novelty" / "intro.md"  # the prose; the figures only from the measurements
 
 
 def study(folder: Path) -> dict:
@@ -75,13 +77,7 @@ def study(folder: Path) -> dict:
 
 
 def markdown(results: list[dict], header: str) -> str:
-    lines = ["# Novelty check", "", header, "",
-             "Share of images flagged as unlike the training X-rays (threshold set at 1% of validation images).",
-             "The 15 images that are not X-rays also chose which features the check reads (the input of the "
-             "classification head; the last hidden layer of the CNN shipped before missed 3 of them), so 15/15 is not "
-             "an independent test. A flag marks an input unlike the training X-rays, not a wrong answer: under the "
-             "middle stress severities, flagged images are answered only somewhat less accurately than unflagged ones.",
-             "",
+    lines = ["# Novelty check", "", header, "", INTRO.read_text().strip(), "",
              "| Model | Threshold | Validation | Internal test | Middle stress, pooled | Not X-rays flagged | "
              "Lowest not-X-ray novelty / threshold | Test accuracy flagged / unflagged (middle stress) |",
              "|---|---|---|---|---|---|---|---|"]

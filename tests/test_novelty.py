@@ -69,6 +69,20 @@ def test_tap_records_the_input_of_the_classification_head(cnn, images):
     assert not cnn.head._forward_pre_hooks  # hooks are gone after the block
 
 
+def test_tap_ignores_another_threads_pass_through_the_same_model(cnn, images):
+    import threading
+
+    mine = torch.from_numpy(images[:2]).float().div(255)[:, None]
+    theirs = torch.from_numpy(images[2:4]).float().div(255)[:, None]
+    with torch.no_grad(), FeatureTap(cnn, ["head"]) as tap:
+        other = threading.Thread(target=lambda: cnn(theirs))  # runs first, while the hooks are on
+        other.start()
+        other.join()
+        cnn(mine)
+        expected = cnn.pool(cnn.features(mine)).flatten(1)
+    assert torch.allclose(tap.features[0], expected)
+
+
 def test_ensemble_features_are_each_members_on_the_image_as_given(images):
     torch.manual_seed(0)
     members = [create_model("cnn", num_classes=3).eval() for _ in range(2)]

@@ -353,6 +353,9 @@ def train(
 
 
 ModelArgument = Annotated[Path, typer.Argument(help="A run folder, a model.pt bundle or a shipped models/ folder.")]
+# The same, defaulting to the shipped default model, shown by its name rather than its path.
+DefaultModelArgument = Annotated[Path, typer.Argument(help="A run folder, a model.pt bundle or a shipped models/ folder.",
+                                                      show_default=paths.DEFAULT_MODEL)]
 RoleOption = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
 SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving the roles (default: the run's split.csv, else the archive's folders).")]
 AdaptOption = Annotated[str, typer.Option(help="Adapt to these images as one site: none, priors (EM class mix), bn (BatchNorm statistics, AdaBN) or bn+priors.")]
@@ -426,7 +429,7 @@ def _stress_table(stress: dict) -> None:
 
 @app.command()
 def evaluate(
-    model: ModelArgument = paths.default_model(),
+    model: DefaultModelArgument = paths.default_model(),
     data: DataOption = paths.data_dir(),
     split: RoleOption = "test",
     split_file: SplitFileOption = None,
@@ -528,7 +531,7 @@ def report(
 @app.command()
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx (default: the shipped pneumo-ensemble).")] = paths.default_model(),
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx.", show_default=paths.DEFAULT_MODEL)] = paths.default_model(),
     backend: Annotated[str, typer.Option(help="torch, onnx (the model.onnx beside the bundle; faster on a CPU) or auto (onnx where there is one).")] = "torch",
     gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
     cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
@@ -755,7 +758,7 @@ def export(
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle or models/ folder (default: the shipped pneumo-ensemble).")] = paths.default_model(),
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle or models/ folder.", show_default=paths.DEFAULT_MODEL)] = paths.default_model(),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     backend: Annotated[str, typer.Option(help="auto (ONNX Runtime where the model has an export), torch or onnx.")] = "auto",
@@ -798,7 +801,7 @@ def default_hosts(host: str) -> list[str]:
 
 @app.command()
 def card(
-    model: ModelArgument = paths.default_model(),
+    model: DefaultModelArgument = paths.default_model(),
     metrics: Annotated[Optional[Path], typer.Option(help="A metrics.json from 'pneumo evaluate' to include.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Markdown file (default: MODEL_CARD.md beside the bundle).")] = None,
 ) -> None:

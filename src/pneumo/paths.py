@@ -36,8 +36,8 @@ def shipped_models() -> list[str]:
 
 
 def default_model() -> Path:
-    """``$PNEUMO_MODEL``, else the name of the shipped default model (DEFAULT_MODEL; ``resolve_model`` finds it)."""
-    return Path(os.environ.get("PNEUMO_MODEL", DEFAULT_MODEL))
+    """``$PNEUMO_MODEL``, else the shipped default model (DEFAULT_MODEL)."""
+    return Path(os.environ.get("PNEUMO_MODEL", models_dir() / DEFAULT_MODEL))
 
 
 def resolve_model(model: str | Path) -> Path:

@@ -64,7 +64,8 @@ class Prediction:
         return {"file": self.source, "class": self.label, "probabilities": self.probabilities,
                 "p_pneumonia": round(self.p_pneumonia, 6), "reason": self.reason, "warnings": self.warnings,
                 **({"novelty": {"score": round(self.novelty, 4), "threshold": round(self.novelty_threshold, 4),
-                                "flagged": self.novelty > self.novelty_threshold}} if self.novelty is not None else {}),
+                                "flagged": self.novelty > self.novelty_threshold}}
+                   if self.novelty is not None and self.novelty_threshold is not None else {}),
                 **({"dicom": self.dicom} if self.dicom else {})}
 
     def describe_input(self, info: ImageInfo) -> "Prediction":

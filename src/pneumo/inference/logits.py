@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import numpy as np
 import torch
 from torch import nn
 
-# Hooks live on the model's modules, which threads share: one tapped forward pass at a time.
-_TAP_LOCK = threading.Lock()
-
-
 class FeatureTap:
     """Records the input of each of ``layers`` (module paths, flattened to (B, D_i)) during a forward pass,
     the first call of each only (for an ensemble's test-time views, the image as given: its first view).
+
+    The hooks sit on modules that threads may share; they record only the calls of the thread that
+    entered the tap, so another thread's forward pass through the same model is never taken for this one.
 
         with FeatureTap(model, ["head"]) as tap:
             logits = model(images)
@@ -26,9 +24,11 @@ class FeatureTap:
         self.layers = [model.get_submodule(path) for path in layers]
         self._captured: dict[int, torch.Tensor] = {}
         self._handles: list = []
+        self._thread: int | None = None
 
     def __enter__(self) -> "FeatureTap":
         self._captured.clear()
+        self._thread = threading.get_ident()
         self._handles = [layer.register_forward_pre_hook(self._hook(index)) for index, layer in enumerate(self.layers)]
         return self
 
@@ -39,7 +39,8 @@ class FeatureTap:
 
     def _hook(self, index: int):
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            self._captured.setdefault(index, inputs[0].flatten(1))
+            if threading.get_ident() == self._thread:
+                self._captured.setdefault(index, inputs[0].flatten(1))
         return record
 
     @property
@@ -63,16 +64,15 @@ def logits_and_features(model: nn.Module, images: np.ndarray, layers: list[str] 
     tap = FeatureTap(model, list(layers))
     logits: list[np.ndarray] = []
     features: list[list[np.ndarray]] = [[] for _ in tap.layers]
-    with _TAP_LOCK if layers else contextlib.nullcontext():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-            batch = batch.float().div_(255)[:, None].contiguous(memory_format=torch.channels_last)
-            with tap:
-                # forward, not the call: a model compiled in place for training (--compile) would otherwise run
-                # its compiled graph, which need not call the hooked modules as modules.
-                logits.append(model.forward(batch).float().cpu().numpy())
-            for store, layer_features in zip(features, tap.features):
-                store.append(layer_features.float().cpu().numpy())
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        batch = batch.float().div_(255)[:, None].contiguous(memory_format=torch.channels_last)
+        with tap:
+            # forward, not the call: a model compiled in place for training (--compile) would otherwise run
+            # its compiled graph, which need not call the hooked modules as modules.
+            logits.append(model.forward(batch).float().cpu().numpy())
+        for store, layer_features in zip(features, tap.features):
+            store.append(layer_features.float().cpu().numpy())
     if not logits:
         return np.zeros((0, 3), np.float32), [np.zeros((0, 0), np.float32) for _ in tap.layers]
     return np.concatenate(logits), [np.concatenate(f) for f in features]

@@ -98,10 +98,10 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
         model_name: its registry name.
         size: input side in pixels.
         novelty: its novelty check, fitted on these weights' features; without one, the bundle has none.
+        **extra: further metadata (``id``, ``training``, ``temperature``, ``operating_point``, ...).
 
     Raises:
         ValueError: a novelty check fitted on other weights.
-        **extra: further metadata (``id``, ``training``, ``temperature``, ``operating_point``, ...).
     """
     # Always the standard layout, whatever the model was trained or run in (channels_last), so
     # that the file is the same for the same weights and loads anywhere, safetensors included.
