@@ -77,7 +77,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         "", "## Preprocessing", "",
         *[f"- {key}: {value}" for key, value in metadata["preprocessing"].items()],
         "", "## Training", "",
-        *(_member_lines(metadata["ensemble"]) if "ensemble" in metadata else _training_lines(training)),
+        *(_member_lines(metadata["ensemble"]) if "ensemble" in metadata else _training_lines(training, config)),
     ]
     choice = metadata.get("choice")
     if choice:
@@ -156,8 +156,7 @@ def _architecture(metadata: dict) -> str:
     return f"`{metadata['model_name']}` — {get_spec(metadata['model_name']).description}"
 
 
-def _training_lines(training: dict) -> list[str]:
-    config = flat_config(training.get("config", {}))
+def _training_lines(training: dict, config: dict) -> list[str]:
     return [
         f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
         f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "

@@ -639,7 +639,7 @@ def calibrate(
     if stress:
         console.print(f"under the stress battery's middle severities: sensitivity >= "
                       f"{point['val_stress_worst_sensitivity']:.3f}, specificity >= {point['val_stress_worst_specificity']:.3f}")
-    novelty = load_bundle(bundle.path).metadata["novelty"]
+    novelty = result["novelty"]
     console.print(f"novelty check: fitted on {novelty['fitted_on_images']} training images; images above "
                   f"{novelty['threshold']:.2f} are flagged ({novelty['val_flagged']:.1%} of these)")
     console.print(f"wrote {bundle.path}", markup=False)

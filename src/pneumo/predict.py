@@ -24,8 +24,7 @@ from pneumo.inference.calibration import PriorAdaptation
 from pneumo.inference.decision import DECISIONS, decide, reason
 from pneumo.inference import predict_logits, softmax
 from pneumo.inference.checks import input_warnings
-from pneumo.inference.logits import logits_and_features
-from pneumo.inference.novelty import novelty_warning
+from pneumo.inference.novelty import logits_and_novelty, novelty_warning
 from pneumo.labels import SHORT_NAMES
 from pneumo.models.info import ModelInfo
 from pneumo.paths import resolve_model
@@ -195,13 +194,11 @@ class Predictor:
 
     def outputs(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, K) logits and (N,) novelty for (N, S, S) uint8 images; novelty is None for a model without the check."""
+        if self.backend == "torch":
+            return logits_and_novelty(self.bundle.model, self.bundle.novelty, images, batch_size=batch_size)
         if self.novelty_check is None:
             return self.logits(images, batch_size), None
-        if self.backend == "onnx":
-            return tuple(self._onnx_outputs(images, ["logits", "novelty"], batch_size))
-        logits, features = logits_and_features(self.bundle.model, images, self.bundle.novelty.layer_paths,
-                                               batch_size=batch_size)
-        return logits, self.bundle.novelty.score(features)
+        return tuple(self._onnx_outputs(images, ["logits", "novelty"], batch_size))
 
     def _onnx_outputs(self, images: np.ndarray, names: list[str], batch_size: int) -> list[np.ndarray]:
         """The ONNX graph's ``names`` outputs for (N, S, S) uint8 images, in batches."""
@@ -257,7 +254,9 @@ class Predictor:
             return []
         stack = np.stack(images)
         # The novelty is the model's own (under --adapt bn too): it measures the image against the training X-rays.
-        logits, novelty = self.outputs(stack)
+        # Under bn the answer comes from the adapted model, so the unadapted pass is only for the novelty.
+        adapted_bn = str(adapt).startswith("bn")
+        logits, novelty = self.outputs(stack) if self.novelty_check is not None or not adapted_bn else (None, None)
         probs = self._calibrated(stack, logits, adapt)
         labels = decide(probs, self.threshold)
         predictions = [

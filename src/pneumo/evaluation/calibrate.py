@@ -60,7 +60,8 @@ def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
 
 def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, *,
                      train_images: np.ndarray | None = None, **options) -> dict:
-    """Fit the calibration (see fit_calibration) and write it into the bundle at ``path``; returns it.
+    """Fit the calibration (see fit_calibration) and write it into the bundle at ``path``; returns it, with the
+    novelty check's record (None when the bundle has none).
 
     With ``train_images`` (the model's training images, uint8 (N, S, S)), the novelty check is fitted
     on them anew, its threshold on ``images``; without, the bundle keeps the one it has. An ONNX
@@ -80,4 +81,4 @@ def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, *
     onnx_file = bundle.path.with_suffix(".onnx")
     if onnx_file.is_file():
         export_onnx(load_bundle(bundle.path), onnx_file)
-    return calibration
+    return {**calibration, "novelty": novelty.metadata() if novelty is not None else None}

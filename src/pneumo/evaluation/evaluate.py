@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pneumo.evaluation import plots
 from pneumo.inference.calibration import PriorAdaptation
 from pneumo.evaluation.metrics import bootstrap, summarize
 from pneumo.inference import predict_logits, softmax
-from pneumo.inference.logits import logits_and_features
+from pneumo.inference.novelty import logits_and_novelty
 from pneumo.labels import CLASSES, SHORT_NAMES
 from pneumo.models.bundle import Bundle
 
@@ -86,44 +87,28 @@ def evaluate_model(model: str | Path, data_dir: Path, *, role: str = "test", spl
     return evaluate(bundle, images, source=source, **options)
 
 
-def onnx_logits(bundle: Bundle, images: np.ndarray) -> np.ndarray:
-    """Logits from the ONNX export beside the bundle (onnxruntime: several times faster on a CPU).
-
-    Raises:
-        ModelFileError: no model.onnx beside the bundle, or one exported from other weights
-            (``Predictor`` checks the pair).
-    """
-    return _onnx_predictor(bundle).logits(images)
-
-
-def _onnx_predictor(bundle: Bundle):
+@functools.lru_cache(maxsize=4)
+def _onnx_predictor(onnx_path: str, bundle_sha256: str):
+    """The ONNX export beside a bundle, loaded (and checked against it) once for the many sets of a stress run."""
     from pneumo.predict import Predictor
 
-    return Predictor(Path(bundle.path).parent / "model.onnx", backend="onnx")
+    return Predictor(onnx_path, backend="onnx")
 
 
-def model_outputs(bundle: Bundle, backend: str = "torch"):
-    """The bundle's model as a function of uint8 images (N, S, S) -> (logits (N, K), novelty (N,) or None when
-    the bundle has no novelty check), on one backend."""
+def model_outputs(bundle: Bundle, images: np.ndarray, backend: str = "torch") -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, K) logits and (N,) novelty (None without a novelty check) of uint8 images (N, S, S), on one backend:
+    the bundle's PyTorch model, or the ONNX export beside it (several times faster on a CPU).
+
+    Raises:
+        ModelFileError: for ``onnx``, no model.onnx beside the bundle, or one exported from other weights.
+    """
     from pneumo.predict import BACKENDS
 
     if backend not in BACKENDS:
         raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
     if backend == "onnx":
-        return lambda images: _onnx_predictor(bundle).outputs(images)
-    if bundle.novelty is None:
-        return lambda images: (predict_logits(bundle.model, images), None)
-
-    def outputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, features = logits_and_features(bundle.model, images, bundle.novelty.layer_paths)
-        return logits, bundle.novelty.score(features)
-    return outputs
-
-
-def model_logits(bundle: Bundle, backend: str = "torch"):
-    """The bundle's model as a function of uint8 images (N, S, S) -> logits (N, K), on one backend."""
-    outputs = model_outputs(bundle, backend)
-    return lambda images: outputs(images)[0]
+        return _onnx_predictor(str(Path(bundle.path).parent / "model.onnx"), bundle.file_sha256).outputs(images)
+    return logits_and_novelty(bundle.model, bundle.novelty, images)
 
 
 def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "none",
@@ -145,7 +130,7 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
         info["backend"] = "torch"  # the adapted statistics exist only in the PyTorch model
         info["adapted_batchnorm_on"] = int(len(images))
     else:
-        logits, novelty = model_outputs(bundle, backend)(images)
+        logits, novelty = model_outputs(bundle, images, backend)
         if novelty is not None:
             check, flagged = bundle.info.novelty, bundle.info.novelty.flagged(novelty)
             info["novelty"] = {"threshold": check.threshold, "set_to_flag_on_validation": check.false_alarm_rate,

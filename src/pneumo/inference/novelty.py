@@ -31,7 +31,7 @@ from pneumo.inference.logits import FeatureTap, logits_and_features
 from pneumo.models.info import NoveltyInfo
 
 __all__ = ["DEFAULT_COMPONENTS", "DEFAULT_FALSE_ALARM", "Novelty", "ScoredModel", "feature_layers", "fit_novelty",
-           "novelty_scores", "novelty_warning"]
+           "logits_and_novelty", "novelty_warning"]
 
 DEFAULT_COMPONENTS = 256  # principal directions kept per feature layer (MobileNetV2's head takes 1280 features)
 DEFAULT_FALSE_ALARM = 0.01  # share of validation X-rays flagged
@@ -100,11 +100,6 @@ class Novelty(nn.Module):
                    [tensors[f"projection_{i}"] for i in range(layers)], threshold=metadata["threshold"],
                    description=description)
 
-    @property
-    def info(self) -> NoveltyInfo:
-        return NoveltyInfo(self.threshold, float(self.description.get("false_alarm_rate", DEFAULT_FALSE_ALARM)))
-
-
 class ScoredModel(nn.Module):
     """A model and its novelty check as one module: images -> (logits, novelty), for the ONNX export."""
 
@@ -156,7 +151,7 @@ def fit_novelty(model: nn.Module, model_name: str, train_images: np.ndarray, val
         projections.append(torch.from_numpy(
             (pca.components_[spread].T / np.sqrt(pca.explained_variance_[spread])).astype(np.float32)))
     novelty = Novelty(layers, means, projections, threshold=0.0)
-    val_scores = novelty_scores(model, novelty, val_images)
+    _, val_scores = logits_and_novelty(model, novelty, val_images)
     # The "higher" quantile: at most false_alarm of the validation images lie above it.
     novelty.threshold = float(np.quantile(val_scores, 1 - false_alarm, method="higher"))
     novelty.description = {
@@ -171,9 +166,13 @@ def fit_novelty(model: nn.Module, model_name: str, train_images: np.ndarray, val
     return novelty
 
 
-def novelty_scores(model: nn.Module, novelty: Novelty, images: np.ndarray) -> np.ndarray:
-    """(N,) novelty of uint8 images (N, S, S)."""
-    return novelty.score(logits_and_features(model, images, novelty.layer_paths)[1])
+def logits_and_novelty(model: nn.Module, novelty: Novelty | None, images: np.ndarray, *, batch_size: int = 128
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, K) logits and (N,) novelty of uint8 images (N, S, S) in one pass; the novelty is None without a check."""
+    if novelty is None:
+        return logits_and_features(model, images, batch_size=batch_size)[0], None
+    logits, features = logits_and_features(model, images, novelty.layer_paths, batch_size=batch_size)
+    return logits, novelty.score(features)
 
 
 def novelty_warning(score: float, check: NoveltyInfo) -> str | None:

@@ -1,18 +1,19 @@
 """Ensembles: one model that averages the calibrated probabilities of several trained models.
 
 An ``Ensemble`` is an ``nn.Module`` like any registered model: it takes (B, 1, S, S) images in
-[0, 1] at the largest member input size S and returns (B, classes) logits, so it is saved as a
-bundle, exported to ONNX, served, evaluated and adapted (AdaBN) without special cases. Inside,
-each member sees the image resized to its own input size by fixed area-averaging matrices
-(the weights of OpenCV's ``INTER_AREA`` when shrinking, and plain matrix products in the ONNX
-graph; a member smaller than the ensemble's input thus sees the file resized twice, to S and
-then to its size, which equals one resize only when S is a whole multiple of it), its logits
-are divided by its own validation temperature, and the members' probabilities are averaged. The returned logits are the log of that average, so the bundle's
-own temperature (fitted on validation after averaging) applies on top as for any model.
+[0, 1] at the largest member input size S and returns (B, classes) logits, so it is saved as a bundle,
+exported to ONNX, served, evaluated and adapted (AdaBN) without special cases. Inside, each member
+sees the image resized to its own input size by fixed area-averaging matrices (the weights of
+OpenCV's ``INTER_AREA`` when shrinking, and plain matrix products in the ONNX graph; a member
+smaller than the ensemble's input thus sees the file resized twice, to S and then to its size, which
+equals one resize only when S is a whole multiple of it), its logits are divided by its own
+validation temperature, and the members' probabilities are averaged. The returned logits are the log
+of that average, so the bundle's own temperature (fitted on validation after averaging) applies on
+top as for any model.
 
-Optional test-time augmentation averages over views of the image too: zoomed copies made by
-fixed bilinear matrices (edges repeated, as the stress battery's framing changes), so that the
-ONNX graph holds them as well.
+Optional test-time augmentation averages over views of the image too: zoomed copies made by fixed
+bilinear matrices (edges repeated, as the stress battery's framing changes), so that the ONNX graph
+holds them as well.
 
 The members are described in the bundle metadata (``ensemble.members``: model name, input size,
 temperature, id, weights hash; ``ensemble.views``: the zoom of each view), which is all
@@ -244,8 +245,8 @@ def write_ensemble(bundles: list, out: Path, images: np.ndarray, labels: np.ndar
                              f"Got {given.shape[-1]} px instead.")
     ensemble.eval()
     calibration = fit_calibration(ensemble, images, labels, source=source)
-    novelty = None if train_images is None else fit_novelty(ensemble, ENSEMBLE_NAME, train_images, images,
-                                                                      source=source)
+    novelty = (None if train_images is None
+               else fit_novelty(ensemble, ENSEMBLE_NAME, train_images, images, source=source))
     path = Path(out) / BUNDLE_NAME
     save_bundle(path, ensemble, model_name=ENSEMBLE_NAME, size=ensemble.size, novelty=novelty, id=name, **metadata,
                 **calibration)
