@@ -16,7 +16,6 @@ from pneumo.allocator import keep_freed_memory
 from pneumo.console import console, errors, progress_bar, table
 from pneumo.errors import PneumoError
 from pneumo.labels import CLASSES
-from pneumo.tables import Rows, count_rows
 
 STARTED = time.perf_counter()  # the process start, give or take the interpreter's own ~50 ms
 PREDICT_CHUNK = 256  # files read and classified at a time when predicting many, for the progress bar
@@ -90,6 +89,7 @@ def organize(
     Never moves, renames or deletes anything in SRC: files are copied (or hard-linked with --link).
     """
     from pneumo.data.archive import organize as run
+    from pneumo.tables import Rows
 
     started = time.perf_counter()
     with progress_bar("organize") as update:
@@ -132,6 +132,7 @@ def prepare(
     """Decode, grayscale and resize every image into the cache, then split by patient."""
     from pneumo.data.cache import prepare_folder
     from pneumo.data.splits import load_split, make_split, save_split
+    from pneumo.tables import count_rows
 
     started = time.perf_counter()
     with progress_bar("prepare") as update:
@@ -155,6 +156,8 @@ def prepare(
 
 
 def _split_table(chosen, prepared) -> None:
+    from pneumo.tables import count_rows
+
     counts = count_rows(f"{chosen.method} split, seed {chosen.seed}", chosen.roles, prepared.labels, prepared.patients)
     console.print(table(counts.title, counts.columns, counts.rows))
 
