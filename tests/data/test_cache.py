@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -47,3 +48,79 @@ def test_bad_file_is_reported_and_the_rest_prepared(tmp_path):
 def test_size_out_of_range(tmp_path):
     with pytest.raises(ValueError, match="The 'size' of prepare must be between 16 and 1024 pixels. Got 8 instead."):
         prepare([], tmp_path, size=8, cache_dir=tmp_path)
+
+
+def _labels_csv(folder, rows):
+    lines = ["path,class,patient,split"] + [",".join(row) for row in rows]
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder / "labels.csv"
+
+
+def _site(tmp_path, count=8):
+    site = tmp_path / "site"
+    site.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(site / f"x{i}.png"), xray_like(i))
+    return site
+
+
+def test_edited_labels_and_roles_are_read_fresh_over_a_warm_cache(tmp_path):
+    site = _site(tmp_path)
+    rows = [[f"x{i}.png", "normal", f"p{i}", "train"] for i in range(8)]
+    first = prepare_folder(_labels_csv(site, rows), size=32, cache_dir=tmp_path / "cache")
+    assert first.data.labels.tolist() == [0] * 8 and set(first.data.splits) == {"train"}
+    # Relabel three images viral, move two to test and give one another patient: nothing is decoded again,
+    # and every edit is seen.
+    for i in (0, 1, 2):
+        rows[i][1] = "viral"
+    rows[6][3] = rows[7][3] = "test"
+    rows[5][2] = "someone-else"
+    again = prepare_folder(_labels_csv(site, rows), size=32, cache_dir=tmp_path / "cache")
+    assert (again.decoded, again.reused) == (0, 8)
+    assert again.data.labels.tolist() == [2, 2, 2, 0, 0, 0, 0, 0]
+    assert again.data.splits.tolist() == ["train"] * 6 + ["test"] * 2
+    assert again.data.patients[5] == "someone-else"
+    np.testing.assert_array_equal(first.data.images, again.data.images)
+
+
+def test_edited_image_bytes_give_the_new_pixels(tmp_path):
+    site = _site(tmp_path)
+    csv_path = _labels_csv(site, [[f"x{i}.png", "normal", f"p{i}", "train"] for i in range(8)])
+    prepare_folder(csv_path, size=32, cache_dir=tmp_path / "cache")
+    cv2.imwrite(str(site / "x3.png"), 255 - xray_like(3))
+    result = prepare_folder(csv_path, size=32, cache_dir=tmp_path / "cache")
+    assert (result.decoded, result.reused) == (1, 7)
+    expected = cv2.resize(255 - xray_like(3), (32, 32), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(result.data.images[3], expected)
+
+
+@pytest.mark.parametrize("damage", ["flip-pixels", "truncate", "garbage-index", "garbage-key"])
+def test_a_damaged_cache_is_rebuilt_not_trusted(tmp_path, damage):
+    src = write_archive(tmp_path / "chest_xray")
+    first = prepare_folder(src, size=32, cache_dir=tmp_path / "cache")
+    expected = np.array(first.data.images)
+    folder = first.folder
+    images = folder / "images.npy"
+    if damage == "flip-pixels":  # same size, other pixels: only the recorded hash can tell
+        raw = bytearray(images.read_bytes())
+        raw[-100:] = bytes(255 - b for b in raw[-100:])
+        images.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        images.write_bytes(images.read_bytes()[:1000])
+    elif damage == "garbage-index":
+        (folder / "index.csv").write_text("nonsense\n\x00\x01")
+    else:
+        (folder / "key.json").write_text("{not json")
+    again = prepare_folder(src, size=32, cache_dir=tmp_path / "cache")
+    assert (again.decoded, again.reused) == (12, 0)
+    np.testing.assert_array_equal(again.data.images, expected)
+
+
+def test_a_labels_csv_split_column_wins_over_paths_outside_its_folder(tmp_path):
+    site = _site(tmp_path)
+    elsewhere = tmp_path / "csvs"
+    elsewhere.mkdir()
+    rows = [[str(site / f"x{i}.png"), "normal" if i < 4 else "bacterial", f"p{i}", "test"] for i in range(8)]
+    result = prepare_folder(_labels_csv(elsewhere, rows), size=32, cache_dir=tmp_path / "cache")
+    assert [p.reason.split(":")[0] for p in result.problems] == ["no images of Viral Pneumonia"]
+    assert len(result.data) == 8 and set(result.data.splits) == {"test"}

@@ -65,7 +65,7 @@ def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path)
     failed = runner.invoke(app, ["evaluate", str(tiny_run / "model.pt"), "--data", str(shared_data), "--cache-dir",
                                  str(cache_dir), "--out", str(tmp_path)])
     assert failed.exit_code == 2
-    assert "no 'test' images in the archive's test/ folder" in failed.output and "--split-file" in failed.output
+    assert "no 'test' images in the test/ folder" in failed.output and "--split-file" in failed.output
 
 
 def test_evaluate_with_stress_and_batchnorm_adaptation(tiny_run, shared_data, cache_dir, tmp_path):

@@ -446,8 +446,8 @@ def _record(root: Path, path: Path, split: str, label: int, patient: str) -> Rec
         return Problem(str(path), error.reason)
     try:
         relative = path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return Problem(str(path), f"outside {root}: keep the images in the folder of the labels file or below it")
+    except ValueError:  # a labels CSV may name images anywhere: such a record keeps its absolute path
+        relative = path.resolve().as_posix()
     return Record(relative, split, label, patient or patient_id(path.name), hashlib.sha256(data).hexdigest(),
                   width, height, str(path))
 

@@ -1,9 +1,13 @@
 """Preprocessing cache: every image decoded, made grayscale and resized once, kept as uint8.
 
-A cache folder ``<cache_dir>/size<S>/`` holds ``images.npy`` (N x S x S uint8, memory-mapped
-when loaded), ``index.csv`` (path, split, label, patient, sha256 per row) and ``key.json``
-(the settings). A second run with the same settings and files only reads these; a changed
-file or setting re-decodes only what changed. Rescaling by 1/255 happens when batches are made.
+The cache holds pixels and nothing else that a user can edit. A cache folder
+``<cache_dir>/size<S>/`` holds ``images.npy`` (N x S x S uint8, memory-mapped when loaded),
+``index.csv`` (the sha256 of the file each row was decoded from) and ``key.json`` (the
+preprocessing settings, the decoders' versions and the sha256 of ``images.npy`` itself). Labels,
+patients, roles and paths are never read from it: they come fresh from their source (manifest,
+labels CSV, folders) on every run, so an edited label or split is seen at once. A changed file is
+a new content hash and is decoded again; a cache written by other settings or decoders, or one
+whose files were damaged, is rebuilt. Rescaling by 1/255 happens when batches are made.
 """
 
 from __future__ import annotations
@@ -11,22 +15,26 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pydicom
 
-from pneumo.data.archive import Problem, Record
+from pneumo.data.archive import Problem, Record, load_records
 from pneumo.data.readers import load_for_model
 from pneumo.errors import DataLayoutError, ImageReadError
 from pneumo.files import atomic_path, atomic_write
 
+logger = logging.getLogger(__name__)
+
 #: Bump when the preprocessing itself changes, so that old caches are rebuilt.
-PREPROCESSING_VERSION = 2  # 2: DICOM shown by its window or VOI LUT, 8-bit values as stored
-INDEX_FIELDS = ("path", "split", "label", "patient", "sha256")
+PREPROCESSING_VERSION = 3  # 3: the cache holds pixels only, checked by their hash; 2: DICOM by its window or VOI LUT
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,16 @@ class PreparedData:
         return PreparedData(*(np.asarray(field)[indices] for field in
                               (self.images, self.labels, self.patients, self.splits, self.paths, self.sha256)))
 
+    @classmethod
+    def of_records(cls, records: Sequence[Record], images: np.ndarray) -> "PreparedData":
+        """``images`` (one per record, in order) with the records' labels, patients, roles, paths and hashes."""
+        return cls(images=images,
+                   labels=np.array([r.label for r in records], np.int64),
+                   patients=np.array([r.patient for r in records], dtype=str),
+                   splits=np.array([r.split for r in records], dtype=str),
+                   paths=np.array([r.path for r in records], dtype=str),
+                   sha256=np.array([r.sha256 for r in records], dtype=str))
+
 
 @dataclass(frozen=True)
 class PrepareResult:
@@ -59,6 +77,17 @@ class PrepareResult:
     decoded: int
     reused: int
     folder: Path
+
+
+@dataclass(frozen=True)
+class CachedPixels:
+    """What a cache folder holds: decoded images (N, S, S) and the content hash of the file of each."""
+
+    images: np.ndarray
+    sha256: list[str]
+
+    def rows(self) -> dict[str, int]:
+        return {sha: row for row, sha in enumerate(self.sha256)}
 
 
 def _decode(job: tuple[str, int]) -> np.ndarray | str:
@@ -70,28 +99,34 @@ def _decode(job: tuple[str, int]) -> np.ndarray | str:
 
 
 def _settings(size: int) -> dict:
-    return {"version": PREPROCESSING_VERSION, "size": size, "grayscale": True, "resize": "cv2 INTER_AREA, no aspect"}
+    """Everything besides a file's bytes that decides its cached pixels."""
+    return {"version": PREPROCESSING_VERSION, "size": size, "grayscale": True, "resize": "cv2 INTER_AREA, no aspect",
+            "opencv": cv2.__version__, "pydicom": pydicom.__version__}
 
 
-def load_cache(folder: Path) -> PreparedData | None:
-    """The cache in ``folder``, memory-mapped, or None when it is missing or incomplete."""
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def load_cache(folder: Path, size: int) -> CachedPixels | None:
+    """The pixels cached in ``folder`` for ``size``, memory-mapped; None when there are none, when they were
+    made by other settings or decoders, or when a file is incomplete or damaged (its hash differs)."""
     try:
         key = json.loads((folder / "key.json").read_text())
+        if key.get("settings") != _settings(size):
+            return None
         with (folder / "index.csv").open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            hashes = [row["sha256"] for row in csv.DictReader(handle)]
+        if _file_sha256(folder / "images.npy") != key.get("images_sha256"):
+            logger.warning("%s: the cached images do not match their recorded hash; decoding again", folder)
+            return None
         images = np.load(folder / "images.npy", mmap_mode="r")
-    except (FileNotFoundError, ValueError, json.JSONDecodeError):
+    except (OSError, KeyError, ValueError, json.JSONDecodeError):
         return None
-    if len(rows) != len(images) or key.get("rows") != len(rows):
+    if len(hashes) != len(images) or images.shape[1:] != (size, size) or images.dtype != np.uint8:
         return None
-    return PreparedData(
-        images=images,
-        labels=np.array([int(r["label"]) for r in rows], np.int64),
-        patients=np.array([r["patient"] for r in rows]),
-        splits=np.array([r["split"] for r in rows]),
-        paths=np.array([r["path"] for r in rows]),
-        sha256=np.array([r["sha256"] for r in rows]),
-    )
+    return CachedPixels(images, hashes)
 
 
 def prepare(
@@ -103,7 +138,7 @@ def prepare(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PrepareResult:
-    """Decode, grayscale and resize every record into the cache, reusing what is already there.
+    """Decode, grayscale and resize every record into the cache, reusing the pixels already there.
 
     Args:
         records: images to prepare (from ``load_records``); paths are relative to ``root``.
@@ -114,25 +149,20 @@ def prepare(
         progress: called with (done, total) as images are decoded.
 
     Returns:
-        The prepared data, per-file problems (file and reason), and how many images were
-        decoded versus reused.
+        The prepared data (labels, patients and roles as the records give them now), per-file problems
+        (file and reason), and how many images were decoded versus reused.
     """
     if size < 16 or size > 1024:
         raise ValueError(f"The 'size' of prepare must be between 16 and 1024 pixels. Got {size} instead.")
     folder = Path(cache_dir) / f"size{size}"
-    settings = _settings(size)
-    old = None
-    key_path = folder / "key.json"
-    if key_path.exists() and json.loads(key_path.read_text()).get("settings") == settings:
-        old = load_cache(folder)
-    old_rows = {sha: row for row, sha in enumerate(old.sha256)} if old is not None else {}
-    wanted = [(record, str(Path(root) / record.path)) for record in records]
-    if old is not None and len(old) == len(records) and all(
-        record.sha256 == sha and record.path == path for record, sha, path in zip(records, old.sha256, old.paths)
-    ):
-        return PrepareResult(old, [], decoded=0, reused=len(records), folder=folder)
+    old = load_cache(folder, size)
+    old_rows = old.rows() if old is not None else {}
+    if old is not None and old.sha256 == [record.sha256 for record in records]:
+        return PrepareResult(PreparedData.of_records(records, old.images), [], decoded=0, reused=len(records),
+                             folder=folder)
 
-    to_decode = [(path, size) for record, path in wanted if record.sha256 not in old_rows]
+    wanted = [(record, str(Path(root) / record.path)) for record in records]
+    to_decode = list(dict.fromkeys((path, size) for record, path in wanted if record.sha256 not in old_rows))
     decoded = dict(zip((path for path, _ in to_decode), _decode_all(to_decode, workers, progress)))
 
     problems: list[Problem] = []
@@ -149,10 +179,14 @@ def prepare(
         kept.append(record)
         images.append(image)
     stack = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    _write(folder, stack, kept, settings)
-    data = load_cache(folder)
+    _write(folder, stack, [record.sha256 for record in kept], _settings(size))
+    cached = load_cache(folder, size)
+    if cached is None:
+        raise DataLayoutError(f"{folder}: the preprocessing cache could not be read back after writing it; check "
+                              "that the disk is not full, or pass another --cache-dir")
     reused = sum(record.sha256 in old_rows for record in kept)
-    return PrepareResult(data, problems, decoded=len(to_decode), reused=reused, folder=folder)
+    return PrepareResult(PreparedData.of_records(kept, cached.images), problems, decoded=len(to_decode),
+                         reused=reused, folder=folder)
 
 
 def _decode_all(
@@ -178,7 +212,7 @@ def _decode_all(
     return results
 
 
-def _write(folder: Path, images: np.ndarray, records: Sequence[Record], settings: dict) -> None:
+def _write(folder: Path, images: np.ndarray, hashes: Sequence[str], settings: dict) -> None:
     """Write the cache; key.json goes last, so a killed run leaves a cache that is rebuilt."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "key.json").unlink(missing_ok=True)
@@ -186,9 +220,10 @@ def _write(folder: Path, images: np.ndarray, records: Sequence[Record], settings
         np.save(handle, images)
     with atomic_path(folder / "index.csv") as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(INDEX_FIELDS)
-        writer.writerows((r.path, r.split, r.label, r.patient, r.sha256) for r in records)
-    atomic_write(folder / "key.json", json.dumps({"settings": settings, "rows": len(records)}, indent=1))
+        writer.writerow(["sha256"])
+        writer.writerows([sha] for sha in hashes)
+    atomic_write(folder / "key.json", json.dumps(
+        {"settings": settings, "rows": len(hashes), "images_sha256": _file_sha256(folder / "images.npy")}, indent=1))
 
 
 def prepare_folder(
@@ -201,8 +236,6 @@ def prepare_folder(
     Raises:
         DataLayoutError: no such folder, or one in no layout pneumo reads.
     """
-    from pneumo.data.archive import load_records
-
     data = Path(data)
     if not data.exists():
         raise DataLayoutError(f"{data}: no such data folder; check --data or $PNEUMO_DATA (to get the archive, "

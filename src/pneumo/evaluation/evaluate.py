@@ -55,13 +55,16 @@ def select_images(data_dir: Path, *, size: int, cache_dir: Path, role: str, spli
     if split_file:
         roles = load_split(split_file, data).roles
         source = f"role '{role}' of {split_file}"
+    elif Path(data_dir).suffix.lower() == ".csv":
+        roles = data.splits
+        source = f"the 'split' column of {data_dir}"
     else:
         roles = data.splits
-        source = f"the archive's {role}/ folder of {data_dir}"
+        source = f"the {role}/ folder of {data_dir}"
     chosen = np.flatnonzero(roles == role)
     if len(chosen) == 0:
-        hint = ("pass --split-file (a run's split.csv, or splits/internal-test.csv)" if not split_file
-                else "check that the split file belongs to this data")
+        hint = ("pass --split-file (a run's split.csv, or splits/internal.csv for the shipped models' split)"
+                if not split_file else "check that the split file belongs to this data")
         raise DataLayoutError(f"no '{role}' images in {source}; {hint}")
     return data.subset(chosen), source
 
