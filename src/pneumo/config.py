@@ -6,6 +6,7 @@
       optim     OptimConfig     epochs, batch, optimizer, schedule, loss, freezing, early stopping, seed, mixup
       augment   AugmentConfig   training augmentation (pneumo.data.augment)
       hardware  HardwareConfig  accelerator, devices, DDP strategy and nodes, precision, compile, determinism
+      distill   DistillConfig   teacher model and the weight and temperature of its soft labels
 
 Each section checks its own values when built, so that a bad value is refused before anything
 is written to disk. The resolved configuration
@@ -27,7 +28,7 @@ import yaml
 
 from pneumo.data.augment import AugmentConfig
 
-__all__ = ["DataConfig", "HardwareConfig", "ModelConfig", "OptimConfig", "TrainConfig", "flat_config"]
+__all__ = ["DataConfig", "DistillConfig", "HardwareConfig", "ModelConfig", "OptimConfig", "TrainConfig", "flat_config"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
@@ -137,9 +138,31 @@ class HardwareConfig:
         ])
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015): learn a teacher's softened probabilities too.
+
+    The loss is ``(1 - weight) * CE(labels) + weight * T^2 * KL(teacher_T || student_T)``, where ``_T`` is
+    the softmax at temperature T of the teacher's calibrated log-probabilities and of the student's logits.
+    The teacher sees each training image once, unaugmented; its probabilities are cached.
+    """
+
+    teacher: str | None = None  # a shipped model's name, a run folder or a bundle; None: no distillation
+    weight: float = 0.7  # flat name: distill_weight
+    temperature: float = 2.0  # flat name: distill_temperature
+
+    def __post_init__(self) -> None:
+        _check(self, [
+            ("weight", 0 <= self.weight <= 1, "in [0, 1]"),
+            ("temperature", 0.1 <= self.temperature <= 20, "in [0.1, 20]"),
+        ])
+
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig,
-            "hardware": HardwareConfig}
-RENAMED = {("data", "path"): "data", ("model", "name"): "model"}  # fields whose flat name differs
+            "hardware": HardwareConfig, "distill": DistillConfig}
+# Fields whose flat name differs from their own.
+RENAMED = {("data", "path"): "data", ("model", "name"): "model", ("distill", "weight"): "distill_weight",
+           ("distill", "temperature"): "distill_temperature"}
 # Every option's flat name -> (section, field).
 FLAT = {RENAMED.get((section, f.name), f.name): (section, f.name)
         for section, kind in SECTIONS.items() for f in fields(kind)}
@@ -154,6 +177,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     tags: dict[str, str] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> "TrainConfig":

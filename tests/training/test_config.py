@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pneumo.config import FLAT, TrainConfig, flat_config
+from pneumo.config import FLAT, SECTIONS, TrainConfig, flat_config
 from pneumo.models.info import ModelInfo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +28,12 @@ def test_flat_names_reach_their_sections_and_none_means_unchanged():
             config.data.split_seed, config.optim.epochs) == ("mobilenet_v2", "somewhere", 0.01, 0.2, "bf16-mixed",
                                                              7, 100)
     assert TrainConfig().flat()["data"] == "data/chest_xray"
-    assert len(FLAT) == 44  # as many options as the flat class had, tags aside
+    # Every field of every section has exactly one flat name, and each flat name reaches its own field.
+    section_fields = {(name, f.name) for name, kind in SECTIONS.items() for f in dataclasses.fields(kind)}
+    assert set(FLAT.values()) == section_fields and len(FLAT) == len(section_fields)
+    distilled = TrainConfig().replace(teacher="pneumo-ensemble", distill_weight=0.5, distill_temperature=3.0)
+    assert (distilled.distill.teacher, distilled.distill.weight, distilled.distill.temperature) == (
+        "pneumo-ensemble", 0.5, 3.0)
 
 
 def test_nested_and_flat_files_load_the_same(tmp_path):

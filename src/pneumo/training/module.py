@@ -18,31 +18,33 @@ from pneumo.models import create_model, get_spec
 
 
 class InMemoryImages(Dataset):
-    """uint8 images (N, 1, S, S) and their labels, held in memory; scaling happens per batch.
+    """uint8 images (N, 1, S, S), their labels and optionally a teacher's probabilities (N, K), held in
+    memory; scaling happens per batch. A batch is (images, labels) or (images, labels, teacher probabilities).
 
     The DataLoader fetches a whole batch with one indexing operation (``__getitems__``) instead
     of one per image followed by a collate that stacks them: on a GPU the loop's host-side time
     per step is what keeps these small models from using it (README, Speed).
     """
 
-    def __init__(self, data: PreparedData, indices: np.ndarray):
+    def __init__(self, data: PreparedData, indices: np.ndarray, teacher: np.ndarray | None = None):
         self.images = torch.from_numpy(np.ascontiguousarray(data.images[indices]))[:, None]
         self.labels = torch.from_numpy(data.labels[indices])
+        self.tensors = (self.images, self.labels) + (() if teacher is None else (torch.from_numpy(teacher).float(),))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor[index] for tensor in self.tensors)
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         # index_select copies whole rows; advanced indexing (images[index]) goes element by
         # element and is ~15x slower for a batch of uint8 images on the CPU.
         index = torch.as_tensor(indices)
-        return self.images.index_select(0, index), self.labels.index_select(0, index)
+        return tuple(tensor.index_select(0, index) for tensor in self.tensors)
 
 
-def whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The collate function for batches that ``InMemoryImages.__getitems__`` already made."""
     return batch
 
@@ -69,12 +71,13 @@ class EpochShuffle(Sampler[int]):
 
 
 class XrayDataModule(L.LightningDataModule):
-    """Train and validation sets from prepared data and a split."""
+    """Train and validation sets from prepared data and a split; ``teacher``: probabilities (len(train_idx), K)
+    of a teacher for the training images, when distilling."""
 
     def __init__(self, data: PreparedData, train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, seed: int,
-                 pin_memory: bool | None = None):
+                 pin_memory: bool | None = None, teacher: np.ndarray | None = None):
         super().__init__()
-        self.train_set = InMemoryImages(data, train_idx)
+        self.train_set = InMemoryImages(data, train_idx, teacher)
         self.val_set = InMemoryImages(data, val_idx)
         self.batch_size = batch_size
         self.seed = seed
@@ -131,17 +134,27 @@ class Classifier(L.LightningModule):
         return self.model(x)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, labels = batch
+        images, *targets = batch
         images = images.float().div_(255.0)  # the study's 1/255 rescaling
         if self.trainer.training and self.augment.enabled:
             if self._generator is None or self._generator.device != images.device:
                 seed = self.config.optim.seed * 1000 + self.global_rank + 7919 * self.current_epoch
                 self._generator = torch.Generator(device=images.device).manual_seed(seed)
             images = augment(images, self.augment, self._generator)
-        return images.contiguous(memory_format=torch.channels_last), labels
+        return images.contiguous(memory_format=torch.channels_last), *targets
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-        return F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=smoothing)
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float,
+              teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy with the labels; when distilling, blended with the KL divergence from the teacher's
+        probabilities (B, K), both softened by the distillation temperature (scaled by T^2 so that its
+        gradients keep their size as T changes; Hinton et al. 2015)."""
+        hard = F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=smoothing)
+        if teacher is None:
+            return hard
+        options = self.config.distill
+        soft_teacher = F.softmax(teacher.clamp_min(1e-8).log() / options.temperature, dim=1)
+        soft = F.kl_div(F.log_softmax(logits / options.temperature, dim=1), soft_teacher, reduction="batchmean")
+        return (1 - options.weight) * hard + options.weight * options.temperature ** 2 * soft
 
     def on_train_epoch_start(self) -> None:
         frozen = self.current_epoch < self.config.optim.freeze_epochs
@@ -160,7 +173,8 @@ class Classifier(L.LightningModule):
             torch.manual_seed(self.config.optim.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
+        images, labels, *teacher = batch
+        teacher = teacher[0] if teacher else None
         if self.config.optim.mixup > 0:
             # Mixup (Zhang et al. 2018): blend each image with a partner from the same batch and
             # the loss with the same weight. Random numbers come from torch's generator, reseeded
@@ -168,11 +182,13 @@ class Classifier(L.LightningModule):
             share = float(torch.distributions.Beta(self.config.optim.mixup, self.config.optim.mixup).sample())
             partner = torch.randperm(len(labels), device=images.device)
             logits = self(share * images + (1 - share) * images[partner])
-            loss = (share * self._loss(logits, labels, self.config.optim.label_smoothing)
-                    + (1 - share) * self._loss(logits, labels[partner], self.config.optim.label_smoothing))
+            partner_teacher = None if teacher is None else teacher[partner]
+            loss = (share * self._loss(logits, labels, self.config.optim.label_smoothing, teacher)
+                    + (1 - share) * self._loss(logits, labels[partner], self.config.optim.label_smoothing,
+                                               partner_teacher))
         else:
             logits = self(images)
-            loss = self._loss(logits, labels, self.config.optim.label_smoothing)
+            loss = self._loss(logits, labels, self.config.optim.label_smoothing, teacher)
         # Sums on the device, logged once per epoch: each self.log call costs ~0.8 ms of Lightning
         # bookkeeping on the 2-core CPU, against a ~5 ms step for the cnn on an H100.
         self._sums += torch.stack([loss.detach().float() * len(labels), (logits.argmax(1) == labels).sum().float()])

@@ -27,6 +27,7 @@ from pneumo.errors import PneumoError
 from pneumo.inference.novelty import fit_novelty
 from pneumo.models.bundle import BUNDLE_NAME, save_bundle
 from pneumo.training.callbacks import AtomicCheckpointIO, History, ThroughputBar
+from pneumo.training.distill import teacher_probabilities
 from pneumo.training.module import Classifier, XrayDataModule, class_weights
 
 CONFIG_NAME = "config.yaml"
@@ -172,10 +173,17 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise PneumoError(f"the split leaves {len(train_idx)} training and {len(val_idx)} validation images")
     laps.lap("data")
+    teacher, teacher_description = None, None
+    if config.distill.teacher:
+        teacher, teacher_description = teacher_probabilities(
+            config.distill.teacher, prepared, train_idx, data_path=Path(config.data.path),
+            cache_dir=Path(config.data.cache_dir))
+        laps.lap("teacher")
 
     weights = class_weights(prepared.labels[train_idx], config.optim.class_weights)
     module = Classifier(config.to_dict(), weights.tolist() if weights is not None else None)
-    datamodule = XrayDataModule(prepared, train_idx, val_idx, config.optim.batch_size, config.optim.seed)
+    datamodule = XrayDataModule(prepared, train_idx, val_idx, config.optim.batch_size, config.optim.seed,
+                                teacher=teacher)
     history = History(run_dir)
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
@@ -231,6 +239,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress_
             "split": split.method, "split_sha256": split_sha256(split, prepared), "patient_overlap": overlap,
             "config": config.to_dict(),
         }
+        if teacher_description:
+            summary["teacher"] = teacher_description
         name = config.model.name
         model_id = run_dir.name if run_dir.name.startswith(name) else f"{name}-{run_dir.name}"
         # The novelty check belongs to these weights: fitted on the training images as they are (not augmented),
