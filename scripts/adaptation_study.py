@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.adaptation import adapt_batchnorm
+from pneumo.inference.adaptation import adapt_batchnorm
 from pneumo.allocator import keep_freed_memory
 from pneumo.inference.calibration import PriorAdaptation
 from pneumo.evaluation.evaluate import decision_threshold, select_images

@@ -23,11 +23,11 @@ from finalize_shipped import KEYS, SPLIT, TARGET_SENSITIVITY, _targets
 
 from pneumo.allocator import keep_freed_memory
 from pneumo.card import model_card
-from pneumo.evaluation.calibrate import calibrate_bundle
+from pneumo.fitting.calibrate import calibrate_bundle
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.export.onnx import export_onnx
 from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
-from pneumo.models.ensemble import write_ensemble
+from pneumo.fitting.ensemble import write_ensemble
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "benchmarks" / "ensembles" / "ensembles.json"

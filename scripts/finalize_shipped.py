@@ -35,7 +35,7 @@ from add_novelty import add_novelty
 from pneumo.allocator import keep_freed_memory
 from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
-from pneumo.evaluation.calibrate import fit_calibration
+from pneumo.fitting.calibrate import fit_calibration
 from pneumo.inference.calibration import PriorAdaptation, adapt_priors, fit_temperature
 from pneumo.evaluation.evaluate import evaluate, select_images
 from pneumo.evaluation.metrics import bootstrap, summarize

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +10,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from pneumo.adaptation import MIN_IMAGES, adapt_batchnorm
+from pneumo.inference.adaptation import MIN_IMAGES, adapt_batchnorm
 from pneumo.cli import app
 from pneumo.errors import PneumoError
-from pneumo.inference import predict_logits
+from pneumo.inference import predict_logits, softmax
 from pneumo.models.bundle import load_bundle
+from pneumo.predict import load_images
 from tests.conftest import REPO, jpeg_bytes, xray_like
 
 runner = CliRunner()
@@ -133,27 +135,71 @@ def test_adapt_command_writes_a_bundle_onnx_and_card_that_record_the_adaptation(
     assert again.exit_code == 2 and "already exists and is not empty" in again.output
 
 
-def test_adapt_command_refuses_too_few_images_and_refits_calibration_on_labels(tmp_path):
-    source = REPO / "models" / "pneumo-cnn"
-    folder = site_folder(tmp_path, 24)
-    few = runner.invoke(app, ["adapt", str(source), str(folder / "case00*.jpeg"), "--out", str(tmp_path / "few")])
-    assert few.exit_code == 2 and f"at least {MIN_IMAGES} images" in few.output
+def _site_labels(tmp_path, count: int) -> Path:
     labels = tmp_path / "labels.csv"
     with labels.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "class"])
-        for number in range(24):
-            writer.writerow([f"site/case{number:03d}.jpeg", ["NORMAL", "bacterial", "viral"][number % 3]])
-    out = tmp_path / "recalibrated"
-    result = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(out), "--labels", str(labels)])
+        writer.writerow(["path", "class", "patient"])
+        for number in range(count):
+            writer.writerow([f"site/case{number:03d}.jpeg", ["NORMAL", "bacterial", "viral"][number % 3],
+                             f"child{number // 2}"])
+    return labels
+
+
+def test_adapt_refuses_too_few_images_for_adabn(tmp_path):
+    folder = site_folder(tmp_path, 24)
+    few = runner.invoke(app, ["adapt", str(REPO / "models" / "pneumo-cnn"), str(folder / "case00*.jpeg"),
+                              "--out", str(tmp_path / "few")])
+    assert few.exit_code == 2 and f"at least {MIN_IMAGES} images" in few.output
+
+
+def test_site_calibration_refuses_a_guarantee_it_cannot_give_and_says_how_many_labels_it_needs(tmp_path):
+    source = REPO / "models" / "pneumo-cnn"
+    site_folder(tmp_path, 24)
+    labels = _site_labels(tmp_path, 24)  # 16 pneumonia images of 12 children: too few for 0.97
+    refused = runner.invoke(app, ["adapt", str(source), "--labels", str(labels), "--out", str(tmp_path / "no")])
+    output = " ".join(refused.output.split())
+    assert refused.exit_code == 2, output
+    assert "a conformal cut-off for sensitivity 0.97 needs at least 33 labelled patients with pneumonia; got 12" in output
+    assert not (tmp_path / "no").exists()
+    kept = runner.invoke(app, ["adapt", str(source), "--labels", str(labels), "--out", str(tmp_path / "kept"),
+                               "--keep-operating-point"])
+    assert kept.exit_code == 0, kept.output
+    assert load_bundle(tmp_path / "kept").info.operating_point.threshold == load_bundle(source).info.operating_point.threshold
+
+
+def test_site_calibration_writes_the_cut_off_with_its_guarantee_and_site(tmp_path):
+    source = REPO / "models" / "pneumo-cnn"
+    folder = site_folder(tmp_path, 30)
+    labels = _site_labels(tmp_path, 30)
+    out = tmp_path / "site-a"
+    result = runner.invoke(app, ["adapt", str(source), "--labels", str(labels), "--out", str(out), "--target", "0.9"])
     assert result.exit_code == 0, result.output
-    adapted = load_bundle(out)
-    assert adapted.metadata["recalibration"]["images"] == 24
-    assert adapted.metadata["operating_point"]["fitted_on"] == "the site's labelled images"
-    assert "recalibrated on 24 labelled images" in " ".join(result.output.split())
-    labels.write_text("path,class\nsite/case000.jpeg,pneumonia\n")
-    bad = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(tmp_path / "bad"), "--labels", str(labels)])
-    assert bad.exit_code == 2 and "labels.csv, line 2: unknown class 'pneumonia'" in " ".join(bad.output.split())
+    site = load_bundle(out)
+    point = site.metadata["operating_point"]
+    # 20 pneumonia images of 15 children: each child counts once, by its lowest score; floor(16 * 0.1) = 1, so the
+    # cut-off is the lowest of the fifteen.
+    guarantee = point["site"]["guarantee"]
+    assert (guarantee["kind"], guarantee["positives"], guarantee["misses_allowed"]) == ("conformal", 15, 0)
+    probs = site_probabilities(site, folder, 30)
+    sick = np.arange(30) % 3 != 0
+    assert point["pneumonia_threshold"] == pytest.approx((1 - probs[sick, 0]).min(), abs=1e-6)
+    assert site.metadata["site_calibration"]["name"] == "site-a" and site.novelty is not None  # weights unchanged
+    assert "fitted on 30 labelled images of site site-a" in site.info.operating_point.source
+    assert site.info.conformal_scores is not None and len(site.info.conformal_scores[0]) == 10
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Site calibration" in card and "site-a" in card
+    predicted = runner.invoke(app, ["predict", "--model", str(out), "--json", str(folder / "case001.jpeg")])
+    assert "fitted on 30 labelled images of site site-a" in json.loads(predicted.stdout)["decision_rule"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,class\nsite/case000.jpeg,pneumonia\n")
+    refused = runner.invoke(app, ["adapt", str(source), "--out", str(tmp_path / "bad"), "--labels", str(bad)])
+    assert refused.exit_code == 2 and "bad.csv, line 2: unknown class 'pneumonia'" in " ".join(refused.output.split())
+
+
+def site_probabilities(bundle, folder, count):
+    loaded, _ = load_images([str(folder / f"case{n:03d}.jpeg") for n in range(count)], bundle.size)
+    return softmax(predict_logits(bundle.model, np.stack([image for _, image, _ in loaded])), bundle.temperature)
 
 
 def test_predict_adapts_a_batch_with_the_onnx_backend_too(tmp_path):
@@ -161,7 +207,7 @@ def test_predict_adapts_a_batch_with_the_onnx_backend_too(tmp_path):
     outputs = {}
     for backend in ("torch", "onnx"):
         result = runner.invoke(app, ["predict", "--model", str(REPO / "models" / "pneumo-cnn"), "--backend", backend,
-                                     "--adapt", "bn", "--json", str(folder)])
+                                     "--adapt", "bn", "--json", "--force", str(folder)])
         assert result.exit_code == 0, result.output
         outputs[backend] = json.loads(result.stdout)
     assert outputs["torch"]["adapt"] == "bn"

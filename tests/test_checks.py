@@ -52,13 +52,15 @@ def test_dicom_attributes_are_reported_and_checked(tmp_path, shared_images):
 
     ct_answer, jpeg_answer = json.loads(result.stdout)["predictions"]
     assert ct_answer["dicom"]["Modality"] == "CT" and "not a radiograph" in ct_answer["warnings"][0]
-    assert jpeg_answer["warnings"] == [] and "dicom" not in jpeg_answer
+    # Outside the model's scope: refused with the reason, while the X-ray beside it is answered.
+    assert ct_answer["class"] is None and ct_answer["not_classified"] == "DICOM modality CT, not a radiograph (CR/DX)"
+    assert jpeg_answer["warnings"] == [] and "dicom" not in jpeg_answer and jpeg_answer["class"]
     table = runner.invoke(app, ["predict", str(ct)])
     assert "warning: " in table.output and "DICOM modality CT" in " ".join(table.output.split())
     rows = runner.invoke(app, ["predict", str(ct), "--csv"]).stdout.splitlines()
     assert rows[0].endswith("warnings,novelty,novelty_threshold,PatientID,StudyInstanceUID,Modality,ViewPosition,"
                             "PatientAge,BodyPartExamined,error,model")
-    assert ",CT," in rows[1]
+    assert ",CT," in rows[1] and rows[1].split(",")[1] == "not classified"
 
 
 def test_noise_a_photo_and_a_chart_are_flagged_or_refused():

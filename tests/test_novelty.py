@@ -13,8 +13,10 @@ import torch
 
 from pneumo.errors import ModelFileError
 from pneumo.evaluation.not_xrays import not_xray_images
-from pneumo.inference.logits import FeatureTap, logits_and_features
-from pneumo.inference.novelty import Novelty, feature_layers, fit_novelty, novelty_warning
+from pneumo.inference.logits import logits_and_features
+from pneumo.inference.checks import scope_refusal
+from pneumo.inference.novelty import fit_novelty, novelty_warning
+from pneumo.models.novelty import FeatureTap, Novelty, feature_layers
 from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle, weights_sha256
 from pneumo.models.ensemble import Ensemble
 from pneumo.models.info import NoveltyInfo
@@ -107,7 +109,8 @@ def test_score_is_the_mean_whitened_squared_distance():
     novelty = Novelty(["head"], [torch.tensor([1.0, 2.0])], [torch.diag(torch.tensor([0.5, 1.0]))], threshold=4.0)
     assert novelty.score([np.array([[3.0, 5.0]], np.float32)]) == pytest.approx([5.0])
     check = NoveltyInfo(threshold=4.0, false_alarm_rate=0.01)
-    assert novelty_warning(5.0, check).startswith("unlike the training X-rays (novelty 5.00, above the 4.00 that 99%")
+    assert novelty_warning(5.0, check).startswith("less typical of the training X-rays than 99% of validation X-rays "
+                                                  "(novelty 5.00, above 4.00)")
     assert novelty_warning(3.9, check) is None
 
 
@@ -178,8 +181,11 @@ def test_shipped_models_flag_every_image_that_is_not_an_xray(backend):
         assert predictor.novelty_check is not None, f"{name} has no novelty check"
         images = [resize(image, predictor.size) for image in gallery.values()]
         predictions = predictor.predict_images(list(gallery), images)
-        unflagged = [p.source for p in predictions if not any(w.startswith("unlike the training") for w in p.warnings)]
+        # Every one is flagged, and far enough above the threshold to be refused rather than answered.
+        unflagged = [p.source for p in predictions if not any(w.startswith("less typical") for w in p.warnings)]
         assert not unflagged, f"{name} ({backend}) did not flag {unflagged}"
+        answered = [p.source for p in predictions if scope_refusal(None, p.novelty, predictor.novelty_check) is None]
+        assert not answered, f"{name} ({backend}) would answer {answered}"
 
 
 def test_real_xrays_are_rarely_flagged(shared_data):
@@ -205,12 +211,19 @@ def test_predict_cli_reports_novelty_in_json_and_csv(tmp_path):
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)["predictions"][0]
     assert row["novelty"]["score"] > row["novelty"]["threshold"] and row["novelty"]["flagged"]
-    assert any(w.startswith("unlike the training X-rays") for w in row["warnings"])
+    # Noise is far from every X-ray: refused, with no class and no probabilities to mislead.
+    assert row["class"] is None and "probabilities" not in row
+    assert row["not_classified"].startswith("far from every training X-ray")
+    forced = json.loads(CliRunner().invoke(app, ["predict", str(noise), "--model", "pneumo-mobilenet", "--json",
+                                                 "--force"]).stdout)["predictions"][0]
+    assert forced["class"] and any(w.startswith("less typical of the training X-rays") for w in forced["warnings"])
     result = CliRunner().invoke(app, ["predict", str(noise), "--model", "pneumo-mobilenet", "--csv"])
     (answer,) = csv.DictReader(io.StringIO(result.stdout))
+    assert answer["class"] == "not classified" and answer["p_normal"] == ""
     assert float(answer["novelty"]) == pytest.approx(row["novelty"]["score"], abs=1e-3)
     assert float(answer["novelty_threshold"]) == pytest.approx(row["novelty"]["threshold"], abs=1e-3)
-    assert answer["warnings"].startswith("unlike the training X-rays")
+    table = CliRunner().invoke(app, ["predict", str(noise), "--model", "pneumo-mobilenet"])
+    assert "not classified" in table.output and "far from every training X-ray" in " ".join(table.output.split())
 
 
 def test_card_describes_the_check(cnn, images, tmp_path):

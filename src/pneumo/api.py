@@ -26,8 +26,8 @@ from pneumo.predict import Prediction, Predictor
 __all__ = ["Model", "load"]
 
 
-def load(model: str | Path | None = None, *, backend: str = "auto",
-         decision: str = "operating-point") -> "Model":
+def load(model: str | Path | None = None, *, backend: str = "auto", decision: str = "operating-point",
+         conformal: float | None = None, force: bool = False) -> "Model":
     """Load a model for prediction.
 
     Args:
@@ -36,11 +36,17 @@ def load(model: str | Path | None = None, *, backend: str = "auto",
             a ``model.pt`` bundle, a model folder or an exported ``.onnx`` file.
         backend: ``auto`` (ONNX Runtime where the model has an export), ``torch`` or ``onnx``.
         decision: ``operating-point`` (the model's threshold on P(pneumonia)) or ``argmax``.
+        conformal: alpha of conformal class sets (0.1 for sets that hold the true class of >= 90% of images
+            of each class); each result then has ``class_set``. None: no sets.
+        force: classify images outside the model's scope (colour pictures, non-radiograph DICOM, images far
+            from every training X-ray) instead of answering ``abstained`` with the reason.
 
     Raises:
         ModelFileError: no such model, or a model file that fails its integrity checks.
+        ValueError: conformal sets asked of a model without their calibration.
     """
-    return Model(Predictor(default_model() if model is None else model, backend=backend, decision=decision))
+    return Model(Predictor(default_model() if model is None else model, backend=backend, decision=decision,
+                           conformal=conformal, force=force))
 
 
 class Model:
@@ -78,9 +84,11 @@ class Model:
                 ``result.gradcam``.
 
         Returns:
-            One ``Prediction`` for one image (``label``, ``probabilities``, ``p_pneumonia``,
-            ``reason``, ``warnings`` from the input checks, ``dicom`` attributes); a list for a list, where an image that cannot be read gets ``error``
-            instead and the rest go on.
+            One ``Prediction`` for one image (``label``, ``probabilities``, ``p_pneumonia``, ``reason``,
+            ``warnings`` from the input checks, ``dicom`` attributes, ``class_set`` when asked for, and
+            ``abstained`` with the reason for an image outside the model's scope, whose ``label`` is then not an
+            answer); a list for a list, where an image that cannot be read gets ``error`` instead and the rest
+            go on.
 
         Raises:
             ImageReadError: a single image that cannot be read (the message says why).
@@ -101,7 +109,7 @@ class Model:
             prepared.append(image)
             infos.append(info)
             results.append(None)
-        answered = (p.describe_input(info) for p, info in zip(self.predictor.predict_images(sources, prepared), infos))
+        answered = (self.predictor.describe(p, info) for p, info in zip(self.predictor.predict_images(sources, prepared), infos))
         results = [next(answered) if result is None else result for result in results]
         if gradcam:
             good = [r for r in results if r.ok]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pneumo import DISCLAIMER
 from pneumo.config import flat_config
 from pneumo.models import get_spec
+from pneumo.models.info import ModelInfo
 
 LIMITATIONS = [
     "Bacterial versus viral labels come from the archive's file names, set by radiologists' reading; they are "
@@ -93,7 +94,10 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     lines += ["", "## Calibration and operating point", "",
               f"- Temperature (fitted on validation, Guo et al. 2017): {metadata.get('temperature', 1.0):.4f}."]
     point = metadata.get("operating_point")
-    if point:
+    if point and point.get("site"):
+        lines.append(f"- Operating point: pneumonia when P(bacterial)+P(viral) >= {point['pneumonia_threshold']:.4f}, "
+                     f"{ModelInfo.of(metadata).operating_point.source} (see Site calibration).")
+    elif point:
         lines.append(f"- Operating point: pneumonia when P(bacterial)+P(viral) >= {point['pneumonia_threshold']:.4f}, "
                      f"chosen on validation for a pneumonia sensitivity of at least {point.get('target_sensitivity', '?')}"
                      f" (validation sensitivity {point.get('val_sensitivity', float('nan')):.4f}, specificity "
@@ -111,7 +115,14 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                      f"class biases {adaptation['bias']}); the model's priors are then {adaptation['source_priors']}. "
                      "Adaptation re-estimates the class mix of each batch, so it needs a batch drawn from one population "
                      "and is off by default.")
+    conformal = metadata.get("conformal")
+    if conformal:
+        lines.append(f"- Conformal class sets (`--conformal ALPHA`): {conformal['kind']}, calibrated on "
+                     f"{conformal['fitted_on']} ({conformal['images']} images, per class {conformal['class_counts']}). "
+                     "A set holds the true class for at least 1 - ALPHA of images of each class, on images "
+                     "exchangeable with those.")
     lines += _adaptation_lines(metadata)
+    lines += _site_lines(metadata)
     lines += ["", "## Novelty check", "", *_novelty_lines(metadata)]
     lines += ["", "## Metrics", ""]
     if evaluation:
@@ -213,6 +224,44 @@ def _adaptation_lines(metadata: dict) -> list[str]:
     else:
         lines.append(f"- Calibration: {record['calibration']}; it may no longer hold at the site.")
     lines.append("- The metrics below are the source model's, measured before adaptation, unless stated otherwise.")
+    return lines
+
+
+def _site_lines(metadata: dict) -> list[str]:
+    """The site calibration: where the cut-off came from, the site's own rates, and the source model apart."""
+    record = metadata.get("site_calibration")
+    if not record:
+        return []
+    counts = record["class_counts"]
+    patients = f" of {record['patients']} patients" if record.get("patients") else ""
+    lines = ["", "## Site calibration", "",
+             f"- Site {record['name']}: {record['images']} labelled images{patients} (normal / bacterial / viral "
+             f"{counts[0]} / {counts[1]} / {counts[2]}; file list sha256 `{record['file_list_sha256'][:16]}…`), "
+             f"{record['date']}, method `{record['method']}`"
+             + (" (BatchNorm statistics re-estimated first)" if record["method"] == "bn" else
+                " (the network's weights are the source model's)") + "."]
+    guarantee = record.get("guarantee")
+    if guarantee:
+        kind = ("split conformal: expected sensitivity on new site images >= target" if guarantee["kind"] == "conformal"
+                else f"PAC: sensitivity >= target with probability {guarantee['confidence']:g} over the labelled draw")
+        lines.append(f"- Cut-off P(pneumonia) >= {guarantee['threshold']:.4f} for sensitivity "
+                     f"{guarantee['target_sensitivity']:g} ({kind}; {guarantee['positives']} pneumonia cases, "
+                     f"{guarantee['misses_allowed']} of them allowed below it).")
+    else:
+        lines.append("- Cut-off: the source model's, kept as it was.")
+    rates = record["rates_on_labelled_images"]
+    for name in ("sensitivity", "specificity"):
+        rate = rates[name]
+        lines.append(f"- Pneumonia {name} on the labelled site images that set it: {rate['value']:.3f} ({rate['count']}; "
+                     f"95% CI {rate['ci95'][0]:.3f}–{rate['ci95'][1]:.3f}, Clopper-Pearson).")
+    source = metadata.get("source_model") or {}
+    evaluation = source.get("evaluation") or {}
+    lines.append(f"- Source model: {source.get('id', '?')} (bundle sha256 `{str(source.get('bundle_sha256', ''))[:16]}…`)"
+                 + (f"; its own figures, on its own test images, not this site's: accuracy "
+                    f"{evaluation['accuracy']:.3f}, pneumonia sensitivity {evaluation['pneumonia_sensitivity']:.3f}, "
+                    f"specificity {evaluation['pneumonia_specificity']:.3f}." if evaluation.get("accuracy") else "."))
+    lines.append("- The guarantee holds for new images like the labelled ones: the same site, scanner, population and "
+                 "labelling. It does not cover another site.")
     return lines
 
 

@@ -296,6 +296,9 @@ def train(
     jpeg: Annotated[Optional[int], typer.Option(help="Augmentation: JPEG re-compression at a quality from this up to 100; 0 = off (default).", rich_help_panel="Augmentation")] = None,
     mixup: Annotated[Optional[float], typer.Option(help="Mixup Beta(alpha, alpha); 0 = off (default).", rich_help_panel="Optimisation")] = None,
     max_train_images: Annotated[Optional[int], typer.Option(help="Use only this many training images (smoke runs).", rich_help_panel="Data and split")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Distil from this model (a shipped name, run folder or bundle): learn its softened probabilities as well as the labels.", rich_help_panel="Distillation")] = None,
+    distill_weight: Annotated[Optional[float], typer.Option(help="Share of the loss that follows the teacher, 0-1 (default 0.7).", rich_help_panel="Distillation")] = None,
+    distill_temperature: Annotated[Optional[float], typer.Option(help="Softening temperature of teacher and student (default 2).", rich_help_panel="Distillation")] = None,
     accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.", rich_help_panel="Hardware")] = None,
     devices: Annotated[Optional[str], typer.Option(help="Devices per node: auto or a number.", rich_help_panel="Hardware")] = None,
     strategy: Annotated[Optional[str], typer.Option(help="auto or ddp (several GPUs or nodes).", rich_help_panel="Hardware")] = None,
@@ -324,7 +327,8 @@ def train(
         size=size, split=split, val_fraction=val_fraction, holdout=holdout, split_file=split_file, rotation=rotation,
         shift=shift, zoom=zoom, brightness=brightness, contrast=contrast, gamma=gamma, crop=crop, blur=blur,
         sharpen=sharpen, downsample=downsample, noise=noise, jpeg=jpeg, mixup=mixup,
-        max_train_images=max_train_images, accelerator=accelerator, devices=devices,
+        max_train_images=max_train_images, teacher=teacher, distill_weight=distill_weight,
+        distill_temperature=distill_temperature, accelerator=accelerator, devices=devices,
         strategy=strategy, num_nodes=num_nodes, precision=precision, compile=compile, deterministic=deterministic,
         data=str(data) if data else None, cache_dir=str(cache_dir) if cache_dir else None,
     )
@@ -362,10 +366,12 @@ DefaultModelArgument = Annotated[Path, typer.Argument(help="A run folder, a mode
 RoleOption = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
 SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving the roles (default: the run's split.csv, else the archive's folders).")]
 AdaptOption = Annotated[str, typer.Option(help="Adapt to these images as one site: none, priors (EM class mix), bn (BatchNorm statistics, AdaBN) or bn+priors.")]
+ConformalOption = Annotated[Optional[float], typer.Option(help="Also give conformal class sets that hold the true class for >= 1-ALPHA of images of each class (e.g. 0.1).", metavar="ALPHA")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Classify images outside the model's scope too (colour pictures, non-radiograph DICOM, images far from every training X-ray) instead of refusing them.")]
 
 
 def _adapt_mode(adapt: str, adapt_priors: bool) -> str:
-    from pneumo.adaptation import ADAPT_MODES
+    from pneumo.inference.adaptation import ADAPT_MODES
 
     if adapt not in ADAPT_MODES:
         raise fail(f"unknown --adapt {adapt!r}; choose one of {', '.join(ADAPT_MODES)}")
@@ -544,6 +550,8 @@ def predict(
     adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM); the same as --adapt priors.")] = False,
     adapt: AdaptOption = "none",
     decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
+    conformal: ConformalOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays."""
     from pneumo.files import atomic_write
@@ -553,7 +561,7 @@ def predict(
         raise fail(f"--out {out}: name a .json or .csv file")
     if cam_member is not None and gradcam is None:
         raise fail("--cam-member chooses whose Grad-CAM --gradcam DIR writes; pass --gradcam too")
-    predictor = Predictor(model, backend=backend, decision=decision)
+    predictor = Predictor(model, backend=backend, decision=decision, conformal=conformal, force=force)
     files = expand_inputs(inputs)
     if not files:
         raise fail(f"no image files found in {' '.join(inputs)}")
@@ -570,7 +578,7 @@ def predict(
     if gradcam is not None:
         from pneumo.explain.gradcam import png_bytes
 
-        ok = [p for p in predictions if p.ok]
+        ok = [p for p in predictions if p.classified]
         for number, (prediction, picture) in enumerate(zip(ok, predictor.explain(ok, member=cam_member))):
             target = atomic_write(gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png", png_bytes(picture))
             overlays[prediction.source] = str(target)
@@ -585,16 +593,26 @@ def predict(
         errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
     else:
         # A row with input warnings is marked where the eye lands, the class; the warnings follow the table.
-        rows = [[p.source, f"{p.label} ⚠" if p.warnings else p.label,
+        sets = conformal is not None
+        rows = [[p.source, f"{p.label} ⚠" if p.warnings else p.label, *([p.set_text] if sets else []),
                  *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")], f"{p.p_pneumonia:.3f}"]
+                if p.classified else [p.source, "not classified ⚠", *([""] if sets else []), "", "", "", ""]
                 for p in predictions if p.ok]
         adapted = f", adapted to this batch (--adapt {mode})" if mode != "none" else ""
         if rows:
-            console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", ["file", "class", "P(normal)",
-                                                                              "P(bacterial)", "P(viral)", "P(pneumonia)"], rows))
+            set_column = [f"set ({1 - conformal:.0%})"] if sets else []
+            console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", [
+                "file", "class", *set_column, "P(normal)", "P(bacterial)", "P(viral)", "P(pneumonia)"], rows))
             console.print(f"Decision: {predictor.rule}.", markup=False)
+            if sets:
+                console.print(f"Set: the classes that hold the true one for >= {1 - conformal:.0%} of images of each "
+                              "class, on images like the model's calibration images (conformal).", markup=False)
         for p in predictions:
-            if p.ok and p.label == CLASSES[0] and max(p.probabilities, key=p.probabilities.get) != "normal":
+            if p.abstained:
+                console.print(Text.assemble(("not classified: ", "bold yellow"), f"{p.source}: {p.abstained} "
+                                             "(--force classifies it anyway)"))
+        for p in predictions:
+            if p.classified and p.label == CLASSES[0] and max(p.probabilities, key=p.probabilities.get) != "normal":
                 console.print(f"  {p.source}: {p.reason}", markup=False)
         for p in predictions:
             for warning in p.warnings:
@@ -622,7 +640,7 @@ def calibrate(
 ) -> None:
     """Fit a model's temperature and operating point on its validation images, and its novelty check on its
     training images, and write them into its bundle."""
-    from pneumo.evaluation.calibrate import calibrate_bundle
+    from pneumo.fitting.calibrate import calibrate_bundle
     from pneumo.evaluation.evaluate import run_split_file, select_images
     from pneumo.models.bundle import load_bundle
 
@@ -651,42 +669,69 @@ def calibrate(
 @app.command()
 def adapt(
     model: ModelArgument,
-    inputs: Annotated[list[str], typer.Argument(help="Unlabeled images of one site: files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the adapted model.pt, model.onnx and MODEL_CARD.md.")],
-    labels: Annotated[Optional[Path], typer.Option(help="CSV (path,class) of labelled site images: also refit the temperature and operating point on them.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Id of the adapted model (default <model id>-adapted).")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Unlabeled images of one site for --method bn: files, folders or glob patterns (default: the labelled images).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the site's model.pt, model.onnx and MODEL_CARD.md.")] = ...,
+    labels: Annotated[Optional[Path], typer.Option(help="CSV (path,class[,patient]) of labelled site images: refit the temperature, the operating point (with a guarantee) and conformal sets on them.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="none: refit the decision only (default with --labels); bn: re-estimate BatchNorm statistics first (AdaBN; default without labels).")] = None,
+    site: Annotated[Optional[str], typer.Option(help="The site's name, recorded with the cut-off (default: the --out folder's name).")] = None,
+    target: Annotated[Optional[float], typer.Option(help="Pneumonia sensitivity the cut-off must keep (default: the model's own, 0.97).")] = None,
+    guarantee: Annotated[str, typer.Option(help="conformal (expected sensitivity >= target on new site images) or pac (>= target with --confidence).")] = "conformal",
+    confidence: Annotated[float, typer.Option(help="For --guarantee pac: the probability, over the labelled images drawn, that sensitivity holds.")] = 0.95,
+    keep_operating_point: Annotated[bool, typer.Option("--keep-operating-point", help="Keep the model's own cut-off; refit only the temperature and conformal sets.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="Id of the new model (default <model id>-<site> or <model id>-adapted).")] = None,
 ) -> None:
-    """Adapt a model to one site's scanner: re-estimate its BatchNorm statistics on unlabeled images (AdaBN)."""
+    """Fit a model to one site: its decision on labelled site images (with a stated guarantee), and/or its
+    BatchNorm statistics on unlabeled ones (AdaBN)."""
     import numpy as np
 
-    from pneumo.adaptation import adapt_bundle, recalibrate
-    from pneumo.card import model_card
-    from pneumo.export.onnx import export_onnx
+    from pneumo.fitting.site import METHODS, adapt_bundle, calibrate_site, read_site_labels
     from pneumo.models.bundle import load_bundle
     from pneumo.predict import expand_inputs, load_images
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")
+    method = method or ("none" if labels is not None else "bn")
+    if method not in METHODS:
+        raise fail(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    if labels is None and method == "none":
+        raise fail("--method none refits the decision on labelled images: pass --labels site.csv")
+    if labels is None and not inputs:
+        raise fail("give unlabeled site images (for AdaBN) or --labels site.csv (for the decision), or both")
     bundle = load_bundle(model)
-    files = expand_inputs(inputs)
-    loaded, problems = load_images(files, bundle.size)
-    for source, reason in problems:
-        errors.print(f"[yellow]skipped:[/yellow] {escape(source)}: {escape(reason)}")
-    with console.status(f"re-estimating BatchNorm statistics on {len(loaded)} images"):
-        images = np.stack([image for _, image, _ in loaded]) if loaded else np.zeros((0, bundle.size, bundle.size), np.uint8)
-        written = adapt_bundle(bundle, images, [source for source, _, _ in loaded], out, name=name)
-        if labels is not None:
-            recalibrate(written, labels)
-        adapted = load_bundle(written)
-        export_onnx(adapted, out / "model.onnx")
-        (out / "MODEL_CARD.md").write_text(model_card(adapted.metadata, sha256=adapted.file_sha256))
-    record = adapted.metadata["adaptation"]
-    console.print(f"adapted {escape(bundle.model_id)} to {record['images']} images -> {out} "
-                  f"({adapted.model_id}; model.pt, model.onnx, MODEL_CARD.md)")
-    if "recalibration" in adapted.metadata:
-        recal = adapted.metadata["recalibration"]
-        console.print(f"recalibrated on {recal['images']} labelled images: temperature {adapted.temperature:.3f}, "
-                      f"operating point P(pneumonia) >= {recal['pneumonia_threshold']:.3f}")
+    site_labels = read_site_labels(labels) if labels is not None else None  # refused before any work
+    bn_images = None
+    if method == "bn" and inputs:
+        loaded, problems = load_images(expand_inputs(inputs), bundle.size)
+        for source, reason in problems:
+            errors.print(f"[yellow]skipped:[/yellow] {escape(source)}: {escape(reason)}")
+        stack = (np.stack([image for _, image, _ in loaded]) if loaded
+                 else np.zeros((0, bundle.size, bundle.size), np.uint8))
+        bn_images = (stack, [source for source, _, _ in loaded])
+    if site_labels is None:
+        with console.status(f"re-estimating BatchNorm statistics on {len(bn_images[0])} images"):
+            adapted = adapt_bundle(bundle, *bn_images, out, name=name)
+        console.print(f"adapted {escape(bundle.model_id)} to {adapted.metadata['adaptation']['images']} images -> "
+                      f"{out} ({adapted.model_id}; model.pt, model.onnx, MODEL_CARD.md)")
+        console.print("Its decision is still the source model's, set on the training site's validation images: "
+                      "check it on labelled site images (--labels) before use.", markup=False)
+    else:
+        with console.status(f"calibrating on {len(site_labels.labels)} labelled site images"):
+            adapted, summary = calibrate_site(
+                bundle, site_labels, out, site_name=site or out.name, method=method, bn_images=bn_images,
+                target=target, guarantee=guarantee, confidence=confidence,
+                keep_operating_point=keep_operating_point, name=name)
+        rates = summary["rates"]
+        console.print(f"{escape(adapted.model_id)}: fitted on {summary['labelled_images']} labelled images of site "
+                      f"{escape(site or out.name)} (method {method}); temperature {summary['temperature']:.3f}")
+        if summary.get("bn_images") is not None:
+            console.print(f"BatchNorm statistics re-estimated on {summary['bn_images']} images, "
+                          f"{summary['bn_images_also_labelled']} of them also labelled")
+        point = adapted.info.operating_point
+        console.print(f"operating point P(pneumonia) >= {summary['threshold']:.4f}: {point.source or 'kept'}", markup=False)
+        console.print("on the labelled images: sensitivity {s[value]:.3f} ({s[count]}, 95% CI {s[ci95][0]:.3f}-"
+                      "{s[ci95][1]:.3f}), specificity {p[value]:.3f} ({p[count]}, 95% CI {p[ci95][0]:.3f}-"
+                      "{p[ci95][1]:.3f})".format(s=rates["sensitivity"], p=rates["specificity"]), markup=False)
+        console.print(f"wrote {out} (model.pt, model.onnx, MODEL_CARD.md)", markup=False)
     console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
 
 
@@ -706,7 +751,8 @@ def ensemble(
     from pneumo.evaluation.evaluate import run_split_file, select_images
     from pneumo.export.onnx import export_onnx
     from pneumo.models.bundle import load_bundle
-    from pneumo.models.ensemble import check_members, write_ensemble
+    from pneumo.fitting.ensemble import write_ensemble
+    from pneumo.models.ensemble import check_members
 
     if out.exists() and any(out.iterdir()):
         raise fail(f"{out} already exists and is not empty; choose a new --out folder (nothing was written)")

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import DISCLAIMER
-from pneumo.adaptation import ADAPT_MODES, adapt_batchnorm
+from pneumo.inference.adaptation import ADAPT_MODES, adapt_batchnorm
 from pneumo.data.readers import ImageInfo, decode_image, read_image, resize
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.inference.calibration import PriorAdaptation
-from pneumo.inference.decision import DECISIONS, decide, reason
+from pneumo.inference.decision import DECISIONS, decide, reason, rule
 from pneumo.inference import predict_logits, softmax
-from pneumo.inference.checks import input_warnings
+from pneumo.inference.checks import input_warnings, scope_refusal
+from pneumo.inference.conformal import class_sets, class_thresholds, set_name
 from pneumo.inference.novelty import logits_and_novelty, novelty_warning
 from pneumo.labels import SHORT_NAMES
 from pneumo.models.info import ModelInfo
@@ -48,10 +49,28 @@ class Prediction:
     dicom: dict[str, str] = field(default_factory=dict)  # what a DICOM file says of itself (readers.DICOM_FIELDS)
     novelty: float | None = None  # how unlike the training X-rays (pneumo.inference.novelty); None: no check
     novelty_threshold: float | None = None  # the model's threshold: above it, the image is flagged
+    class_set: list[str] | None = None  # conformal class set (short names), when asked for
+    abstained: str = ""  # why the image was not classified (outside the model's scope); empty when it was
 
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def classified(self) -> bool:
+        return self.ok and not self.abstained
+
+    @property
+    def shown_class(self) -> str:
+        """The class as shown to a person: the label, or "not classified" for an image outside the model's scope."""
+        return f"not classified: {self.abstained}" if self.abstained else self.label
+
+    @property
+    def set_text(self) -> str:
+        """The conformal class set in words ("bacterial or viral pneumonia"); empty when none was asked for."""
+        if self.class_set is None:
+            return ""
+        return set_name(np.array([name in self.class_set for name in SHORT_NAMES]))
 
     @property
     def p_pneumonia(self) -> float:
@@ -60,12 +79,18 @@ class Prediction:
     def as_dict(self) -> dict:
         if not self.ok:
             return {"file": self.source, "error": self.error}
+        if self.abstained:  # no class and no probabilities: numbers for an image out of scope would only mislead
+            return {"file": self.source, "class": None, "not_classified": self.abstained, "reason": self.reason,
+                    "warnings": self.warnings, **self._novelty_dict(), **({"dicom": self.dicom} if self.dicom else {})}
         return {"file": self.source, "class": self.label, "probabilities": self.probabilities,
                 "p_pneumonia": round(self.p_pneumonia, 6), "reason": self.reason, "warnings": self.warnings,
-                **({"novelty": {"score": round(self.novelty, 4), "threshold": round(self.novelty_threshold, 4),
-                                "flagged": self.novelty > self.novelty_threshold}}
-                   if self.novelty is not None and self.novelty_threshold is not None else {}),
-                **({"dicom": self.dicom} if self.dicom else {})}
+                **({"class_set": self.class_set, "class_set_text": self.set_text} if self.class_set is not None else {}),
+                **self._novelty_dict(), **({"dicom": self.dicom} if self.dicom else {})}
+
+    def _novelty_dict(self) -> dict:
+        return ({"novelty": {"score": round(self.novelty, 4), "threshold": round(self.novelty_threshold, 4),
+                             "flagged": self.novelty > self.novelty_threshold}}
+                if self.novelty is not None and self.novelty_threshold is not None else {})
 
     def describe_input(self, info: ImageInfo) -> "Prediction":
         """Attach the input checks' warnings (before the novelty check's) and the DICOM attributes of the file."""
@@ -129,10 +154,16 @@ class Predictor:
         threads: ONNX Runtime's intra-op threads (default: its own choice, all cores).
         decision: ``operating-point`` (the model's threshold on P(pneumonia), where it has one) or
             ``argmax`` (the most probable class).
+        conformal: alpha of conformal class sets (0.1: each set holds the true class for >= 90% of images of
+            each class, on images like the calibration ones); None: no sets.
+        force: classify images outside the model's scope too (``checks.scope_refusal``) instead of refusing them.
+
+    Raises:
+        ValueError: an unknown backend or decision, or conformal sets asked of a model without their calibration.
     """
 
     def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None,
-                 decision: str = "operating-point"):
+                 decision: str = "operating-point", conformal: float | None = None, force: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
         if decision not in DECISIONS:
@@ -157,8 +188,16 @@ class Predictor:
         point = self.info.operating_point
         # The operating point where the model has one (and it is asked for), else the most probable class.
         self.threshold = point.threshold if point and decision == "operating-point" else None
-        self.target_sensitivity = point.target_sensitivity if point else None
+        self.point_source = point.source if point else ""
         self.novelty_check = self.info.novelty  # None: the model has none
+        self.force = force
+        self.conformal = conformal
+        self.conformal_thresholds = None
+        if conformal is not None:
+            if not self.info.conformal_scores:
+                raise ValueError(f"{self.model_id} carries no conformal calibration; fit it with 'pneumo calibrate' "
+                                 "(validation images) or 'pneumo adapt --labels' (site images)")
+            self.conformal_thresholds = class_thresholds(self.info.conformal_scores, conformal)
 
     def _load_onnx(self, path: Path, threads: int | None) -> None:
         import onnxruntime
@@ -259,10 +298,12 @@ class Predictor:
         logits, novelty = self.outputs(stack) if self.novelty_check is not None or not adapted_bn else (None, None)
         probs = self._calibrated(stack, logits, adapt)
         labels = decide(probs, self.threshold)
+        sets = class_sets(probs, self.conformal_thresholds) if self.conformal_thresholds is not None else None
         predictions = [
             Prediction(source, self.classes[label], dict(zip(SHORT_NAMES, map(float, p.round(6)))), image=image,
-                       reason=reason(p, label, self.threshold, self.target_sensitivity))
-            for source, label, p, image in zip(sources, labels, probs, images)
+                       reason=reason(p, label, self.threshold, self.point_source),
+                       class_set=None if sets is None else [SHORT_NAMES[c] for c in np.flatnonzero(sets[i])])
+            for i, (source, label, p, image) in enumerate(zip(sources, labels, probs, images))
         ]
         for prediction, score in zip(predictions, novelty if novelty is not None else []):
             prediction.novelty, prediction.novelty_threshold = float(score), self.novelty_check.threshold
@@ -273,18 +314,23 @@ class Predictor:
     @property
     def rule(self) -> str:
         """The decision rule in one sentence."""
-        if self.threshold is None:
-            return "the most probable class"
-        target = f", chosen on validation for pneumonia sensitivity >= {self.target_sensitivity:g}" \
-            if self.target_sensitivity else ""
-        return (f"pneumonia when P(bacterial) + P(viral) >= {self.threshold:.3f} (the operating point{target}), "
-                "then the likelier kind; otherwise NORMAL")
+        return rule(self.threshold, self.point_source)
+
+    def describe(self, prediction: Prediction, info: ImageInfo) -> Prediction:
+        """Attach what the file says of itself (``Prediction.describe_input``), and withdraw the class of an image
+        outside the model's scope (``checks.scope_refusal``) unless this predictor forces an answer."""
+        prediction.describe_input(info)
+        refusal = scope_refusal(info, prediction.novelty, self.novelty_check)
+        if refusal and not self.force:
+            prediction.abstained = refusal
+            prediction.reason = f"not classified: {refusal} (force classifies it anyway)"
+        return prediction
 
     def predict_files(self, files: list[str], *, adapt: bool | str = False, workers: int = 4) -> list[Prediction]:
         """Predictions in the order of ``files``; a bad file gets ``error`` and the rest go on."""
         good, bad = load_images(files, self.size, workers=workers)
         predictions = self.predict_images([s for s, _, _ in good], [i for _, i, _ in good], adapt=adapt)
-        answered = {source: p.describe_input(info) for (source, _, info), p in zip(good, predictions)}
+        answered = {source: self.describe(p, info) for (source, _, info), p in zip(good, predictions)}
         errors = dict(bad)
         return [answered[s] if s in answered else Prediction(s, error=errors[s]) for s in files]
 
@@ -296,7 +342,7 @@ class Predictor:
         from pneumo.explain.gradcam import gradcam, overlay
 
         bundle = self._torch_bundle()  # gradients need PyTorch, also under the ONNX backend
-        ok = [p for p in predictions if p.ok]
+        ok = [p for p in predictions if p.classified]
         if not ok:
             return []
         classes = [self.classes.index(p.label) for p in ok]
@@ -317,7 +363,7 @@ def predictions_json(predictor: Predictor, predictions: list[Prediction], *, ada
     rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
     # model_sha256 is the file the backend ran: the bundle under torch, the ONNX export under onnx.
     return json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "backend": predictor.backend,
-                       "decision_rule": predictor.rule,
+                       "decision_rule": predictor.rule, "conformal_alpha": predictor.conformal,
                        "adapt": adapt, "adapt_priors": adapt.endswith("priors"), "disclaimer": DISCLAIMER,
                        "predictions": rows}, indent=1)
 
@@ -332,11 +378,13 @@ def predictions_csv(predictions: list[Prediction], model_id: str = "") -> str:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["file", "class", *[f"p_{name}" for name in SHORT_NAMES], "p_pneumonia", "reason", "warnings",
-                     "novelty", "novelty_threshold", *DICOM_FIELDS, "error", "model"])
+    writer.writerow(["file", "class", *[f"p_{name}" for name in SHORT_NAMES], "p_pneumonia", "class_set", "reason",
+                     "warnings", "novelty", "novelty_threshold", *DICOM_FIELDS, "error", "model"])
     for p in predictions:
-        probs = [f"{p.probabilities[name]:.6f}" for name in SHORT_NAMES] if p.ok else [""] * len(SHORT_NAMES)
-        writer.writerow([p.source, p.label, *probs, f"{p.p_pneumonia:.6f}" if p.ok else "", p.reason,
+        shown = p.classified
+        probs = [f"{p.probabilities[name]:.6f}" for name in SHORT_NAMES] if shown else [""] * len(SHORT_NAMES)
+        writer.writerow([p.source, "not classified" if p.abstained else p.label, *probs,
+                         f"{p.p_pneumonia:.6f}" if shown else "", p.set_text, p.reason,
                          "; ".join(p.warnings), "" if p.novelty is None else f"{p.novelty:.4f}",
                          "" if p.novelty is None else f"{p.novelty_threshold:.4f}",
                          *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error, model_id])

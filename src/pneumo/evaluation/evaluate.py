@@ -122,7 +122,7 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
     BatchNorm statistics re-estimated on these images, always with the PyTorch model); or
     "bn+priors" (both, in that order). Returns the probabilities and what was done.
     """
-    from pneumo.adaptation import ADAPT_MODES, adapt_batchnorm
+    from pneumo.inference.adaptation import ADAPT_MODES, adapt_batchnorm
 
     if adapt not in ADAPT_MODES:
         raise ValueError(f"The 'adapt' option must be one of {ADAPT_MODES}. Got {adapt!r} instead.")

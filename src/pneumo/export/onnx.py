@@ -19,7 +19,7 @@ import onnx.numpy_helper
 import torch
 
 from pneumo.files import atomic_path
-from pneumo.inference.novelty import ScoredModel
+from pneumo.models.novelty import ScoredModel
 from pneumo.models.bundle import Bundle
 
 OPSET = 17

@@ -15,7 +15,7 @@ import numpy as np
 
 from pneumo.labels import BACTERIAL, NORMAL, SHORT_NAMES, VIRAL
 
-__all__ = ["DECISIONS", "decide", "reason"]
+__all__ = ["DECISIONS", "decide", "reason", "rule"]
 
 DECISIONS = ("operating-point", "argmax")
 
@@ -30,13 +30,14 @@ def decide(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
     return np.where(pneumonia, np.where(probs[:, VIRAL] > probs[:, BACTERIAL], VIRAL, BACTERIAL), NORMAL)
 
 
-def reason(probs: np.ndarray, label: int, threshold: float | None, target: float | None = None) -> str:
-    """One sentence saying why ``label`` was chosen for one image's probabilities (K,)."""
+def reason(probs: np.ndarray, label: int, threshold: float | None, source: str = "") -> str:
+    """One sentence saying why ``label`` was chosen for one image's probabilities (K,); ``source`` says where the
+    operating point came from (``OperatingPoint.source``)."""
     p_pneumonia = 1 - float(probs[NORMAL])
     name = SHORT_NAMES[label]
     if threshold is None:
         return f"{name}: the most probable class ({float(probs[label]):.2f})"
-    why = f", chosen on validation for pneumonia sensitivity >= {target:g}" if target else ""
+    why = f", {source}" if source else ""
     if label == NORMAL:
         largest = int(np.argmax(probs))
         caveat = (f"; {SHORT_NAMES[largest]} alone is the most probable class ({float(probs[largest]):.2f})"
@@ -45,3 +46,12 @@ def reason(probs: np.ndarray, label: int, threshold: float | None, target: float
     other = VIRAL if label == BACTERIAL else BACTERIAL
     return (f"{name} pneumonia: P(pneumonia) {p_pneumonia:.2f} reaches the operating point {threshold:.2f}{why}; "
             f"{name} is the likelier kind ({float(probs[label]):.2f} vs {float(probs[other]):.2f})")
+
+
+def rule(threshold: float | None, source: str = "") -> str:
+    """The decision rule in one sentence; ``source`` as for ``reason``."""
+    if threshold is None:
+        return "the most probable class"
+    why = f", {source}" if source else ""
+    return (f"pneumonia when P(bacterial) + P(viral) >= {threshold:.3f} (the operating point{why}), "
+            "then the likelier kind; otherwise NORMAL")

@@ -2,54 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import torch
 from torch import nn
 
-class FeatureTap:
-    """Records the input of each of ``layers`` (module paths, flattened to (B, D_i)) during a forward pass,
-    the first call of each only (for an ensemble's test-time views, the image as given: its first view).
-
-    The hooks sit on modules that threads may share; they record only the calls of the thread that
-    entered the tap, so another thread's forward pass through the same model is never taken for this one.
-
-        with FeatureTap(model, ["head"]) as tap:
-            logits = model(images)
-        features = tap.features  # [(B, D_i) per layer]
-    """
-
-    def __init__(self, model: nn.Module, layers: list[str]):
-        self.layers = [model.get_submodule(path) for path in layers]
-        self._captured: dict[int, torch.Tensor] = {}
-        self._handles: list = []
-        self._thread: int | None = None
-
-    def __enter__(self) -> "FeatureTap":
-        self._captured.clear()
-        self._thread = threading.get_ident()
-        self._handles = [layer.register_forward_pre_hook(self._hook(index)) for index, layer in enumerate(self.layers)]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _hook(self, index: int):
-        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            if threading.get_ident() == self._thread:
-                self._captured.setdefault(index, inputs[0].flatten(1))
-        return record
-
-    @property
-    def features(self) -> list[torch.Tensor]:
-        missing = [index for index in range(len(self.layers)) if index not in self._captured]
-        if missing:
-            raise RuntimeError(f"The forward pass did not reach feature layers {missing}.")
-        return [self._captured[index] for index in range(len(self.layers))]
-
+from pneumo.models.novelty import FeatureTap
 
 @torch.inference_mode()
 def logits_and_features(model: nn.Module, images: np.ndarray, layers: list[str] = (), *, batch_size: int = 128

@@ -25,7 +25,7 @@ from torch import nn
 
 from pneumo.errors import ModelFileError
 from pneumo.files import atomic_path
-from pneumo.inference.novelty import Novelty
+from pneumo.models.novelty import Novelty
 from pneumo.labels import CLASSES
 from pneumo.models.info import ModelInfo
 from pneumo.models.registry import create_model

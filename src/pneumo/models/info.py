@@ -19,10 +19,11 @@ __all__ = ["ModelInfo", "NoveltyInfo", "OperatingPoint"]
 @dataclass(frozen=True)
 class OperatingPoint:
     """Pneumonia when P(bacterial) + P(viral) >= ``threshold``, chosen for ``target_sensitivity`` (None: not
-    recorded)."""
+    recorded); ``source`` says where it was fitted and with what guarantee, in words (empty: not recorded)."""
 
     threshold: float
     target_sensitivity: float | None = None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ModelInfo:
     temperature: float = 1.0
     operating_point: OperatingPoint | None = None
     novelty: NoveltyInfo | None = None
+    conformal_scores: list[list[float]] | None = None  # per class, 1 - P(class) of calibration images of that class
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -61,9 +63,11 @@ class ModelInfo:
             classes=tuple(metadata["classes"]),
             size=int(metadata["preprocessing"]["size"]),
             temperature=float(metadata.get("temperature", 1.0)),
-            operating_point=OperatingPoint(float(point["pneumonia_threshold"]), point.get("target_sensitivity"))
+            operating_point=OperatingPoint(float(point["pneumonia_threshold"]), point.get("target_sensitivity"),
+                                           _point_source(point))
             if point.get("pneumonia_threshold") is not None else None,
             novelty=NoveltyInfo(float(novelty["threshold"]), float(novelty["false_alarm_rate"])) if novelty else None,
+            conformal_scores=(metadata.get("conformal") or {}).get("scores"),
             raw=metadata,
         )
 
@@ -79,3 +83,17 @@ class ModelInfo:
         from pneumo.config import flat_config
 
         return flat_config(self.training.get("config") or {})
+
+
+def _point_source(point: dict[str, Any]) -> str:
+    """Where an operating point was fitted, in words: "chosen on validation for pneumonia sensitivity >= 0.97",
+    or for a site calibration its site, image count, guarantee and date."""
+    site = point.get("site")
+    if site:
+        guarantee = site["guarantee"]
+        how = ("expected sensitivity" if guarantee["kind"] == "conformal"
+               else f"sensitivity with probability {guarantee['confidence']:g}")
+        return (f"fitted on {site['images']} labelled images of site {site['name']} on {site['date']}, "
+                f"{guarantee['kind']}: {how} >= {guarantee['target_sensitivity']:g}")
+    target = point.get("target_sensitivity")
+    return f"chosen on validation for pneumonia sensitivity >= {target:g}" if target else ""

@@ -311,7 +311,7 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
         if isinstance(decoded, JSONResponse):
             return decoded
         image, info = decoded
-        prediction = (await asyncio.wrap_future(batcher.submit(name, image))).describe_input(info)
+        prediction = predictor.describe(await asyncio.wrap_future(batcher.submit(name, image)), info)
         overlay = await run_in_threadpool(explain, prediction) if gradcam else None
         if isinstance(overlay, str):  # no PyTorch model to take gradients of: the answer without its picture
             overlay, unavailable = None, overlay

@@ -1,5 +1,5 @@
-"""Calibrate a model on labelled images: temperature, operating point, prior-adaptation fit, and the
-novelty check's threshold.
+"""Calibrate a model on labelled images: temperature, operating point, prior-adaptation fit, conformal
+scores, and the novelty check's threshold.
 
 ``pneumo calibrate RUN`` uses a run's validation images; the shipped models are calibrated the
 same way by ``scripts/finalize_shipped.py``. The operating point is the highest threshold on
@@ -15,11 +15,15 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from pneumo.inference.calibration import PriorAdaptation, fit_temperature, operating_point
 from pneumo.evaluation.metrics import summarize
 from pneumo.evaluation.stress import BATTERY, perturb
+from pneumo.fitting.guarantee import conformal_scores
+from pneumo.fitting.refit import refit_bundle
 from pneumo.inference import predict_logits, softmax
+from pneumo.inference.calibration import PriorAdaptation, fit_temperature, operating_point
 from pneumo.inference.novelty import fit_novelty
+from pneumo.labels import CLASSES
+from pneumo.models.bundle import load_bundle
 
 __all__ = ["DEFAULT_TARGET", "calibrate_bundle", "fit_calibration"]
 
@@ -31,7 +35,8 @@ def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
     """The bundle metadata that calibrates ``model`` on labelled uint8 images (N, S, S).
 
     Returns:
-        {"temperature": T, "operating_point": {...}, "prior_adaptation": {...}}, ready for save_bundle.
+        {"temperature": T, "operating_point": {...}, "prior_adaptation": {...}, "conformal": {...}}, ready for
+        save_bundle.
     """
     logits = predict_logits(model, images)
     temperature = fit_temperature(logits, labels)
@@ -55,30 +60,28 @@ def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
                      val_stress_worst_specificity=min(e["pneumonia_specificity"] for e in effect.values()),
                      val_stress_worst_sensitivity=min(e["pneumonia_sensitivity"] for e in effect.values()))
     return {"temperature": temperature, "operating_point": point,
-            "prior_adaptation": PriorAdaptation.fit(logits, labels).to_dict()}
+            "prior_adaptation": PriorAdaptation.fit(logits, labels).to_dict(),
+            "conformal": conformal_record(labels, probs["clean"], source)}
+
+
+def conformal_record(labels: np.ndarray, probs: np.ndarray, source: str) -> dict:
+    """The bundle's ``conformal`` entry: per-class calibration scores (``pneumo.inference.conformal``)."""
+    return {"kind": "class-conditional split conformal (Vovk et al. 2005)", "fitted_on": source,
+            "images": int(len(labels)), "class_counts": np.bincount(labels, minlength=len(CLASSES)).tolist(),
+            "scores": conformal_scores(labels, probs, len(CLASSES))}
 
 
 def calibrate_bundle(path: str | Path, images: np.ndarray, labels: np.ndarray, *,
                      train_images: np.ndarray | None = None, **options) -> dict:
-    """Fit the calibration (see fit_calibration) and write it into the bundle at ``path``; returns it, with the
-    novelty check's record (None when the bundle has none).
+    """Fit the calibration (see fit_calibration) and write it into the bundle at ``path`` (``refit_bundle``);
+    returns it, with the novelty check's record (None when the bundle has none).
 
     With ``train_images`` (the model's training images, uint8 (N, S, S)), the novelty check is fitted
-    on them anew, its threshold on ``images``; without, the bundle keeps the one it has. An ONNX
-    export beside the bundle is exported again, so that the two stay a pair.
+    on them anew, its threshold on ``images``; without, the bundle keeps the one it has.
     """
-    from pneumo.export.onnx import export_onnx
-    from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
-
     bundle = load_bundle(path)
     calibration = fit_calibration(bundle.model, images, labels, **options)
-    metadata = carried_metadata(bundle.metadata)
-    metadata.update(calibration)
     novelty = bundle.novelty if train_images is None else fit_novelty(
-        bundle.model, bundle.metadata["model_name"], train_images, images, source=options.get("source", ""))
-    save_bundle(bundle.path, bundle.model, model_name=bundle.metadata["model_name"], size=bundle.size,
-                novelty=novelty, **metadata)
-    onnx_file = bundle.path.with_suffix(".onnx")
-    if onnx_file.is_file():
-        export_onnx(load_bundle(bundle.path), onnx_file)
+        bundle.model, bundle.info.model_name, train_images, images, source=options.get("source", ""))
+    refit_bundle(bundle, novelty=novelty, **calibration)
     return {**calibration, "novelty": novelty.metadata() if novelty is not None else None}
