@@ -83,6 +83,33 @@ def test_calibrate_export_predict_adapt_and_ensemble(synthetic, tmp_path):
     assert answer["model"] == "pneumo-ensemble-2"
 
 
+def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path):
+    import shutil
+
+    from pneumo.models.bundle import load_bundle
+
+    one = shutil.copytree(synthetic["runs"][0], tmp_path / "one")
+    common = ["--data", synthetic["data"], "--cache-dir", synthetic["cache"]]
+    # A student of the first run: its soft labels are cached once, and the run records its teacher.
+    invoke("train", "--model", "cnn", "--epochs", "1", "--size", SIZE, *common, "--runs-dir", tmp_path / "runs",
+           "--name", "student", "--accelerator", "cpu", "--quiet", "--teacher", one, "--distill-weight", "0.5")
+    student = load_bundle(tmp_path / "runs" / "student")
+    assert student.info.training["teacher"]["weights_sha256"] == load_bundle(one).metadata["weights_sha256"]
+    assert list((synthetic["cache"] / "teacher").glob("*.npy"))
+    # Calibration fits conformal scores; evaluate and predict give sets.
+    invoke("calibrate", one, *common, "--no-stress")
+    invoke("evaluate", one, *common, "--resamples", "20", "--conformal", "0.1", "--out", tmp_path / "eval")
+    sets = json.loads((tmp_path / "eval" / "metrics.json").read_text())["conformal"]
+    assert sets["alpha"] == 0.1 and 0 <= sets["coverage"] <= 1 and 1 <= sets["mean_size"] <= 3
+    image = sorted((synthetic["data"] / "test").rglob("*.jpeg"))[0]
+    row = json.loads(runner.invoke(app, ["predict", "--model", str(one), "--json", "--conformal", "0.1",
+                                         str(image)]).stdout)["predictions"][0]
+    assert set(row["class_set"]) <= {"normal", "bacterial", "viral"} and row["class_set_text"]
+    # A few validation patients cannot support a guaranteed cut-off at 0.97: refused, with the number needed.
+    refused = invoke("calibrate", one, *common, "--no-stress", "--guarantee", "conformal", code=2)
+    assert "needs at least 33 labelled patients with pneumonia" in refused
+
+
 def test_serve_answers_on_the_synthetic_model(synthetic):
     from fastapi.testclient import TestClient
 

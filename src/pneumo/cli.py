@@ -407,22 +407,33 @@ def _metrics_table(metrics: dict) -> None:
     if metrics.get("novelty"):
         novelty = metrics["novelty"]
         console.print(f"Novelty check: {novelty['flagged_images']} of {metrics['images']} images "
-                      f"({novelty['flagged']:.1%}) are unlike the training X-rays (novelty above {novelty['threshold']:.2f}, set to flag "
-                      f"{novelty['set_to_flag_on_validation']:.0%} of validation images).")
+                      f"({novelty['flagged']:.1%}) are flagged as less typical of the training X-rays (novelty above "
+                      f"{novelty['threshold']:.2f}, set to flag {novelty['set_to_flag_on_validation']:.0%} of validation "
+                      f"images); {novelty['not_classified_images']} ({novelty['not_classified']:.1%}) are far enough "
+                      "to be refused by predict and serve.")
+    if metrics.get("conformal"):
+        sets = metrics["conformal"]
+        console.print(f"Conformal class sets (alpha {sets['alpha']:g}, nominal coverage {1 - sets['alpha']:.0%}): "
+                      f"coverage {sets['coverage']:.3f} (normal {sets['coverage_normal']:.3f}, bacterial "
+                      f"{sets['coverage_bacterial']:.3f}, viral {sets['coverage_viral']:.3f}); mean set size "
+                      f"{sets['mean_size']:.2f}, a single class for {sets['single_class']:.1%} of images.")
     if metrics.get("stress"):
         _stress_table(metrics["stress"])
     console.print(f"[dim]{metrics['data']}. {DISCLAIMER}[/dim]")
 
 
 def _stress_table(stress: dict) -> None:
-    columns = ["perturbation", "accuracy (95% CI)", "recall N / B / V", "pneumonia sens / spec", "flips"]
+    sets = "conformal" in stress["clean"]
+    columns = ["perturbation", "accuracy (95% CI)", "recall N / B / V", "pneumonia sens / spec", "flips",
+               *(["set coverage / size"] if sets else [])]
 
     def row(name: str, scores: dict) -> list[str]:
         low, high = scores["accuracy_ci95"]
         return [name, f"{scores['accuracy']:.3f} ({low:.3f}-{high:.3f})",
                 " / ".join(f"{scores[f'recall_{c}']:.2f}" for c in ("normal", "bacterial", "viral")),
                 f"{scores['pneumonia_sensitivity']:.3f} / {scores['pneumonia_specificity']:.3f}",
-                f"{scores['flip_rate']:.1%}"]
+                f"{scores['flip_rate']:.1%}",
+                *([f"{scores['conformal']['coverage']:.3f} / {scores['conformal']['mean_size']:.2f}"] if sets else [])]
 
     rows = [row("clean", stress["clean"])] + [row(f"{r['name']}: {r['description']}", r) for r in stress["perturbations"]]
     console.print(table(f"Stress battery ({stress['rule']})", columns, rows))
@@ -452,6 +463,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json instead of tables.")] = False,
     stress: Annotated[bool, typer.Option(help="Also run the stress battery: fixed blur, resampling, sharpening, tone, noise, JPEG and framing changes.")] = False,
     decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
+    conformal: ConformalOption = None,
 ) -> None:
     """Test accuracy and loss, confusion matrices, classification report, AUCs and calibration, with 95% CIs."""
     import json
@@ -460,7 +472,7 @@ def evaluate(
 
     metrics, predictions = _evaluate_model(model, data, split, split_file, cache_dir, resamples, seed=seed,
                                            adapt=_adapt_mode(adapt, adapt_priors), backend=backend, stress=stress,
-                                           decision=decision)
+                                           decision=decision, conformal=conformal)
     out = out or Path("out") / f"evaluate-{metrics['model_id']}"
     written = write_evaluation(out, metrics, predictions)
     if as_json:
@@ -637,9 +649,11 @@ def calibrate(
     cache_dir: CacheOption = paths.cache_dir(),
     target: Annotated[float, typer.Option(help="Pneumonia sensitivity the operating point must keep.")] = 0.97,
     stress: Annotated[bool, typer.Option("--stress/--no-stress", help="Keep the target under the stress battery's middle severities too (default).")] = True,
+    guarantee: Annotated[Optional[str], typer.Option(help="conformal or pac: keep the target on new images with a finite-sample guarantee, not only on these (default: reach it on these).")] = None,
+    confidence: Annotated[float, typer.Option(help="For --guarantee pac: the probability that sensitivity holds.")] = 0.95,
 ) -> None:
-    """Fit a model's temperature and operating point on its validation images, and its novelty check on its
-    training images, and write them into its bundle."""
+    """Fit a model's temperature, operating point and conformal class sets on its validation images, and its
+    novelty check on its training images, and write them into its bundle."""
     from pneumo.fitting.calibrate import calibrate_bundle
     from pneumo.evaluation.evaluate import run_split_file, select_images
     from pneumo.models.bundle import load_bundle
@@ -652,7 +666,8 @@ def calibrate(
     train, _ = select_images(data, size=bundle.size, cache_dir=cache_dir, role="train", split_file=split_file)
     with console.status(f"calibrating {bundle.model_id} on {len(images)} images"):
         result = calibrate_bundle(bundle.path, images.images, images.labels, target=target, stress=stress,
-                                  source=source, train_images=train.images)
+                                  source=source, train_images=train.images, guarantee=guarantee,
+                                  confidence=confidence, patients=images.patients)
     point = result["operating_point"]
     console.print(f"{escape(bundle.model_id)}: temperature {result['temperature']:.4f}; operating point P(pneumonia) >= "
                   f"{point['pneumonia_threshold']:.4f} (sensitivity {point['val_sensitivity']:.3f}, specificity "
@@ -821,6 +836,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Most images classified in one model call.", rich_help_panel="Batching")] = 16,
     batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for more images to batch once one is queued.", rich_help_panel="Batching")] = 5.0,
     model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.", rich_help_panel="Security")] = False,
+    conformal: ConformalOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
     import uvicorn
@@ -831,7 +848,7 @@ def serve(
         max_bytes=int(max_mb * 1024 * 1024), max_decoded_bytes=int(max_image_mb * 1024 * 1024), decoders=decoders,
         api_key=api_key, allowed_hosts=tuple(allowed_host or default_hosts(host)), cors_origins=tuple(cors_origin or ()),
         rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details)
-    application = create_app(model, backend=backend, settings=settings)
+    application = create_app(model, backend=backend, settings=settings, conformal=conformal, force=force)
     if not settings.allowed_hosts:
         errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
                      "with the name clients use")

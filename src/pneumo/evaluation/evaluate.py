@@ -17,8 +17,10 @@ from pneumo.data.splits import load_split
 from pneumo.errors import DataLayoutError
 from pneumo.evaluation import plots
 from pneumo.inference.calibration import PriorAdaptation
-from pneumo.evaluation.metrics import bootstrap, summarize
+from pneumo.evaluation.metrics import bootstrap, set_metrics, summarize
 from pneumo.inference import predict_logits, softmax
+from pneumo.inference.checks import ABSTAIN_NOVELTY_FACTOR
+from pneumo.inference.conformal import class_thresholds
 from pneumo.inference.novelty import logits_and_novelty
 from pneumo.labels import CLASSES, SHORT_NAMES
 from pneumo.models.bundle import Bundle
@@ -136,8 +138,10 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
         logits, novelty = model_outputs(bundle, images, backend)
         if novelty is not None:
             check, flagged = bundle.info.novelty, bundle.info.novelty.flagged(novelty)
+            refused = novelty > ABSTAIN_NOVELTY_FACTOR * check.threshold
             info["novelty"] = {"threshold": check.threshold, "set_to_flag_on_validation": check.false_alarm_rate,
-                               "flagged": float(flagged.mean()), "flagged_images": int(flagged.sum())}
+                               "flagged": float(flagged.mean()), "flagged_images": int(flagged.sum()),
+                               "not_classified": float(refused.mean()), "not_classified_images": int(refused.sum())}
     if adapt.endswith("priors"):
         adaptation = PriorAdaptation.of_model(bundle.metadata)
         probs, priors = adaptation.adapt(logits)
@@ -159,8 +163,23 @@ def decision_threshold(bundle: Bundle, decision: str = "operating-point") -> flo
     return bundle.info.operating_point.threshold if bundle.info.operating_point else None
 
 
+def conformal_thresholds(bundle: Bundle, alpha: float | None) -> np.ndarray | None:
+    """The bundle's conformal thresholds for coverage 1 - ``alpha`` (None for no sets).
+
+    Raises:
+        ValueError: sets asked of a bundle without conformal calibration.
+    """
+    if alpha is None:
+        return None
+    if not bundle.info.conformal_scores:
+        raise ValueError(f"{bundle.model_id} carries no conformal calibration; fit it with 'pneumo calibrate' "
+                         "(validation images) or 'pneumo adapt --labels' (site images)")
+    return class_thresholds(bundle.info.conformal_scores, alpha)
+
+
 def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", adapt: str = "none",
-               resamples: int = 1000, seed: int = 0, decision: str = "operating-point") -> dict:
+               resamples: int = 1000, seed: int = 0, decision: str = "operating-point",
+               conformal: float | None = None) -> dict:
     """The stress battery (``pneumo.evaluation.stress``) with the bundle's temperature and operating point.
 
     With ``adapt``, the model adapts to each perturbed set as a whole (see adapted_probabilities).
@@ -171,7 +190,8 @@ def stress_set(bundle: Bundle, data: PreparedData, *, backend: str = "torch", ad
         raise ValueError(f"images are {data.size} px but the model expects {bundle.size} px")
     threshold = decision_threshold(bundle, decision)
     result = stress_test(lambda images: adapted_probabilities(bundle, images, adapt=adapt, backend=backend)[0],
-                         data.images, data.labels, data.patients, threshold=threshold, resamples=resamples, seed=seed)
+                         data.images, data.labels, data.patients, threshold=threshold, resamples=resamples, seed=seed,
+                         conformal_thresholds=conformal_thresholds(bundle, conformal))
     return {"adapt": adapt, **result}
 
 
@@ -191,12 +211,15 @@ def predict_set(bundle: Bundle, data: PreparedData, *, adapt: str | bool = "none
 
 def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed: int = 0, adapt: str | bool = "none",
              source: str = "", backend: str = "torch", stress: bool = False,
-             decision: str = "operating-point") -> tuple[dict, Predictions]:
+             decision: str = "operating-point", conformal: float | None = None) -> tuple[dict, Predictions]:
     """Point metrics, patient-bootstrap 95% CIs and calibration of ``bundle`` on ``data`` (see predict_set).
 
-    With ``stress``, ``metrics["stress"]`` holds the stress battery's results (``stress_set``).
+    With ``stress``, ``metrics["stress"]`` holds the stress battery's results (``stress_set``). With ``conformal``
+    (alpha), ``metrics["conformal"]`` holds the coverage and size of the model's conformal class sets, overall,
+    per class and (with ``stress``) under each perturbation.
     """
     started = time.perf_counter()
+    thresholds = conformal_thresholds(bundle, conformal)  # refused before any work
     predictions, info = predict_set(bundle, data, adapt=adapt, backend=backend)
     threshold = decision_threshold(bundle, decision)
     metrics = summarize(predictions.labels, predictions.probs, threshold)
@@ -211,9 +234,11 @@ def evaluate(bundle: Bundle, data: PreparedData, *, resamples: int = 1000, seed:
         "unit": "patient", "level": 0.95}, seconds=round(time.perf_counter() - started, 3), disclaimer=DISCLAIMER,
         **info,
     )
+    if thresholds is not None:
+        metrics["conformal"] = {"alpha": conformal, **set_metrics(predictions.labels, predictions.probs, thresholds)}
     if stress:
         metrics["stress"] = stress_set(bundle, data, backend=backend, adapt=info["adapt"], resamples=resamples,
-                                       seed=seed, decision=decision)
+                                       seed=seed, decision=decision, conformal=conformal)
         metrics["seconds"] = round(time.perf_counter() - started, 3)
     return metrics, predictions
 

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from pneumo.inference.conformal import class_sets
 from pneumo.inference.decision import decide
 from pneumo.labels import BACTERIAL, CLASSES, NORMAL, SHORT_NAMES, VIRAL
 
@@ -222,3 +223,18 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
     discordant = only_a + only_b
     p_value = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
     return McNemar(only_a, only_b, p_value)
+
+
+def set_metrics(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> dict:
+    """Coverage (the share of images whose set holds the true class) and mean set size of conformal class sets
+    (``pneumo.inference.conformal``), overall and per class, and how often a set is a single class."""
+    labels = np.asarray(labels)
+    sets = class_sets(probs, thresholds)
+    covered, sizes = sets[np.arange(len(labels)), labels], sets.sum(1)
+    result = {"coverage": float(covered.mean()), "mean_size": float(sizes.mean()),
+              "single_class": float((sizes == 1).mean())}
+    for index, name in enumerate(SHORT_NAMES):
+        members = labels == index
+        result[f"coverage_{name}"] = float(covered[members].mean()) if members.any() else float("nan")
+        result[f"mean_size_{name}"] = float(sizes[members].mean()) if members.any() else float("nan")
+    return result

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pneumo.data import acquisition
-from pneumo.evaluation.metrics import NORMAL, decide
+from pneumo.evaluation.metrics import NORMAL, decide, set_metrics
 from pneumo.labels import SHORT_NAMES
 
 __all__ = ["BATTERY", "SEVERITIES", "Perturbation", "perturb", "stress_test", "summarize_stress"]
@@ -158,7 +158,7 @@ def _scores(labels: np.ndarray, predicted: np.ndarray, clean: np.ndarray, patien
 
 def stress_test(probabilities: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
                 patients: np.ndarray, *, threshold: float | None = None, battery: tuple[Perturbation, ...] = BATTERY,
-                resamples: int = 1000, seed: int = 0) -> dict:
+                resamples: int = 1000, seed: int = 0, conformal_thresholds: np.ndarray | None = None) -> dict:
     """Run the battery.
 
     Args:
@@ -169,24 +169,30 @@ def stress_test(probabilities: Callable[[np.ndarray], np.ndarray], images: np.nd
         threshold: the model's operating point on P(pneumonia); None decides by the most probable class.
         battery: the perturbations (default: the fixed battery).
         resamples, seed: patient bootstrap of the accuracy intervals.
+        conformal_thresholds: (K,) thresholds of conformal class sets; each row then also has their coverage and
+            size (``metrics.set_metrics``).
 
     Returns:
         {"clean": scores, "perturbations": [{name, family, severity, description, **scores}],
          "summary": summarize_stress(...), "rule": ..., "seed": STRESS_SEED}
     """
-    def decided(batch: np.ndarray) -> np.ndarray:
-        return decide(probabilities(batch), threshold)
+    def scored(batch: np.ndarray, clean: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        probs = probabilities(batch)
+        predicted = decide(probs, threshold)
+        scores = _scores(labels, predicted, predicted if clean is None else clean, patients, resamples, seed)
+        if conformal_thresholds is not None:
+            scores["conformal"] = set_metrics(labels, probs, conformal_thresholds)
+        return predicted, scores
 
-    clean = decided(images)
+    clean, clean_scores = scored(images)
     result = {"rule": "operating point" if threshold is not None else "most probable class",
               "threshold": threshold, "seed": STRESS_SEED, "images": int(len(labels)),
-              "clean": _scores(labels, clean, clean, patients, resamples, seed), "perturbations": []}
+              "clean": clean_scores, "perturbations": []}
     for perturbation in battery:
-        predicted = decided(perturb(images, perturbation))
+        _, scores = scored(perturb(images, perturbation), clean)
         result["perturbations"].append({
             "name": perturbation.name, "family": perturbation.family, "severity": perturbation.severity,
-            "description": perturbation.description,
-            **_scores(labels, predicted, clean, patients, resamples, seed)})
+            "description": perturbation.description, **scores})
     result["summary"] = summarize_stress(result)
     return result
 

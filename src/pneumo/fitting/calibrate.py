@@ -17,7 +17,7 @@ from torch import nn
 
 from pneumo.evaluation.metrics import summarize
 from pneumo.evaluation.stress import BATTERY, perturb
-from pneumo.fitting.guarantee import conformal_scores
+from pneumo.fitting.guarantee import conformal_scores, guaranteed_threshold
 from pneumo.fitting.refit import refit_bundle
 from pneumo.inference import predict_logits, softmax
 from pneumo.inference.calibration import PriorAdaptation, fit_temperature, operating_point
@@ -31,8 +31,13 @@ DEFAULT_TARGET = 0.97
 
 
 def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, target: float = DEFAULT_TARGET,
-                    stress: bool = True, source: str = "validation") -> dict:
+                    stress: bool = True, source: str = "validation", guarantee: str | None = None,
+                    confidence: float = 0.95, patients: np.ndarray | None = None) -> dict:
     """The bundle metadata that calibrates ``model`` on labelled uint8 images (N, S, S).
+
+    The operating point reaches ``target`` on the images (``guarantee`` None), or keeps it on new images with a
+    finite-sample guarantee (``"conformal"`` or ``"pac"`` at ``confidence``; ``pneumo.fitting.guarantee``), on
+    the clean images and, with ``stress``, under every middle-severity perturbation too.
 
     Returns:
         {"temperature": T, "operating_point": {...}, "prior_adaptation": {...}, "conformal": {...}}, ready for
@@ -46,13 +51,21 @@ def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
             if perturbation.severity == "middle":
                 shifted = perturb(images, perturbation)
                 probs[perturbation.name] = softmax(predict_logits(model, shifted), temperature)
-    thresholds = {name: operating_point(labels, p, target) for name, p in probs.items()}
+    def cut_off(p: np.ndarray) -> float:
+        if guarantee is None:
+            return operating_point(labels, p, target)
+        return guaranteed_threshold(labels, p, target=target, kind=guarantee, confidence=confidence,
+                                    patients=patients).threshold
+
+    thresholds = {name: cut_off(p) for name, p in probs.items()}
     threshold = min(thresholds.values())
     effect = {name: summarize(labels, p, threshold) for name, p in probs.items()}
     point = {
         "pneumonia_threshold": threshold, "target_sensitivity": target,
         "val_sensitivity": effect["clean"]["pneumonia_sensitivity"],
         "val_specificity": effect["clean"]["pneumonia_specificity"], "fitted_on": source,
+        **({"guarantee": {"kind": guarantee, "confidence": confidence if guarantee == "pac" else None}}
+           if guarantee else {}),
     }
     if stress:
         point.update(holds_under="clean validation images and every middle-severity stress perturbation",

@@ -223,16 +223,19 @@ def _has_key(request: Request, key: str) -> bool:
     return hmac.compare_digest(given.encode(), key.encode())  # constant time: the key cannot be guessed byte by byte
 
 
-def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSettings | None = None) -> FastAPI:
+def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSettings | None = None,
+               conformal: float | None = None, force: bool = False) -> FastAPI:
     """Build the app around one model (loaded once, here).
 
     Args:
         model: a run folder, bundle, shipped models/ folder or ONNX file.
         backend: ``torch``, ``onnx``, or ``auto`` (ONNX Runtime where the model has an export).
         settings: limits and guards (defaults: ServerSettings()).
+        conformal: alpha of conformal class sets in every answer (None: no sets).
+        force: answer images outside the model's scope too, instead of "not classified".
     """
     settings = settings or ServerSettings()
-    predictor = Predictor(model, backend=backend)
+    predictor = Predictor(model, backend=backend, conformal=conformal, force=force)
     # One model call at a time: it already uses every core, and Grad-CAM hooks are not thread-safe.
     model_lock = threading.Lock()
 
@@ -291,6 +294,9 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             "model_name": metadata["model_name"], "classes": predictor.classes,
             "preprocessing": metadata["preprocessing"], "temperature": predictor.temperature,
             "operating_point": metadata.get("operating_point"), "decision_rule": predictor.rule,
+            "conformal": ({"alpha": predictor.conformal, "kind": metadata["conformal"]["kind"],
+                           "fitted_on": metadata["conformal"]["fitted_on"]} if predictor.conformal else None),
+            "site_calibration": metadata.get("site_calibration"),
             "novelty_check": {key: value for key, value in (metadata.get("novelty") or {}).items()
                               if key in ("score", "threshold", "false_alarm_rate", "val_flagged", "fitted_on_images")}
                              or None,
@@ -312,7 +318,7 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             return decoded
         image, info = decoded
         prediction = predictor.describe(await asyncio.wrap_future(batcher.submit(name, image)), info)
-        overlay = await run_in_threadpool(explain, prediction) if gradcam else None
+        overlay = await run_in_threadpool(explain, prediction) if gradcam and prediction.classified else None
         if isinstance(overlay, str):  # no PyTorch model to take gradients of: the answer without its picture
             overlay, unavailable = None, overlay
         else:
