@@ -24,12 +24,21 @@ def test_a_pediatric_frontal_radiograph_gets_no_warning():
     (ImageInfo(512, 512, dicom={"Modality": "OT"}), "DICOM modality OT"),
     (ImageInfo(512, 512, dicom={"ViewPosition": "LL"}), "view position LL: the model was trained on frontal"),
     (ImageInfo(512, 512, dicom={"BodyPartExamined": "SKULL"}), "body part SKULL"),
-    (ImageInfo(512, 512, dicom={"PatientAge": "045Y"}), "patient age 045Y (an adult)"),
-    (ImageInfo(512, 512, dicom={"PatientAge": "006M"}), "patient age 006M (a child outside that range)"),
+    (ImageInfo(512, 512, dicom={"PatientAge": "045Y"}), "patient age 045Y (45 years, an adult)"),
+    (ImageInfo(512, 512, dicom={"PatientAge": "006M"}), "patient age 006M (6 months, an infant under one year)"),
+    (ImageInfo(512, 512, dicom={"PatientAge": "000Y"}), "patient age 000Y (0 years, an infant under one year)"),
+    (ImageInfo(512, 512, dicom={"PatientAge": "010D"}), "patient age 010D (10 days, an infant under one year)"),
+    (ImageInfo(512, 512, dicom={"PatientAge": "006W"}), "patient age 006W (6 weeks, an infant under one year)"),
+    (ImageInfo(512, 512, dicom={"PatientAge": "007Y"}), "patient age 007Y (7 years, a child older than five)"),
 ])
 def test_each_check_warns_in_words(info, words):
     [warning] = input_warnings(info)
     assert words in warning
+
+
+@pytest.mark.parametrize("age", ["018M", "001Y", "005Y", "060M"])
+def test_ages_in_months_within_one_to_five_years_get_no_warning(age):
+    assert input_warnings(ImageInfo(512, 512, dicom={"PatientAge": age})) == []
 
 
 def test_colour_pictures_are_told_from_grey_images_stored_as_rgb():

@@ -367,6 +367,7 @@ RoleOption = Annotated[str, typer.Option("--split", help="Which images: test, va
 SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving the roles (default: the run's split.csv, else the archive's folders).")]
 AdaptOption = Annotated[str, typer.Option(help="Adapt to these images as one site: none, priors (EM class mix), bn (BatchNorm statistics, AdaBN) or bn+priors.")]
 ConformalOption = Annotated[Optional[float], typer.Option(help="Also give conformal class sets that hold the true class for >= 1-ALPHA of images of each class (e.g. 0.1).", metavar="ALPHA")]
+ModelPinOption = Annotated[Optional[str], typer.Option(help="Refuse to run unless the model file the backend loads (model.pt, or the .onnx) has this sha256.", metavar="SHA256")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Classify images outside the model's scope too (colour pictures, non-radiograph DICOM, images far from every training X-ray) instead of refusing them.")]
 
 
@@ -564,6 +565,7 @@ def predict(
     decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
     conformal: ConformalOption = None,
     force: ForceOption = False,
+    model_sha256: ModelPinOption = None,
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays."""
     from pneumo.files import atomic_write
@@ -573,7 +575,8 @@ def predict(
         raise fail(f"--out {out}: name a .json or .csv file")
     if cam_member is not None and gradcam is None:
         raise fail("--cam-member chooses whose Grad-CAM --gradcam DIR writes; pass --gradcam too")
-    predictor = Predictor(model, backend=backend, decision=decision, conformal=conformal, force=force)
+    predictor = Predictor(model, backend=backend, decision=decision, conformal=conformal, force=force,
+                          expected_sha256=model_sha256)
     files = expand_inputs(inputs)
     if not files:
         raise fail(f"no image files found in {' '.join(inputs)}")
@@ -807,17 +810,41 @@ def _recorded_split(bundle) -> Optional[Path]:
 def export(
     model: ModelArgument,
     format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option(help="Output file (default: model.onnx beside the bundle).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: model.onnx, or model-int8.onnx, beside the bundle).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: static INT8 quantization, calibrated on training images and checked on validation images and the stress battery.")] = None,
+    data: DataOption = paths.data_dir(),
+    split_file: SplitFileOption = None,
+    cache_dir: CacheOption = paths.cache_dir(),
 ) -> None:
-    """Export a model bundle to ONNX (dynamic batch axis, metadata inside)."""
+    """Export a model bundle to ONNX (dynamic batch axis, metadata inside), optionally quantized to INT8."""
     from pneumo.export.onnx import export_onnx
     from pneumo.models.bundle import load_bundle
 
     if format != "onnx":
         raise fail(f"unknown --format {format!r}; the supported format is onnx")
+    if quantize not in (None, "int8"):
+        raise fail(f"unknown --quantize {quantize!r}; the supported one is int8")
     bundle = load_bundle(model)
-    written = export_onnx(bundle, out or bundle.path.with_suffix(".onnx"))
-    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", markup=False)
+    if quantize is None:
+        written = export_onnx(bundle, out or bundle.path.with_suffix(".onnx"))
+        console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", markup=False)
+        return
+    from pneumo.evaluation.evaluate import run_split_file, select_images
+    from pneumo.fitting.quantize import quantize_checked
+
+    split_file = split_file or run_split_file([model]) or _recorded_split(bundle)
+    train, _ = select_images(data, size=bundle.size, cache_dir=cache_dir, role="train", split_file=split_file)
+    val, source = select_images(data, size=bundle.size, cache_dir=cache_dir, role="val", split_file=split_file)
+    written = out or bundle.path.with_name("model-int8.onnx")
+    with console.status(f"quantizing {bundle.model_id} and checking it on {len(val)} validation images"):
+        check = quantize_checked(bundle, written, train_images=train.images, val_images=val.images,
+                                 val_labels=val.labels, source=source)
+    clean = check["sets"]["clean"]
+    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB): on {check['images']} images of "
+                  f"{escape(source)}, accuracy {clean['accuracy_int8']:.4f} against {clean['accuracy_float']:.4f} in "
+                  f"float ({check['accuracy_change']:+.4f}; worst middle-stress change "
+                  f"{check['worst_middle_accuracy_change']:+.4f}); {clean['decisions_changed']:.1%} of decisions changed")
+    console.print(f"use it with --model {written}; it is not used unless named", markup=False)
 
 
 @app.command()
@@ -838,6 +865,7 @@ def serve(
     model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.", rich_help_panel="Security")] = False,
     conformal: ConformalOption = None,
     force: ForceOption = False,
+    model_sha256: ModelPinOption = None,
 ) -> None:
     """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
     import uvicorn
@@ -848,7 +876,8 @@ def serve(
         max_bytes=int(max_mb * 1024 * 1024), max_decoded_bytes=int(max_image_mb * 1024 * 1024), decoders=decoders,
         api_key=api_key, allowed_hosts=tuple(allowed_host or default_hosts(host)), cors_origins=tuple(cors_origin or ()),
         rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details)
-    application = create_app(model, backend=backend, settings=settings, conformal=conformal, force=force)
+    application = create_app(model, backend=backend, settings=settings, conformal=conformal, force=force,
+                             expected_sha256=model_sha256)
     if not settings.allowed_hosts:
         errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
                      "with the name clients use")

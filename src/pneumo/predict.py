@@ -18,6 +18,7 @@ import numpy as np
 
 from pneumo import DISCLAIMER
 from pneumo.inference.adaptation import ADAPT_MODES, adapt_batchnorm
+from pneumo.console import csv_cell
 from pneumo.data.readers import ImageInfo, decode_image, read_image, resize
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.inference.calibration import PriorAdaptation
@@ -157,13 +158,17 @@ class Predictor:
         conformal: alpha of conformal class sets (0.1: each set holds the true class for >= 90% of images of
             each class, on images like the calibration ones); None: no sets.
         force: classify images outside the model's scope too (``checks.scope_refusal``) instead of refusing them.
+        expected_sha256: the sha256 the file the backend runs (model.pt, or the .onnx file) must have: a pin for
+            deployments, since a hash recorded inside a file detects damage but not a deliberate edit.
 
     Raises:
+        ModelFileError: a file that fails its integrity checks, or whose sha256 is not ``expected_sha256``.
         ValueError: an unknown backend or decision, or conformal sets asked of a model without their calibration.
     """
 
     def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None,
-                 decision: str = "operating-point", conformal: float | None = None, force: bool = False):
+                 decision: str = "operating-point", conformal: float | None = None, force: bool = False,
+                 expected_sha256: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
         if decision not in DECISIONS:
@@ -182,6 +187,9 @@ class Predictor:
             self.bundle = load_bundle(path)
             self.metadata = self.bundle.metadata
             self.sha256 = self.bundle.file_sha256
+        if expected_sha256 is not None and self.sha256 != expected_sha256.strip().lower():
+            raise ModelFileError(f"{model}: the {self.backend} model file has sha256 {self.sha256}, not the pinned "
+                                 f"{expected_sha256}; it is not the file this deployment was given")
         self.info = ModelInfo.of(self.metadata)
         self.size, self.temperature, self.model_id = self.info.size, self.info.temperature, self.info.model_id
         self.prior_adaptation = PriorAdaptation.of_model(self.metadata)
@@ -218,7 +226,11 @@ class Predictor:
             if self.metadata.get("source_bundle_sha256") != bundle_sha256:
                 raise ModelFileError(f"{onnx_path} was not exported from the {beside} beside it; export it again with "
                                      f"'pneumo export {onnx_path.parent}', or keep the two apart")
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for graphs it cannot run
+            raise ModelFileError(f"{onnx_path}: ONNX Runtime cannot run this graph ({type(error).__name__}: "
+                                 f"{str(error).splitlines()[0][:200]}); export it again with 'pneumo export'") from None
         self.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
 
     @property
@@ -377,7 +389,7 @@ def predictions_csv(predictions: list[Prediction], model_id: str = "") -> str:
     from pneumo.data.readers import DICOM_FIELDS
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = _SafeWriter(csv.writer(buffer))
     writer.writerow(["file", "class", *[f"p_{name}" for name in SHORT_NAMES], "p_pneumonia", "class_set", "reason",
                      "warnings", "novelty", "novelty_threshold", *DICOM_FIELDS, "error", "model"])
     for p in predictions:
@@ -389,6 +401,16 @@ def predictions_csv(predictions: list[Prediction], model_id: str = "") -> str:
                          "" if p.novelty is None else f"{p.novelty_threshold:.4f}",
                          *[p.dicom.get(key, "") for key in DICOM_FIELDS], p.error, model_id])
     return buffer.getvalue()
+
+
+class _SafeWriter:
+    """A csv writer whose every cell is safe to open in a spreadsheet (``console.csv_cell``)."""
+
+    def __init__(self, writer):
+        self._writer = writer
+
+    def writerow(self, row: list) -> None:
+        self._writer.writerow([csv_cell(cell) for cell in row])
 
 
 __all__ = ["Predictor", "Prediction", "expand_inputs", "predictions_csv", "predictions_json", "DISCLAIMER"]

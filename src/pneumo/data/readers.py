@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pneumo.console import printable
 from pneumo.errors import ImageReadError
 
 #: Largest image accepted, in pixels (a 10k x 10k detector image is well inside).
@@ -272,7 +273,8 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
 
 def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     dataset = _probe_dicom(data, name, max_decoded_bytes)[0]
-    described = {key: str(dataset.get(key)) for key in DICOM_FIELDS if dataset.get(key) not in (None, "")}
+    # Values as text a terminal, a page or a spreadsheet can show: control characters replaced at the source.
+    described = {key: printable(str(dataset.get(key))) for key in DICOM_FIELDS if dataset.get(key) not in (None, "")}
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # missing pixel data, unsupported transfer syntax, ...

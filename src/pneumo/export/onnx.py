@@ -5,6 +5,12 @@ The graph takes ``image``: float32 (batch, 1, S, S) in [0, 1] and returns ``logi
 axis is dynamic. The metadata (classes, preprocessing,
 temperature, operating point, weights hash) is stored as the ``pneumo`` metadata property,
 so an ``.onnx`` file is usable on its own.
+
+Everything that decides an answer is sealed by one hash (``onnx_sha256``): the whole graph (nodes and
+weights) and the metadata (temperature, operating point, conformal scores, ...). A file whose graph or
+metadata changed after export is refused. An in-file hash detects damage and careless edits, not a
+deliberate forgery, which can recompute it: to be sure a deployment runs the file it was given, pin the
+file's own sha256 (``--model-sha256``).
 """
 
 from __future__ import annotations
@@ -47,13 +53,30 @@ def _export(model, example: torch.Tensor, temporary: Path, bundle: Bundle) -> No
             dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]}, opset_version=OPSET, dynamo=False,
         )
     graph = onnx.load(str(temporary))
-    metadata = dict(bundle.metadata, source_bundle_sha256=bundle.file_sha256,
-                    onnx_weights_sha256=initializers_sha256(graph))
     entry = graph.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    graph.doc_string = f"pneumo {metadata['model_name']}: research software, not a diagnostic device"
+    entry.key, entry.value = METADATA_KEY, json.dumps(dict(bundle.metadata, source_bundle_sha256=bundle.file_sha256))
+    graph.doc_string = f"pneumo {bundle.metadata['model_name']}: research software, not a diagnostic device"
     onnx.checker.check_model(graph)
+    seal(graph)
     onnx.save(graph, str(temporary))
+
+
+def content_sha256(graph: onnx.ModelProto, metadata: dict) -> str:
+    """The hash of what decides an answer: the graph (nodes, weights, inputs, outputs) and the metadata, less the
+    hashes themselves."""
+    digest = hashlib.sha256(graph.graph.SerializeToString())
+    unsealed = {key: value for key, value in metadata.items() if key not in ("onnx_sha256", "onnx_weights_sha256")}
+    digest.update(json.dumps(unsealed, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def seal(graph: onnx.ModelProto) -> None:
+    """Record, in the graph's pneumo metadata, the hashes that ``read_onnx_metadata`` checks."""
+    entry = next(e for e in graph.metadata_props if e.key == METADATA_KEY)
+    metadata = json.loads(entry.value)
+    metadata["onnx_weights_sha256"] = initializers_sha256(graph)
+    metadata["onnx_sha256"] = content_sha256(graph, metadata)
+    entry.value = json.dumps(metadata)
 
 
 def initializers_sha256(graph: onnx.ModelProto) -> str:
@@ -82,13 +105,17 @@ def read_onnx_metadata(path: str | Path, *, verify: bool = True) -> dict:
     entry = next((e for e in graph.metadata_props if e.key == METADATA_KEY), None)
     if entry is None:
         raise ModelFileError(f"{path}: an ONNX file without pneumo metadata; export it with 'pneumo export'")
-    metadata = json.loads(entry.value)
+    try:
+        metadata = json.loads(entry.value)
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{path}: its pneumo metadata is not readable JSON; the file was altered or damaged. "
+                             "Export it again from its bundle with 'pneumo export'") from None
     if verify:
-        recorded = metadata.get("onnx_weights_sha256")
+        recorded = metadata.get("onnx_sha256")
         if recorded is None:
-            raise ModelFileError(f"{path}: records no hash of its weights (exported by an older pneumo); "
+            raise ModelFileError(f"{path}: records no hash of its graph and metadata (exported by an older pneumo); "
                                  "export it again with 'pneumo export'")
-        if initializers_sha256(graph) != recorded:
-            raise ModelFileError(f"{path}: its weights differ from those it was exported with; the file was altered "
-                                 "or damaged. Export it again from its bundle with 'pneumo export'")
+        if content_sha256(graph, metadata) != recorded:
+            raise ModelFileError(f"{path}: its graph or metadata differ from those it was exported with; the file was "
+                                 "altered or damaged. Export it again from its bundle with 'pneumo export'")
     return metadata

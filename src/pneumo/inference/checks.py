@@ -51,10 +51,21 @@ def input_warnings(info: ImageInfo) -> list[str]:
         warnings.append(f"body part {part}: the model was trained on chest images only")
     years = _age_in_years(dicom.get("PatientAge", ""))
     if years is not None and not TRAINING_AGES[0] <= years <= TRAINING_AGES[1]:
-        who = "an adult" if years >= 18 else "a child outside that range"
-        warnings.append(f"patient age {dicom['PatientAge']} ({who}): the model was trained on children aged "
-                        f"{TRAINING_AGES[0]:g} to {TRAINING_AGES[1]:g}")
+        who = ("an adult" if years >= 18 else "an infant under one year" if years < 1
+               else "a child older than five")
+        warnings.append(f"patient age {dicom['PatientAge']} ({_age_in_words(dicom['PatientAge'])}, {who}): the model "
+                        f"was trained on children aged {TRAINING_AGES[0]:g} to {TRAINING_AGES[1]:g}")
     return warnings
+
+
+_UNIT_WORDS = {"D": "day", "W": "week", "M": "month", "Y": "year"}
+
+
+def _age_in_words(age: str) -> str:
+    """``018M`` -> "18 months", ``000Y`` -> "0 years" (DICOM's age string as written, units spelled out)."""
+    match = _AGE.match(age.strip().upper())
+    count = int(match.group(1))
+    return f"{count} {_UNIT_WORDS[match.group(2)]}{'' if count == 1 else 's'}"
 
 
 def _age_in_years(age: str) -> float | None:

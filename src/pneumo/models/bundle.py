@@ -122,8 +122,11 @@ def save_bundle(path: str | Path, model: nn.Module, *, model_name: str, size: in
                              "(pneumo.inference.novelty.fit_novelty).")
         content["novelty"] = {name: tensor.detach().cpu().contiguous() for name, tensor in novelty.state_dict().items()}
         metadata["novelty"] = {**novelty.metadata(), "sha256": weights_sha256(content["novelty"])}
+    text = json.dumps(metadata)
+    # The metadata decides answers too (temperature, operating point, conformal scores): hashed like the weights.
+    content["metadata_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     with atomic_path(path) as temporary:
-        torch.save({**content, "metadata": json.dumps(metadata)}, temporary)
+        torch.save({**content, "metadata": text}, temporary)
     return metadata
 
 
@@ -178,7 +181,15 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ModelFileError(f"{path}: not a pneumo model bundle (no 'format: {FORMAT}' entry)")
     if content.get("version", 0) > VERSION:
         raise ModelFileError(f"{path}: bundle version {content['version']} is newer than this pneumo ({VERSION}); upgrade")
-    metadata = json.loads(content["metadata"])
+    sealed = content.get("metadata_sha256")  # absent from bundles written before metadata was hashed
+    if sealed is not None and hashlib.sha256(str(content.get("metadata")).encode()).hexdigest() != sealed:
+        raise ModelFileError(f"{path}: its metadata (temperature, operating point, ...) does not match the hash recorded "
+                             "in it; the file was altered or damaged. Restore it (git checkout, or retrain) rather than "
+                             "use it")
+    try:
+        metadata = json.loads(content["metadata"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: its metadata is missing or not JSON; the file was altered or damaged") from None
     recorded = metadata.get("weights_sha256")
     if recorded and weights_sha256(content["state_dict"]) != recorded:
         raise ModelFileError(f"{path}: its weights do not match the weights_sha256 recorded in it; the file was altered "

@@ -224,7 +224,7 @@ def _has_key(request: Request, key: str) -> bool:
 
 
 def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSettings | None = None,
-               conformal: float | None = None, force: bool = False) -> FastAPI:
+               conformal: float | None = None, force: bool = False, expected_sha256: str | None = None) -> FastAPI:
     """Build the app around one model (loaded once, here).
 
     Args:
@@ -233,9 +233,10 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
         settings: limits and guards (defaults: ServerSettings()).
         conformal: alpha of conformal class sets in every answer (None: no sets).
         force: answer images outside the model's scope too, instead of "not classified".
+        expected_sha256: refuse to start unless the model file has this sha256 (a deployment's pin).
     """
     settings = settings or ServerSettings()
-    predictor = Predictor(model, backend=backend, conformal=conformal, force=force)
+    predictor = Predictor(model, backend=backend, conformal=conformal, force=force, expected_sha256=expected_sha256)
     # One model call at a time: it already uses every core, and Grad-CAM hooks are not thread-safe.
     model_lock = threading.Lock()
 
