@@ -863,6 +863,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Most images classified in one model call.", rich_help_panel="Batching")] = 16,
     batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for more images to batch once one is queued.", rich_help_panel="Batching")] = 5.0,
     model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.", rich_help_panel="Security")] = False,
+    trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address of a reverse proxy whose X-Forwarded-For is believed (repeatable); without it, the header is ignored and clients are told apart by their own address.", rich_help_panel="Security")] = None,
     conformal: ConformalOption = None,
     force: ForceOption = False,
     model_sha256: ModelPinOption = None,
@@ -882,7 +883,10 @@ def serve(
         errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
                      "with the name clients use")
     console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    # Uvicorn believes X-Forwarded-For from loopback by default, which lets any client behind a local proxy pick the
+    # address the rate limit counts; only the proxies named are believed.
+    uvicorn.run(application, host=host, port=port, log_level="warning", proxy_headers=bool(trusted_proxy),
+                forwarded_allow_ips=",".join(trusted_proxy or []) or None, timeout_keep_alive=5)
 
 
 def default_hosts(host: str) -> list[str]:

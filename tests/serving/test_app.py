@@ -204,6 +204,21 @@ def test_api_key_is_required_on_the_api_only(guarded, shared_images):
     assert 'id="keyline" >' in guarded.get("/").text  # the page shows its key field
 
 
+def test_wrong_keys_are_counted_and_slowed_down(tiny_run):
+    from pneumo.serving.app import WRONG_KEYS_PER_MINUTE
+
+    client = TestClient(create_app(tiny_run, settings=ServerSettings(api_key=KEY)))
+    codes = [client.get("/v1/model", headers={"X-API-Key": f"guess-{n:020d}"}).status_code
+             for n in range(WRONG_KEYS_PER_MINUTE + 1)]
+    assert codes == [401] * WRONG_KEYS_PER_MINUTE + [429]
+    assert "too many wrong API keys" in client.get("/v1/model", headers={"X-API-Key": "x" * 24}).json()["error"]
+
+
+def test_a_malformed_host_is_refused(guarded):
+    refused = guarded.get("/healthz", headers={"Host": "testserver:80@evil.com"})
+    assert refused.status_code == 400 and "malformed Host header" in refused.json()["error"]
+
+
 def test_a_preflight_from_an_allowed_origin_is_answered_before_the_key_check(guarded):
     preflight = guarded.options("/v1/predict", headers={"Origin": "https://viewer.example",
                                                          "Access-Control-Request-Method": "POST",
@@ -214,7 +229,10 @@ def test_a_preflight_from_an_allowed_origin_is_answered_before_the_key_check(gua
 
 
 @pytest.mark.parametrize("host, expected", [("example.org:8000", "example.org"), ("[::1]:8000", "::1"), ("[::1]", "::1"),
-                                            ("EXAMPLE.org", "example.org"), ("::1", "::1")])
+                                            ("EXAMPLE.org", "example.org"), ("127.0.0.1:8000", "127.0.0.1"),
+                                            # Not a host and port: refused, not guessed at.
+                                            ("::1", None), ("127.0.0.1:80@evil.com", None), ("[::1]evil.com", None),
+                                            ("localhost:evil", None), ("a b", None), ("", None)])
 def test_host_names_are_parsed_with_and_without_ports(host, expected):
     from pneumo.serving.app import _host_name
 

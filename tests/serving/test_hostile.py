@@ -7,11 +7,19 @@ import io
 import struct
 
 import cv2
+import json
+
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from typer.testing import CliRunner
 
+from pneumo.api import load
+from pneumo.cli import app
+from pneumo.models import create_model
+from pneumo.models.bundle import save_bundle
 from pneumo.serving.app import ServerSettings, create_app
 from tests.conftest import dicom_bytes, jpeg_bytes, png_with_size, xray_like
 
@@ -38,6 +46,42 @@ def dicom_without_pixels() -> bytes:
 
     dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.arange(64 * 64).reshape(64, 64))))
     del dataset.PixelData
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+def odd_dicom(voi_bits: int | None = None, **attributes) -> bytes:
+    """A small DICOM whose display attributes are odd but seen in real exports (or a VOI LUT of ``voi_bits``)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4000)))
+    tags = {"WindowCenter": 0x00281050, "WindowWidth": 0x00281051}
+    for key, value in attributes.items():
+        if key.endswith("Sequence"):
+            setattr(dataset, key, Sequence(value))
+        else:  # as text, so that a value no DS would hold ("abcdef") reaches the file as some exports write it
+            dataset.add_new(tags[key], "LO", value)
+    if voi_bits is not None:
+        lut = Dataset()
+        lut.LUTDescriptor = [16, 0, voi_bits]
+        lut.add_new(0x00283006, "OW", np.arange(16, dtype=np.uint16).tobytes())  # LUTData
+        dataset.VOILUTSequence = Sequence([lut])
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+def grey_with_three_samples() -> bytes:
+    """MONOCHROME2 that says 3 samples per pixel, with the bytes for them."""
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4000)))
+    grey = dataset.pixel_array
+    dataset.SamplesPerPixel, dataset.PlanarConfiguration = 3, 0
+    dataset.PixelData = np.repeat(grey[..., None], 3, axis=2).astype(np.uint16).tobytes()
     buffer = io.BytesIO()
     dataset.save_as(buffer)
     return buffer.getvalue()
@@ -91,7 +135,16 @@ REFUSED = [
     ("blank.png", lambda: cv2.imencode(".png", np.zeros((500, 500), np.uint8))[1].tobytes(), 422,
      "image is nearly uniform (standard deviation 0.00 grey levels, under 2)"),
     ("white.jpeg", lambda: jpeg_bytes(np.full((300, 300), 255, np.uint8)), 422, "image is nearly uniform"),
-    ("nopixels.dcm", dicom_without_pixels, 422, "DICOM pixel data cannot be decoded"),
+    ("nopixels.dcm", dicom_without_pixels, 415, "a DICOM DX object without an image"),
+    ("rtplan.dcm", lambda: pydicom_file("rtplan.dcm"), 415, "a DICOM RTPLAN object without an image"),
+    ("empty-window.dcm", lambda: odd_dicom(WindowCenter="", WindowWidth="400"), 422,
+     "DICOM display attributes cannot be applied"),
+    ("text-window.dcm", lambda: odd_dicom(WindowCenter="abcdef", WindowWidth="400"), 422,
+     "DICOM display attributes cannot be applied"),
+    ("empty-voi-lut.dcm", lambda: odd_dicom(VOILUTSequence=[]), 422, "DICOM display attributes cannot be applied"),
+    ("wide-voi-lut.dcm", lambda: odd_dicom(voi_bits=2000), 422, "DICOM display attributes cannot be applied"),
+    ("zero-voi-lut.dcm", lambda: odd_dicom(voi_bits=0), 422, "DICOM display attributes cannot be applied"),
+    ("grey-rgb.dcm", grey_with_three_samples, 422, "MONOCHROME2 image with 3 samples per pixel"),
     ("deflated.dcm", lambda: pydicom_file("image_dfl.dcm"), 415,
      "deflated DICOM (transfer syntax 1.2.840.10008.1.2.1.99) is not accepted"),
     ("huge.dcm", lambda: dicom_claiming(60_000, 60_000), 413, "image is 60000x60000 = 3,600,000,000 pixels"),
@@ -113,8 +166,17 @@ ACCEPTED = [
 
 
 @pytest.fixture(scope="module")
-def client(tiny_run):
-    return TestClient(create_app(tiny_run, settings=ServerSettings(max_bytes=LIMIT)))
+def untrained(tmp_path_factory):
+    """A model bundle of an untrained network: what the corpus tests need (any model), without the shared data."""
+    folder = tmp_path_factory.mktemp("untrained")
+    torch.manual_seed(0)
+    save_bundle(folder / "model.pt", create_model("cnn", num_classes=3).eval(), model_name="cnn", size=64, id="untrained")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(untrained):
+    return TestClient(create_app(untrained, settings=ServerSettings(max_bytes=LIMIT)))
 
 
 @pytest.mark.parametrize("name, payload, status, message", REFUSED, ids=[r[0] for r in REFUSED])
@@ -132,11 +194,43 @@ def test_hostile_upload_is_refused_with_its_reason(client, name, payload, status
 def test_unusual_but_valid_images_are_answered(client, name, payload):
     response = client.post("/v1/predict", files={"file": (name, payload())})
     assert response.status_code == 200, response.text
-    assert sum(response.json()["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    if name == "cmyk.jpeg":  # colour noise: decoded, then refused as outside the model's scope, with the reason
+        assert response.json()["not_classified"] == "a colour picture, not a radiograph"
+    else:
+        assert sum(response.json()["probabilities"].values()) == pytest.approx(1, abs=1e-5)
 
 
-def test_malformed_requests_get_the_apps_error_schema(client, shared_images):
-    image = shared_images[0].read_bytes()
+# The files a command-line run or the Python API meets on disk (the body limits are the server's own).
+ON_DISK = [case for case in REFUSED if not case[0].startswith(("oversized", "huge-body", "../", "[bold"))]
+
+
+def test_predict_answers_the_good_file_beside_every_hostile_one(untrained, tmp_path):
+    """The same corpus through the CLI: one bad file never costs the others their answers, and each says why."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.jpeg").write_bytes(jpeg_bytes(xray_like(3, 128)))
+    for name, payload, _, _ in ON_DISK:
+        (folder / name.replace("/", "_")).write_bytes(payload())
+    files = sorted(str(p) for p in folder.iterdir())
+    result = CliRunner().invoke(app, ["predict", "--model", str(untrained), "--json", *files])
+    assert result.exit_code == 1, result.output  # some files failed: the exit code says so
+    rows = {row["file"].rsplit("/", 1)[-1]: row for row in json.loads(result.stdout)["predictions"]}
+    assert rows["good.jpeg"]["class"]
+    for name, _, _, message in ON_DISK:
+        assert message in rows[name.replace("/", "_")]["error"], name
+
+
+def test_the_python_api_answers_the_good_file_beside_every_hostile_one(untrained, tmp_path):
+    model = load(untrained, backend="torch")
+    cases = [case for case in ON_DISK if case[0] != "png-named.dcm"]  # bytes have no name: a PNG is a PNG
+    results = model.predict([jpeg_bytes(xray_like(3, 128))] + [payload() for _, payload, _, _ in cases])
+    assert results[0].ok and results[0].label
+    for result, (name, _, _, message) in zip(results[1:], cases):
+        assert not result.ok and message in result.error, name
+
+
+def test_malformed_requests_get_the_apps_error_schema(client):
+    image = jpeg_bytes(xray_like(3, 128))
     cases = [
         (client.post("/v1/predict", files=[("file", ("a.jpeg", image))] * 3), 400, "3 files in one request"),
         (client.post("/v1/predict", json={"file": "a.jpeg"}), 422, "send one image as the multipart field 'file'"),

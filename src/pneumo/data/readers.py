@@ -260,6 +260,15 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
                                    "or JPEG transfer syntax (e.g. dcmconv +te)", status=415)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as error:  # pydicom raises many types for non-DICOM bytes
+        raise ImageReadError(name, f"not a readable DICOM file ({type(error).__name__}: {error})") from None
+    if "PixelData" not in dataset:
+        described = dataset.get("Modality") or getattr(dataset.get("SOPClassUID"), "name", "")
+        if not described:
+            raise ImageReadError(name, "not a readable DICOM image (no image or DICOM object description in it)")
+        raise ImageReadError(name, f"a DICOM {printable(str(described))} object without an image (a plan, report or "
+                                   "presentation state, say): nothing to classify", status=415)
+    try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
         samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
         bits = int(getattr(dataset, "BitsAllocated", 16) or 16)
@@ -278,21 +287,46 @@ def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) 
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # missing pixel data, unsupported transfer syntax, ...
-        hint = ""
-        if str(getattr(dataset.file_meta, "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.4.51":
-            hint = ("; 12-bit JPEG Extended needs pylibjpeg-libjpeg (GPL-3.0): pip install 'pneumo[dicom-gpl]'")
-        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({error}){hint}") from None
-    if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
+        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({type(error).__name__}: {error})"
+                                   f"{_decoder_hint(dataset)}") from None
+    try:
+        image, colour = _dicom_picture(pixels, dataset, name)
+    except ImageReadError:
+        raise
+    except Exception as error:  # a window, LUT or shape the file describes wrongly: this file's problem only
+        raise ImageReadError(name, f"DICOM display attributes cannot be applied ({type(error).__name__}: {error}); "
+                                   "the file's window, LUT or pixel description is inconsistent") from None
+    return image, ImageInfo(image.shape[1], image.shape[0], colour=colour, dicom=described)
+
+
+def _decoder_hint(dataset) -> str:
+    """What to install for a transfer syntax pneumo's default decoders cannot read, if anything."""
+    if str(getattr(dataset.file_meta, "TransferSyntaxUID", "")) != "1.2.840.10008.1.2.4.51":
+        return ""
+    try:
+        import libjpeg  # noqa: F401  (pylibjpeg-libjpeg, the GPL decoder of 12-bit JPEG Extended)
+    except ImportError:
+        return "; 12-bit JPEG Extended needs pylibjpeg-libjpeg (GPL-3.0): pip install 'pneumo[dicom-gpl]'"
+    return "; pylibjpeg-libjpeg is installed and could not decode it either: the JPEG data itself is damaged"
+
+
+def _dicom_picture(pixels: np.ndarray, dataset, name: str) -> tuple[np.ndarray, bool]:
+    """(the 8-bit grey picture, whether the file was in colour) of a DICOM's decoded pixels."""
+    samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
+    if pixels.ndim == 3 and samples == 1:
         pixels = pixels[0]  # multi-frame: take the first frame
+    elif pixels.ndim == 4:
+        pixels = pixels[0]  # multi-frame colour
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("MONOCHROME"):
+        if pixels.ndim != 2:
+            raise ImageReadError(name, f"{photometric} image with {samples} samples per pixel: a grey image has one; "
+                                       "the file describes its pixels inconsistently")
         image = dicom_display(pixels, dataset)
-        image = 255 - image if photometric == "MONOCHROME1" else image  # low values white: invert to the usual look
-        return image, ImageInfo(image.shape[1], image.shape[0], dicom=described)
+        return (255 - image if photometric == "MONOCHROME1" else image), False  # MONOCHROME1: low values white
     if pixels.ndim == 3 and pixels.shape[2] == 3:
         bgr = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR)
-        image = to_gray_uint8(bgr, name)
-        return image, ImageInfo(image.shape[1], image.shape[0], colour=is_colour(bgr), dicom=described)
+        return to_gray_uint8(bgr, name), is_colour(bgr)
     raise ImageReadError(name, f"unsupported DICOM photometric interpretation {photometric}", status=415)
 
 

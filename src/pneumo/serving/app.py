@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import re
 import threading
 import time
 from collections import defaultdict, deque
@@ -146,6 +147,9 @@ class BodyLimit:
             await answer_413()
 
 
+WRONG_KEYS_PER_MINUTE = 10  # per client address; a client past it gets 429 until its oldest failure is a minute old
+
+
 class RateLimit:
     """At most ``per_minute`` requests in any 60 s from one client address (a sliding window)."""
 
@@ -176,11 +180,14 @@ class RateLimit:
 def _guard(settings: ServerSettings):
     """An HTTP middleware that applies the optional guards of ``settings`` in a fixed order."""
     limiter = RateLimit(settings.rate_limit) if settings.rate_limit else None
+    failures = RateLimit(WRONG_KEYS_PER_MINUTE)
     hosts = {host.lower() for host in settings.allowed_hosts}
     origins = set(settings.cors_origins)
 
     async def guard(request: Request, call_next):
         host = _host_name(request.headers.get("host", ""))
+        if hosts and host is None:
+            return _error(400, "malformed Host header; send the server's name, optionally with :port")
         if hosts and host not in hosts:
             return _error(400, f"Host {host!r} is not served here; allowed: {', '.join(sorted(hosts))}")
         origin = request.headers.get("origin")
@@ -193,16 +200,21 @@ def _guard(settings: ServerSettings):
                 **allowed, "Access-Control-Allow-Methods": "GET, POST",
                 "Access-Control-Allow-Headers": "X-API-Key, Authorization, Content-Type", "Access-Control-Max-Age": "600"})
         refusal = None
+        client = request.client.host if request.client else "unknown"
         if request.url.path.startswith("/v1/"):
             if settings.api_key is not None and not _has_key(request, settings.api_key):
-                refusal = JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
-                                        "disclaimer": DISCLAIMER}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                # Wrong keys are counted per client, whatever --rate-limit says: guessing stays slow.
+                wait = failures.wait_time(client)
+                refusal = (_slow_down(wait, f"too many wrong API keys from this client; retry in {wait:.0f} s")
+                           if wait else
+                           JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
+                                         "disclaimer": DISCLAIMER}, status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"}))
             elif limiter is not None:
-                wait = limiter.wait_time(request.client.host if request.client else "unknown")
+                wait = limiter.wait_time(client)
                 if wait:
-                    refusal = JSONResponse({"error": f"rate limit of {settings.rate_limit} requests a minute reached; "
-                                                     f"retry in {wait:.0f} s", "disclaimer": DISCLAIMER},
-                                           status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+                    refusal = _slow_down(wait, f"rate limit of {settings.rate_limit} requests a minute reached; "
+                                               f"retry in {wait:.0f} s")
         response = refusal or await call_next(request)
         response.headers.update(allowed)  # so that an allowed page can read answers and refusals alike
         return response
@@ -210,12 +222,22 @@ def _guard(settings: ServerSettings):
     return guard
 
 
-def _host_name(header: str) -> str:
-    """The host of a Host header, without the port: ``example.org:8000``, ``[::1]:8000`` and ``[::1]`` alike."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+_HOST = re.compile(r"^(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def _slow_down(wait: float, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "disclaimer": DISCLAIMER}, status_code=429,
+                        headers={"Retry-After": str(int(wait) + 1)})
+
+
+def _host_name(header: str) -> str | None:
+    """The host of a Host header, without the port (``example.org:8000``, ``[::1]:8000`` and ``[::1]`` alike); None
+    for anything else (``127.0.0.1:80@evil.com``, ``[::1]evil.com``, ``localhost:evil``): RFC 9110's uri-host and
+    port, nothing more."""
+    match = _HOST.match(header.strip().lower())
+    if match is None:
+        return None
+    return match.group("ipv6") or match.group("name")
 
 
 def _has_key(request: Request, key: str) -> bool:
