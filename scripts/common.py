@@ -26,12 +26,14 @@ def role(size: int, name: str) -> PreparedData:
 
 
 def refit_shipped(bundle: Bundle, **changes) -> Bundle:
-    """``refit_bundle`` for a shipped model folder: its card keeps the figures of its metrics.json, and every
+    """``refit_bundle`` for a shipped model folder: its card keeps the figures of its metrics.json (and of
+    official-test.json, measured outside the repository), and every
     metrics*.json beside it is pointed at the new bundle file (same weights, other metadata)."""
     folder = bundle.path.parent
-    metrics = folder / "metrics.json"
+    metrics, official = folder / "metrics.json", folder / "official-test.json"
     evaluation = json.loads(metrics.read_text()) if metrics.is_file() else None
-    written = refit_bundle(bundle, evaluation=evaluation, **changes)
+    external = json.loads(official.read_text()) if official.is_file() else None
+    written = refit_bundle(bundle, evaluation=evaluation, external=external, **changes)
     for measured in sorted(folder.glob("metrics*.json")):
         record = json.loads(measured.read_text())
         record["model_sha256"] = written.file_sha256

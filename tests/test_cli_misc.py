@@ -71,3 +71,17 @@ def test_shipped_card_says_why_targets_are_missed(tmp_path):
     text = (tmp_path / "card.md").read_text()
     assert "| no, by" in text and "Why targets are missed" in text and "Research software" in text
     assert re.search(r"Training time: [\d.]+ s on \S+", text)  # where it was trained, from the run's environment
+
+
+def test_a_torch_and_torchvision_from_different_builds_get_a_sentence_not_a_traceback(monkeypatch):
+    """The error torchvision raises when its operators do not match torch ends a command with what to install."""
+    import pneumo.models.bundle
+
+    def mismatched(*args, **kwargs):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(pneumo.models.bundle, "load_bundle", mismatched)
+    result = runner.invoke(app, ["card", "pneumo-cnn"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "torchvision" in output and "are not a pair" in output
+    assert "--index-url https://download.pytorch.org/whl/cpu" in output and "Traceback" not in output

@@ -21,8 +21,9 @@ LIMITATIONS = [
     "archive are resized the same way but were not seen in training.",
     "The archive's test split has 37.5% normal images against 25.7% in training: the class balance at deployment "
     "changes the error rates (see the prior-shift adaptation option).",
-    "Figures are measured on an internal patient-grouped test split of the training folder, not on the archive's "
-    "test split, which is scored blind.",
+    "The Metrics section is measured on an internal patient-grouped test split of the training folder; the "
+    "archive's own test split is scored blind, outside this repository (its figures, where reported, have their "
+    "own section).",
 ]
 
 
@@ -50,8 +51,9 @@ def _shortfall(evaluation: dict, metadata: dict) -> str:
             "those not yet run.")
 
 
-def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = None) -> str:
-    """The Markdown card of a model bundle."""
+def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = None, external: dict | None = None) -> str:
+    """The Markdown card of a model bundle; ``external``: figures measured on other data outside this repository
+    (``official-test.json`` beside a shipped model), shown apart from the internal ones."""
     evaluation = evaluation if evaluation is not None else metadata.get("evaluation")
     training = metadata.get("training", {})
     config = flat_config(training.get("config", {}))
@@ -130,6 +132,8 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                   f"{evaluation.get('data', '')}.", "", *_metric_rows(evaluation)]
     else:
         lines.append("Not evaluated yet: run `pneumo evaluate` and `pneumo card` with `--metrics`.")
+    if external:
+        lines += ["", "## The archive's official test split", "", *external_lines(external)]
     if metadata.get("targets"):
         lines += ["", "## Targets", "", metadata["targets"]]
         if "| no," in metadata["targets"] and evaluation:
@@ -224,6 +228,24 @@ def _adaptation_lines(metadata: dict) -> list[str]:
     else:
         lines.append(f"- Calibration: {record['calibration']}; it may no longer hold at the site.")
     lines.append("- The metrics below are the source model's, measured before adaptation, unless stated otherwise.")
+    return lines
+
+
+def external_lines(external: dict) -> list[str]:
+    """Figures measured outside this repository (``official-test.json``) as a table, with where they came from."""
+    lines = [f"Measured on {external['source']}.", "",
+             "| Decision | Accuracy (95% CI) | Macro-F1 | Recall N / B / V | Pneumonia sens. / spec. | Pneumonia AUC | "
+             "Bacterial vs viral AUC | ECE |", "|---|---|---|---|---|---|---|---|"]
+
+    def value(number) -> str:
+        return "" if number is None else f"{number:.3f}"
+
+    for row in external["rows"]:
+        interval = f" ({row['accuracy_ci95'][0]:.3f}–{row['accuracy_ci95'][1]:.3f})" if row.get("accuracy_ci95") else ""
+        lines.append(f"| {row['decision']} | {row['accuracy']:.3f}{interval} | {row['macro_f1']:.3f} | "
+                     f"{' / '.join(f'{r:.3f}' for r in row['recall_normal_bacterial_viral'])} | "
+                     f"{' / '.join(f'{r:.3f}' for r in row['pneumonia_sensitivity_specificity'])} | "
+                     f"{value(row.get('pneumonia_auc'))} | {value(row.get('bacterial_viral_auc'))} | {value(row.get('ece'))} |")
     return lines
 
 

@@ -31,6 +31,25 @@ class _Commands(typer.core.TyperGroup):
             if os.environ.get("PNEUMO_DEBUG"):  # the traceback, for a bug that looks like bad input
                 raise
             raise fail(str(error)) from None
+        except RuntimeError as error:
+            if "torchvision::" not in str(error) or os.environ.get("PNEUMO_DEBUG"):
+                raise
+            raise fail(mismatched_torch(str(error))) from None
+
+
+def mismatched_torch(error: str) -> str:
+    """The message for torchvision's operators failing to load: a torch and torchvision from different builds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"torch {installed('torch')} and torchvision {installed('torchvision')} are not a pair ({error.splitlines()[0]}):"
+            " they come from different builds. Install both from one index, e.g. pip install --force-reinstall torch "
+            "torchvision --index-url https://download.pytorch.org/whl/cpu (or both without --index-url)")
 
 
 app = typer.Typer(
@@ -912,8 +931,10 @@ def card(
 
     bundle = load_bundle(model)
     evaluation = json.loads(metrics.read_text()) if metrics else None
+    official = bundle.path.parent / "official-test.json"  # figures measured outside the repository, if any
+    external = json.loads(official.read_text()) if official.is_file() else None
     target = out or bundle.path.parent / "MODEL_CARD.md"
-    target.write_text(model_card(bundle.metadata, sha256=bundle.file_sha256, evaluation=evaluation))
+    target.write_text(model_card(bundle.metadata, sha256=bundle.file_sha256, evaluation=evaluation, external=external))
     console.print(f"wrote {target}", markup=False)
 
 
