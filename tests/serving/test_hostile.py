@@ -242,3 +242,69 @@ def test_malformed_requests_get_the_apps_error_schema(client):
         assert response.status_code == status and words in response.json()["error"]
     assert client.post("/v1/predict", files={"file": ("a.jpeg", image)}).status_code == 200
     assert len(REFUSED) + len(ACCEPTED) + len(cases) >= 25
+
+
+def progressive_scan_bomb() -> bytes:
+    """A small progressive JPEG whose scans are repeated far beyond what any encoder writes."""
+    data = pil_bytes(xray_like(2, 64), "JPEG")
+    progressive = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(progressive, "JPEG", progressive=True)
+    raw = progressive.getvalue()
+    first, end = raw.index(b"\xff\xda"), raw.rindex(b"\xff\xd9")
+    return raw[:first] + raw[first:end] * 60 + raw[end:]  # about 600 scans
+
+
+def dicom_with_frame(frame: bytes, syntax: str, rows: int = 64, columns: int = 64) -> bytes:
+    """A DICOM saying rows x columns whose one encapsulated frame is ``frame``."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4000)))
+    dataset.file_meta.TransferSyntaxUID = UID(syntax)
+    dataset.Rows, dataset.Columns = rows, columns
+    dataset.PixelData = encapsulate([frame])
+    dataset["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A baseline JPEG header (SOF0) claiming width x height, with no image data worth decoding."""
+    header = jpeg_bytes(xray_like(1, 16))
+    position = header.index(b"\xff\xc0")
+    return (header[:position + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big")
+            + header[position + 9:])
+
+
+def tiff_tile_bomb() -> bytes:
+    """A little-endian TIFF saying 64x64 whose one deflate tile claims 16000x16000 pixels (its tags, by hand)."""
+    import zlib
+
+    payload = zlib.compress(b"\x80" * 4096)
+    entries = [(256, 3, 1, 64), (257, 3, 1, 64), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1), (277, 3, 1, 1),
+               (322, 4, 1, 16000), (323, 4, 1, 16000), (324, 4, 1, 0), (325, 4, 1, len(payload))]
+    header_size = 8 + 2 + 12 * len(entries) + 4
+    entries[-2] = (324, 4, 1, header_size)  # the tile's offset: right after the directory
+    directory = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, kind, count, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, count, value, 0)
+        for tag, kind, count, value in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + directory + payload
+
+
+BOMBS = [
+    ("scans.jpeg", progressive_scan_bomb, 413, "scans, over the limit of 100"),
+    ("frame-bomb.dcm", lambda: dicom_with_frame(jpeg_claiming(30000, 30000), "1.2.840.10008.1.2.4.50"), 413,
+     "a compressed frame of 30000x30000 pixels in a 64x64 DICOM image"),
+    ("rle-bomb.dcm", lambda: dicom_with_frame(b"\x00" * 64 + b"\x01\x00" * 200_000, "1.2.840.10008.1.2.5"), 413,
+     "a compressed frame of 400,064 bytes for a 64x64 image"),
+    ("tile-bomb.tiff", tiff_tile_bomb, 413, "TIFF tiles of 16000x16000 pixels in a 64x64 image"),
+]
+
+
+@pytest.mark.parametrize("name, payload, status, message", BOMBS, ids=[b[0] for b in BOMBS])
+def test_bombs_are_refused_from_their_headers(client, name, payload, status, message):
+    response = client.post("/v1/predict", files={"file": (name, payload())})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]

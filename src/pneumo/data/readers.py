@@ -32,6 +32,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_DECODED_BYTES = 64 * 1024 * 1024
 #: Smallest standard deviation, in grey levels of the 8-bit image, of an image worth classifying.
 MIN_STD = 2.0
+#: Most scans of a JPEG (progressive JPEGs from cameras and PACS have about ten).
+MAX_JPEG_SCANS = 100
 DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 # Decoded bytes per pixel of the PIL header modes, as OpenCV decodes them (a palette becomes BGR).
 _MODE_BYTES = {"1": 1, "L": 1, "P": 3, "PA": 4, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 3,
@@ -205,7 +207,35 @@ def probe(data: bytes, name: str, *, max_decoded_bytes: int | None = None) -> tu
     if kind in {"JPEG", "MPO"} and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         # libjpeg decodes a truncated JPEG into a half-grey image with only a warning.
         raise ImageReadError(name, "truncated JPEG (the end-of-image marker is missing)")
+    if kind in {"JPEG", "MPO"}:
+        _check_scans(data, name)
+    if kind == "TIFF":
+        _check_tiles(data, name, width, height, per_pixel, max_decoded_bytes)
     return width, height
+
+
+def _check_scans(data: bytes, name: str) -> None:
+    """Refuse a JPEG with more scans than any camera or X-ray export writes: each scan of a progressive JPEG is a
+    pass over the whole image, and thousands of them make a small file cost minutes of CPU (libjpeg-turbo's
+    djpeg offers -maxscans for this). Start-of-scan markers cannot appear inside entropy-coded data, where
+    every 0xFF byte is followed by 0x00, so counting them needs no decoding."""
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise ImageReadError(name, f"JPEG with {scans:,} scans, over the limit of {MAX_JPEG_SCANS} (a progressive "
+                                   "JPEG has about ten): decoding it would take minutes", status=413)
+
+
+def _check_tiles(data: bytes, name: str, width: int, height: int, per_pixel: int, limit: int | None) -> None:
+    """Refuse a TIFF whose tiles claim more pixels than its image: a decoder inflates each tile whole, at the size
+    the tile tags give, before cropping it to the image."""
+    with Image.open(io.BytesIO(data)) as header:
+        tile_width, tile_length = header.tag_v2.get(322), header.tag_v2.get(323)  # TileWidth, TileLength
+    if tile_width is None or tile_length is None:
+        return
+    if tile_width > max(width, 16) * 2 or tile_length > max(height, 16) * 2:
+        raise ImageReadError(name, f"TIFF tiles of {tile_width}x{tile_length} pixels in a {width}x{height} image: "
+                                   "each tile is decoded whole, so it is refused", status=413)
+    _check_decoded_size(name, int(tile_width), int(tile_length), per_pixel, limit, "one TIFF tile")
 
 
 def to_gray_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -277,7 +307,69 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
         raise ImageReadError(name, f"not a readable DICOM image ({type(error).__name__}: {error})") from None
     _check_decoded_size(name, columns, rows * frames, samples * -(-bits // 8), max_decoded_bytes,
                         f"DICOM, {frames} frame(s) of {samples} x {bits} bits")
+    if getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None) is not None \
+            and dataset.file_meta.TransferSyntaxUID.is_encapsulated:
+        _check_frames(dataset, name, columns, rows, samples * -(-bits // 8))
     return dataset, columns, rows
+
+
+def _check_frames(dataset, name: str, columns: int, rows: int, per_pixel: int) -> None:
+    """Refuse compressed DICOM frames that would decode to more than the image the file describes.
+
+    A codec decodes a frame at the size its own header gives, whatever Rows and Columns say: a 64x64 DICOM can
+    hold a 30000x30000 JPEG frame of a few hundred bytes. Each frame's own header (JPEG and JPEG-LS SOF, JPEG 2000
+    SIZ) is read before anything is decoded, and a frame far larger than the raw image it stands for (an RLE
+    segment bomb) is refused as well.
+    """
+    from pydicom.encaps import generate_frames
+
+    raw = rows * columns * per_pixel
+    try:
+        frames = generate_frames(dataset.PixelData, number_of_frames=int(getattr(dataset, "NumberOfFrames", 1) or 1))
+        for frame in frames:
+            if len(frame) > 2 * raw + 1024:  # compression that makes data larger than raw is not compression
+                raise ImageReadError(name, f"a compressed frame of {len(frame):,} bytes for a {columns}x{rows} image "
+                                           f"({raw:,} bytes raw): refused before decoding", status=413)
+            size = codestream_size(frame)
+            if size is not None and (size[0] > columns or size[1] > rows):
+                raise ImageReadError(name, f"a compressed frame of {size[0]}x{size[1]} pixels in a {columns}x{rows} "
+                                           "DICOM image: refused before decoding", status=413)
+            if frame[:2] == b"\xff\xd8":
+                _check_scans(frame, name)
+    except ImageReadError:
+        raise
+    except Exception as error:  # pydicom's own complaints about the encapsulation itself
+        raise ImageReadError(name, f"DICOM pixel data cannot be decoded ({type(error).__name__}: {error})") from None
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) from a compressed frame's own header: a JPEG or JPEG-LS start-of-frame, or a JPEG 2000 SIZ
+    marker; None when the frame is none of these (RLE has no size of its own)."""
+    if frame[:2] == b"\xff\xd8":  # JPEG family: walk the markers to the first start-of-frame
+        position = 2
+        while position + 9 <= len(frame):
+            if frame[position] != 0xFF:
+                return None
+            marker = frame[position + 1]
+            if marker == 0xFF:  # fill byte
+                position += 1
+                continue
+            length = int.from_bytes(frame[position + 2:position + 4], "big")
+            # SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC); F7 is JPEG-LS's SOF55.
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+                height = int.from_bytes(frame[position + 5:position + 7], "big")
+                width = int.from_bytes(frame[position + 7:position + 9], "big")
+                return width, height
+            if marker == 0xDA:  # a scan before any frame header
+                return None
+            position += 2 + length
+        return None
+    siz = frame.find(b"\xff\x51")  # JPEG 2000 codestream (possibly inside a JP2 box): SIZ gives Xsiz, Ysiz
+    if frame[:4] in (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0c") and siz >= 0 and siz + 20 <= len(frame):
+        width = int.from_bytes(frame[siz + 6:siz + 10], "big") - int.from_bytes(frame[siz + 14:siz + 18], "big")
+        height = int.from_bytes(frame[siz + 10:siz + 14], "big") - int.from_bytes(frame[siz + 18:siz + 22], "big")
+        return width, height
+    return None
 
 
 def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) -> tuple[np.ndarray, ImageInfo]:

@@ -268,6 +268,9 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
 
     batcher = MicroBatcher(classify, max_batch=settings.max_batch, max_wait=settings.batch_wait_ms / 1000)
     decoding = asyncio.Semaphore(settings.decoders)
+    # Grad-CAM keeps a batch's activations and gradients alive: one at a time, so that concurrent requests for it
+    # queue instead of each holding its own copy.
+    explaining = asyncio.Semaphore(1)
     app = FastAPI(title="pneumo", version=__version__, docs_url=None, redoc_url=None,
                   description=f"Pediatric chest X-ray classification. {DISCLAIMER}")
     app.router.on_shutdown.append(batcher.close)
@@ -341,7 +344,10 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             return decoded
         image, info = decoded
         prediction = predictor.describe(await asyncio.wrap_future(batcher.submit(name, image)), info)
-        overlay = await run_in_threadpool(explain, prediction) if gradcam and prediction.classified else None
+        overlay = None
+        if gradcam and prediction.classified:
+            async with explaining:
+                overlay = await run_in_threadpool(explain, prediction)
         if isinstance(overlay, str):  # no PyTorch model to take gradients of: the answer without its picture
             overlay, unavailable = None, overlay
         else:
