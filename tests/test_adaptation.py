@@ -214,5 +214,5 @@ def test_predict_adapts_a_batch_with_the_onnx_backend_too(tmp_path):
     torch_probs = [row["probabilities"]["normal"] for row in outputs["torch"]["predictions"]]
     onnx_probs = [row["probabilities"]["normal"] for row in outputs["onnx"]["predictions"]]
     np.testing.assert_allclose(torch_probs, onnx_probs, atol=1e-5)
-    conflict = runner.invoke(app, ["predict", "--adapt", "bn", "--adapt-priors", str(folder)])
-    assert conflict.exit_code == 2 and "for both, pass --adapt bn+priors" in conflict.output
+    replaced = runner.invoke(app, ["predict", "--adapt-priors", str(folder)])
+    assert replaced.exit_code == 2 and "--adapt-priors is now --adapt priors" in replaced.output

@@ -101,7 +101,7 @@ def test_shipped_model_is_the_default(shared_images):
 
 
 def test_shipped_model_adapts_priors_with_its_validation_fit(shared_images):
-    """--adapt-priors on a batch uses the BCTS calibration stored in the shipped bundle and its ONNX file."""
+    """--adapt priors on a batch uses the BCTS calibration stored in the shipped bundle and its ONNX file."""
     for backend in ("torch", "onnx"):
         predictor = Predictor("models/pneumo-mobilenet", backend=backend)
         assert predictor.metadata["prior_adaptation"]["source"] == "validation"
@@ -109,7 +109,7 @@ def test_shipped_model_adapts_priors_with_its_validation_fit(shared_images):
     plain, adapted = predictor.probabilities(images), predictor.probabilities(images, adapt=True)
     np.testing.assert_allclose(adapted.sum(1), 1, atol=1e-6)
     assert not np.allclose(plain, adapted)
-    result = runner.invoke(app, ["predict", "--json", "--adapt-priors", *map(str, shared_images)])
+    result = runner.invoke(app, ["predict", "--json", "--adapt", "priors", *map(str, shared_images)])
     assert result.exit_code == 0 and json.loads(result.stdout)["adapt_priors"] is True
 
 

@@ -38,8 +38,8 @@ def _shortfall(evaluation: dict, metadata: dict) -> str:
     """Why targets are missed, from the measured figures and the training budget."""
     training, size = metadata.get("training", {}), metadata["preprocessing"].get("size", "?")
     if "ensemble" in metadata:
-        budget = (f"Its {len(metadata['ensemble']['members'])} members were trained separately at {size} px on the "
-                  "2-core CPU (their histories are in benchmarks/)")
+        budget = (f"Its {len(metadata['ensemble']['members'])} members were trained separately at {size} px "
+                  "(their histories are in benchmarks/)")
     else:
         budget = (f"The training budget was {training.get('epochs_run', '?')} epochs at {size} px "
                   f"({training.get('train_seconds_total', '?')} s of training)")
@@ -112,7 +112,7 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
         lines.append("- Operating point: the most probable class (no threshold set).")
     adaptation = metadata.get("prior_adaptation")
     if adaptation:
-        lines.append(f"- Prior-shift adaptation (`--adapt-priors`, opt-in): EM (Saerens et al. 2002) after bias-corrected "
+        lines.append(f"- Prior-shift adaptation (`--adapt priors`, opt-in): EM (Saerens et al. 2002) after bias-corrected "
                      f"temperature scaling fitted on {adaptation['source']} (temperature {adaptation['temperature']:.4f}, "
                      f"class biases {adaptation['bias']}); the model's priors are then {adaptation['source_priors']}. "
                      "Adaptation re-estimates the class mix of each batch, so it needs a batch drawn from one population "

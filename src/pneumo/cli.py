@@ -391,13 +391,14 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Classify images outs
 
 
 def _adapt_mode(adapt: str, adapt_priors: bool) -> str:
+    """The --adapt mode; the old --adapt-priors flag is refused with its replacement."""
     from pneumo.inference.adaptation import ADAPT_MODES
 
+    if adapt_priors:
+        raise fail("--adapt-priors is now --adapt priors (and --adapt bn+priors for both)")
     if adapt not in ADAPT_MODES:
         raise fail(f"unknown --adapt {adapt!r}; choose one of {', '.join(ADAPT_MODES)}")
-    if adapt_priors and adapt not in ("none", "priors"):
-        raise fail(f"--adapt-priors and --adapt {adapt} disagree; for both, pass --adapt bn+priors")
-    return "priors" if adapt_priors else adapt
+    return adapt
 
 
 def _evaluate_model(model: Path, data: Path, role: str, split_file: Optional[Path], cache_dir: Path, resamples: int,
@@ -422,7 +423,7 @@ def _metrics_table(metrics: dict) -> None:
                       f"these {metrics['adapted_batchnorm_on']} unlabeled images before predicting (AdaBN).")
     if metrics.get("adapt_priors"):
         source = metrics["prior_adaptation"]["source"]
-        console.print(f"[bold]With prior adaptation (--adapt-priors):[/bold] probabilities re-weighted to the class mix "
+        console.print(f"[bold]With prior adaptation (--adapt priors):[/bold] probabilities re-weighted to the class mix "
                       f"EM estimated on these images, {metrics['estimated_priors']} (calibration: {source}).")
     if metrics.get("novelty"):
         novelty = metrics["novelty"]
@@ -477,7 +478,7 @@ def evaluate(
     cache_dir: CacheOption = paths.cache_dir(),
     resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
-    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on these images (EM, Saerens 2002); the same as --adapt priors.")] = False,
+    adapt_priors: Annotated[bool, typer.Option(hidden=True, help="Replaced by --adapt priors.")] = False,
     adapt: AdaptOption = "none",
     backend: Annotated[str, typer.Option(help="torch, or onnx: the model.onnx exported beside the bundle (faster on CPU).")] = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json instead of tables.")] = False,
@@ -526,6 +527,8 @@ def compare(
                                                       "Recall viral", "ECE")]
     short = [[row[i].split(" (")[0] for i in shown] for row in comparison["rows"]]
     console.print(table(f"comparison on {comparison['images']} images", [comparison["columns"][i] for i in shown], short))
+    left_out = [column for column in comparison["columns"] if column not in [comparison["columns"][i] for i in shown]]
+    console.print(f"[dim]Also in {out}/comparison.md: intervals, {', '.join(left_out)}.[/dim]")
     for sentence in comparison["sentences"]:
         console.print(f"- {sentence}")
     console.print(f"[dim]{DISCLAIMER}[/dim]\nwrote {out}/comparison.md, .html, .json")
@@ -573,13 +576,13 @@ def report(
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Run folder, bundle, models/ folder or .onnx.", show_default=paths.DEFAULT_MODEL)] = paths.default_model(),
-    backend: Annotated[str, typer.Option(help="torch, onnx (the model.onnx beside the bundle; faster on a CPU) or auto (onnx where there is one).")] = "torch",
+    backend: Annotated[str, typer.Option(help="auto (ONNX Runtime where the model has an export, as serve and pneumo.load do), torch or onnx.")] = "auto",
     gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
     cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the answers to this .json or .csv file.")] = None,
-    adapt_priors: Annotated[bool, typer.Option(help="Re-estimate class priors on this batch of images (EM); the same as --adapt priors.")] = False,
+    adapt_priors: Annotated[bool, typer.Option(hidden=True, help="Replaced by --adapt priors.")] = False,
     adapt: AdaptOption = "none",
     decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
     conformal: ConformalOption = None,

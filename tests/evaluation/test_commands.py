@@ -58,7 +58,7 @@ def test_evaluate_writes_metrics_and_figures(tiny_run, shared_data, cache_dir, t
 
 def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path):
     result = invoke("evaluate", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
-                    "--resamples", 50, "--json", "--adapt-priors")
+                    "--resamples", 50, "--json", "--adapt", "priors")
     metrics = json.loads(result)
     assert metrics["adapt_priors"] is True and sum(metrics["estimated_priors"].values()) == pytest.approx(1, abs=1e-3)
     assert metrics["prior_adaptation"]["source"] == "assumed from the training recipe"  # a run has no fit of its own
