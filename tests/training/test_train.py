@@ -146,10 +146,11 @@ def test_a_run_killed_and_resumed_is_the_run_it_replaces(shared_data, cache_dir,
     deadline = time.monotonic() + 120
     while not (run_dir / "last.ckpt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 2
-    os.kill(process.pid, signal.SIGKILL)
+    os.kill(process.pid, signal.SIGKILL)  # as soon as epoch 1 is checkpointed: epochs 2 and 3 are still to come
     process.wait()
     assert (run_dir / "last.ckpt").exists()
+    killed = torch.load(run_dir / "last.ckpt", weights_only=False, map_location="cpu")
+    assert killed["epoch"] < 2 and not (run_dir / "model.pt").exists(), "the run finished before it was killed"
     resumed = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert [row["epoch"] for row in history(run_dir)] == ["1", "2", "3"]
@@ -158,6 +159,8 @@ def test_a_run_killed_and_resumed_is_the_run_it_replaces(shared_data, cache_dir,
             assert float(again[key]) == pytest.approx(float(whole[key]), abs=1e-6), (whole["epoch"], key)
     checkpoint = torch.load(run_dir / "last.ckpt", weights_only=False, map_location="cpu")
     assert [row["epoch"] for row in checkpoint["callbacks"]["History"]["rows"]] == [1, 2, 3]
+    # The same weights as the run never stopped.
+    assert load_bundle(run_dir).metadata["weights_sha256"] == load_bundle(tmp_path / "whole").metadata["weights_sha256"]
 
 
 def test_bad_option_is_refused(shared_data):

@@ -14,6 +14,7 @@ population, labelled the same way.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,13 @@ METHODS = ("none", "bn")
 MIN_LABELLED = 20
 
 
+@dataclass(frozen=True)
 class SiteLabels:
     """Labelled site images: file paths, class indices and, when the CSV gives them, patient ids."""
 
-    def __init__(self, files: list[str], labels: np.ndarray, patients: np.ndarray | None):
-        self.files, self.labels, self.patients = files, labels, patients
+    files: list[str]
+    labels: np.ndarray  # (N,) class indices
+    patients: np.ndarray | None  # (N,) patient ids, or None when the CSV has no patient column
 
 
 def read_site_labels(path: Path) -> SiteLabels:
