@@ -11,7 +11,7 @@ from pneumo.cli import app
 from pneumo.data.archive import organize, read_manifest
 from pneumo.errors import DataLayoutError
 from pneumo.labels import BACTERIAL, NORMAL, VIRAL, LabelError, class_from_name, patient_id
-from tests.conftest import write_archive
+from tests.conftest import jpeg_bytes, write_archive, xray_like
 
 runner = CliRunner()
 
@@ -264,3 +264,26 @@ def test_a_spreadsheet_labels_csv_with_a_byte_order_mark_and_short_rows(tmp_path
     records, problems = load_records(labels)
     assert [(r.path, r.label, r.patient) for r in records] == [("a.jpeg", 0, "p1"), ("b.jpeg", 2, "b")]
     assert any(p.reason == "no path in this row" and p.source.endswith("labels.csv:4") for p in problems)
+
+
+def test_organize_refuses_a_zip_bomb_a_huge_member_and_an_outside_link(tmp_path):
+    """Each bad member is a problem naming it; the good images are organized; nothing is inflated whole."""
+    src = write_archive(tmp_path / "chest_xray", normal=2, bacteria=2, virus=2)
+    outside = tmp_path / "secret.jpeg"
+    outside.write_bytes(jpeg_bytes(xray_like(9)))
+    (src / "train" / "NORMAL" / "IM-0099-0001.jpeg").symlink_to(outside)
+    result = organize(src, tmp_path / "out")
+    reasons = {Path(p.source).name: p.reason for p in result.problems}
+    assert reasons["IM-0099-0001.jpeg"].startswith("a link to a file outside the archive")
+    assert not (tmp_path / "out" / "train" / "NORMAL" / "IM-0099-0001.jpeg").exists()
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(src.rglob("*.jpeg")):
+            if not path.is_symlink():
+                archive.write(path, path.relative_to(tmp_path).as_posix())
+        archive.writestr("chest_xray/train/NORMAL/IM-0500-0001.jpeg", b"\xff" * 50_000_000)  # inflates ~1000x
+    result = organize(bomb, tmp_path / "from-zip")
+    reasons = {p.source.rsplit("/", 1)[-1]: p.reason for p in result.problems}
+    assert "a zip bomb, not an image" in reasons["IM-0500-0001.jpeg"]
+    assert len(result.records) == 6

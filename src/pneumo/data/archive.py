@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from pneumo.errors import DataLayoutError, ImageReadError
 from pneumo.files import atomic_path
 from pneumo.labels import BACTERIAL, CLASSES, VIRAL, LabelError, class_from_name, class_index, patient_id
-from pneumo.data.readers import probe, read_bytes
+from pneumo.data.readers import MAX_FILE_BYTES, probe, read_bytes
 
 SPLITS = ("train", "val", "test")
 ARCHIVE_CLASS_FOLDERS = ("NORMAL", "PNEUMONIA")
@@ -152,9 +152,37 @@ def iter_archive_dir(root: Path) -> tuple[list[SourceFile], list[Problem], list[
                 if path.is_dir():
                     problems.append(Problem(str(path), f"a folder inside {split}/{folder}/: its images are not used "
                                                        f"(the archive keeps them directly in {folder}/; move them there)"))
+                elif path.is_symlink() and root.resolve() not in path.resolve().parents:
+                    problems.append(Problem(str(path), "a link to a file outside the archive: not used (copy the "
+                                                       "file itself into the archive to use it)"))
                 elif path.is_file():
-                    files.append(SourceFile(split, folder, path.name, str(path), path.read_bytes))
+                    # Bounded and regular files only: a sparse or growing file, a pipe or a device is refused.
+                    files.append(SourceFile(split, folder, path.name, str(path), lambda path=path: read_bytes(path)))
     return files, problems, ignored
+
+
+# A zip member that inflates more than this many times its stored size is a zip bomb, not an image: JPEG and PNG
+# data barely compress further.
+MAX_ZIP_RATIO = 100
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> bytes:
+    """One zip member's bytes, bounded: refused from its declared sizes before inflating, and cut off at
+    MAX_FILE_BYTES while inflating in case the declared size lies."""
+    if info.file_size > MAX_FILE_BYTES:
+        raise ImageReadError(source, f"zip member of {info.file_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}",
+                             status=413)
+    if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) and info.file_size > 1_000_000:
+        raise ImageReadError(source, f"zip member inflates {info.file_size / max(info.compress_size, 1):,.0f} times "
+                                     "(a zip bomb, not an image)", status=413)
+    try:
+        with archive.open(info) as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, RuntimeError) as error:  # CRC or size mismatch, encryption
+        raise ImageReadError(source, f"cannot be read from the zip ({error})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageReadError(source, f"zip member inflates past the limit of {MAX_FILE_BYTES:,} bytes", status=413)
+    return data
 
 
 def iter_archive_zip(zip_path: Path) -> tuple[list[SourceFile], list[Problem], list[str]]:
@@ -189,8 +217,9 @@ def iter_archive_zip(zip_path: Path) -> tuple[list[SourceFile], list[Problem], l
                 continue
             for info in sorted(folders[folder], key=lambda i: i.filename):
                 name = PurePosixPath(info.filename).name
-                files.append(SourceFile(split, folder, name, f"{zip_path}::{info.filename}",
-                                        lambda info=info: archive.read(info)))
+                source = f"{zip_path}::{info.filename}"
+                files.append(SourceFile(split, folder, name, source,
+                                        lambda info=info, source=source: _read_member(archive, info, source)))
     return files, problems, ignored
 
 
