@@ -308,3 +308,27 @@ def test_bombs_are_refused_from_their_headers(client, name, payload, status, mes
     response = client.post("/v1/predict", files={"file": (name, payload())})
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+
+
+def test_a_batch_answers_every_file_in_order_and_names_the_bad_ones(client):
+    good = jpeg_bytes(xray_like(3, 128))
+    files = [("files", ("a.jpeg", good)), ("files", ("notes.jpeg", b"text")), ("files", ("b.jpeg", good))]
+    response = client.post("/v1/predict/batch", files=files)
+    assert response.status_code == 200, response.text
+    answers = response.json()["answers"]
+    assert [a["file"] for a in answers] == ["a.jpeg", "notes.jpeg", "b.jpeg"]
+    assert answers[0]["class"] and answers[0]["probabilities"] == answers[2]["probabilities"]
+    assert answers[1]["error"].startswith("notes.jpeg: not a recognised image") and "class" not in answers[1]
+    too_many = client.post("/v1/predict/batch", files=[("files", (f"{n}.jpeg", good)) for n in range(33)])
+    assert too_many.status_code == 400 and "over the limit of 32" in too_many.json()["error"]
+
+
+def test_the_openapi_schema_describes_the_answers_and_a_favicon_is_served(client):
+    schema = client.get("/openapi.json").json()
+    answer = schema["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["$ref"].endswith("/Answer")
+    fields = schema["components"]["schemas"]["Answer"]["properties"]
+    assert {"class", "probabilities", "reason", "not_classified", "class_set", "novelty"} <= set(fields)
+    assert "/v1/predict/batch" in schema["paths"]
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")

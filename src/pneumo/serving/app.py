@@ -26,11 +26,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumo import DISCLAIMER, __version__
 from pneumo.config import flat_config
 from pneumo.errors import ImageReadError, ModelFileError
+from pneumo.explain.gradcam import png_bytes
 from pneumo.predict import Predictor
 from pneumo.serving.batching import MicroBatcher
 
@@ -145,6 +147,64 @@ class BodyLimit:
             pass
         if too_large:
             await answer_413()
+
+
+MAX_BATCH_FILES = 32  # images in one /v1/predict/batch request (the body limit applies to all of them together)
+# A grey lung-shaped mark, so that browsers asking for an icon get one instead of a 404 in the log.
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           b'fill="#222"/><ellipse cx="5" cy="8" rx="2.5" ry="5" fill="#ccc"/><ellipse cx="11" cy="8" rx="2.5" '
+           b'ry="5" fill="#ccc"/></svg>')
+
+
+class Failure(BaseModel):
+    """A refusal: what went wrong, naming the file where there is one."""
+
+    error: str
+    disclaimer: str = DISCLAIMER
+
+
+class ModelRef(BaseModel):
+    id: str
+    sha256: str
+
+
+class NoveltyScore(BaseModel):
+    score: float
+    threshold: float
+    flagged: bool
+
+
+class Answer(BaseModel):
+    """One image's answer: its class (null when it is outside the model's scope, with ``not_classified`` saying
+    why), probabilities, the reason, input warnings, conformal set when asked for, novelty and DICOM attributes;
+    or, inside a batch, ``error`` for a file that could not be read."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    file: str
+    class_: str | None = Field(None, alias="class")
+    probabilities: dict[str, float] | None = None
+    p_pneumonia: float | None = None
+    reason: str | None = None
+    warnings: list[str] | None = None
+    not_classified: str | None = None
+    class_set: list[str] | None = None
+    class_set_text: str | None = None
+    novelty: NoveltyScore | None = None
+    dicom: dict[str, str] | None = None
+    error: str | None = None
+    decision_rule: str | None = None
+    model: ModelRef | None = None
+    disclaimer: str | None = None
+    gradcam_png: str | None = None
+    gradcam_unavailable: str | None = None
+
+
+class BatchAnswer(BaseModel):
+    answers: list[Answer]
+    decision_rule: str
+    model: ModelRef
+    disclaimer: str
 
 
 WRONG_KEYS_PER_MINUTE = 10  # per client address; a client past it gets 429 until its oldest failure is a minute old
@@ -307,6 +367,10 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
     def index() -> str:
         return page
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "model": predictor.model_id}
@@ -330,18 +394,38 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             "evaluation": metadata.get("evaluation", {}), "intended_use": DISCLAIMER,
         }
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", response_model=Answer, response_model_exclude_unset=True,
+              responses={400: {"model": Failure}, 413: {"model": Failure}, 415: {"model": Failure},
+                         422: {"model": Failure}})
     async def predict(request: Request,
                       file: UploadFile = File(..., description="An X-ray image: JPEG, PNG, BMP, TIFF or DICOM."),
                       gradcam: bool = Query(False, description="Also return a Grad-CAM overlay as base64 PNG.")):
         parts = (await request.form()).getlist("file")  # parsed once already, for the 'file' argument
         if len(parts) > 1:
-            return _error(400, f"{len(parts)} files in one request; send one image per request (field 'file')")
+            return _error(400, f"{len(parts)} files in one request; send one image per request (field 'file'), "
+                               "or several to /v1/predict/batch (field 'files')")
+        status, body = await answer(file, gradcam)
+        return body if status == 200 else _error(status, body["error"])
+
+    @app.post("/v1/predict/batch", response_model=BatchAnswer, response_model_exclude_unset=True,
+              responses={400: {"model": Failure}, 413: {"model": Failure}})
+    async def predict_batch(files: list[UploadFile] = File(..., description=f"Up to {MAX_BATCH_FILES} X-ray images."),
+                            gradcam: bool = Query(False, description="Also return Grad-CAM overlays as base64 PNG.")):
+        if len(files) > MAX_BATCH_FILES:
+            return _error(400, f"{len(files)} files in one request, over the limit of {MAX_BATCH_FILES}; send them "
+                               "in smaller batches")
+        # One answer per file, in order; a file that cannot be read gets its error and the others go on.
+        answers = [body for _, body in await asyncio.gather(*(answer(file, gradcam) for file in files))]
+        return {"answers": answers, "decision_rule": predictor.rule,
+                "model": {"id": predictor.model_id, "sha256": predictor.sha256}, "disclaimer": DISCLAIMER}
+
+    async def answer(file: UploadFile, gradcam: bool) -> tuple[int, dict]:
+        """(HTTP status, body) for one uploaded file: its prediction, or its error with the status that fits."""
         name = file.filename or "upload"
         async with decoding:
             decoded = await run_in_threadpool(decode, file, name)
-        if isinstance(decoded, JSONResponse):
-            return decoded
+        if isinstance(decoded, ImageReadError):
+            return decoded.status, {"file": name, "error": str(decoded)}
         image, info = decoded
         prediction = predictor.describe(await asyncio.wrap_future(batcher.submit(name, image)), info)
         overlay = None
@@ -357,21 +441,20 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
             "model": {"id": predictor.model_id, "sha256": predictor.sha256}, "disclaimer": DISCLAIMER,
         }
         if overlay is not None:
-            from pneumo.explain.gradcam import png_bytes
-
             body["gradcam_png"] = base64.b64encode(png_bytes(overlay)).decode()
         if unavailable:
             body["gradcam_unavailable"] = unavailable
-        return body
+        return 200, body
 
     def decode(file: UploadFile, name: str):
+        """The image and its ImageInfo, or the ImageReadError that says why not."""
         data = file.file.read(max_bytes + 1)
         if len(data) > max_bytes:
-            return _error(413, f"{name}: file is over the limit of {max_bytes:,} bytes")
+            return ImageReadError(name, f"file is over the limit of {max_bytes:,} bytes", status=413)
         try:
             return predictor.load(name, data, max_decoded_bytes=settings.max_decoded_bytes)
         except ImageReadError as error:
-            return _error(error.status, str(error))
+            return error
 
     def explain(prediction):
         """The Grad-CAM overlay, or why there is none (an ONNX file served without its PyTorch bundle)."""
