@@ -216,3 +216,20 @@ def test_predict_adapts_a_batch_with_the_onnx_backend_too(tmp_path):
     np.testing.assert_allclose(torch_probs, onnx_probs, atol=1e-5)
     replaced = runner.invoke(app, ["predict", "--adapt-priors", str(folder)])
     assert replaced.exit_code == 2 and "--adapt-priors is now --adapt priors" in replaced.output
+
+
+def test_site_calibration_with_adabn_first_reports_the_images_it_shared(tmp_path):
+    source = REPO / "models" / "pneumo-cnn"
+    folder = site_folder(tmp_path, 30)
+    labels = _site_labels(tmp_path, 30)
+    out = tmp_path / "site-bn"
+    result = runner.invoke(app, ["adapt", str(source), str(folder), "--labels", str(labels), "--out", str(out),
+                                 "--method", "bn", "--target", "0.9", "--guarantee", "conformal"])
+    assert result.exit_code == 0, result.output
+    assert "BatchNorm statistics re-estimated on 30 images, 30 of them also labelled" in " ".join(result.output.split())
+    site = load_bundle(out)
+    assert site.metadata["adaptation"]["also_labelled"] == 30 and site.novelty is None  # features changed
+    assert site.metadata["site_calibration"]["method"] == "bn"
+    stats = [name for name in site.model.state_dict() if name.endswith("running_mean")]
+    original = load_bundle(source)
+    assert any(not torch.equal(site.model.state_dict()[n], original.model.state_dict()[n]) for n in stats)
