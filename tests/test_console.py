@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from rich.text import Text
 
-from pneumo.console import SafeConsole, csv_cell, printable, table
+from pneumo.console import SafeConsole, table
+from pneumo.text import csv_cell, printable
 from pneumo.data.readers import decode_image
 from pneumo.predict import Prediction, predictions_csv
 from tests.conftest import dicom_bytes

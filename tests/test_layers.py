@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first; a module may import its own layer and the layers below it. The package's __init__ is its facade
 # (``pneumo.load``) and stands above everything.
 LAYERS = [
-    {"errors", "files", "labels", "paths", "plotting", "console", "tables", "allocator"},
+    {"errors", "files", "labels", "paths", "plotting", "text", "tables", "allocator"},
     {"data"},
     {"models", "config"},  # the networks and the recipe that builds them
     {"export"},
@@ -19,7 +19,7 @@ LAYERS = [
     {"evaluation"},
     {"fitting", "card"},  # refits bundles after measuring them; renders their cards
     {"serving", "api"},
-    {"cli"},
+    {"cli", "console"},  # the terminal is the command line's
 ]
 LAYER = {unit: number for number, units in enumerate(LAYERS) for unit in units}
 

@@ -221,13 +221,11 @@ def _adaptation_lines(metadata: dict) -> list[str]:
              f"{record['date']}.",
              f"- Source model: {record['source']['id']} (bundle sha256 `{record['source']['bundle_sha256'][:16]}…`); "
              "every weight except the BatchNorm statistics is the source's."]
-    recalibration = metadata.get("recalibration")
-    if recalibration:
-        lines.append(f"- Temperature and operating point refitted on {recalibration['images']} labelled site images "
-                     f"(per class {recalibration['class_counts']}).")
+    if metadata.get("site_calibration"):
+        lines.append("- Calibration: refitted on the site's labelled images after the adaptation (Site calibration).")
     else:
         lines.append(f"- Calibration: {record['calibration']}; it may no longer hold at the site.")
-    lines.append("- The metrics below are the source model's, measured before adaptation, unless stated otherwise.")
+        lines.append("- The metrics below are the source model's, measured before adaptation, unless stated otherwise.")
     return lines
 
 
@@ -269,6 +267,12 @@ def _site_lines(metadata: dict) -> list[str]:
         lines.append(f"- Cut-off P(pneumonia) >= {guarantee['threshold']:.4f} for sensitivity "
                      f"{guarantee['target_sensitivity']:g} ({kind}; {guarantee['positives']} pneumonia cases, "
                      f"{guarantee['misses_allowed']} of them allowed below it).")
+        fitted = {"temperature": "the temperature", "batchnorm": "the BatchNorm statistics"}
+        also = " and ".join(fitted[name] for name in record.get("also_fitted_on_them", []))
+        if also:
+            lines.append(f"- {also[0].upper()}{also[1:]} were fitted on the same labelled images, which the "
+                         "guarantee assumes were not; the simulated sites of benchmarks/trust/ measure how far it "
+                         "holds all the same.")
     else:
         lines.append("- Cut-off: the source model's, kept as it was.")
     rates = record["rates_on_labelled_images"]

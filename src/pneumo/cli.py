@@ -163,7 +163,7 @@ def prepare(
     counts = count_rows(f"prepared {len(prepared)} images at {size}x{size}", prepared.splits, prepared.labels,
                         role_name="split")
     console.print(table(counts.title, counts.columns, counts.rows))
-    console.print(f"{result.decoded} decoded, {result.reused} reused from {result.folder} ({elapsed:.2f} s)")
+    console.print(f"{result.decoded} decoded, {result.reused} reused from {escape(str(result.folder))} ({elapsed:.2f} s)")
     _problems(result.problems)
     split_path = result.folder / f"split-{chosen.method}-seed{seed}.csv"
     save_split(split_path, chosen, prepared)
@@ -724,6 +724,7 @@ def adapt(
     BatchNorm statistics on unlabeled ones (AdaBN)."""
     import numpy as np
 
+    from pneumo.fitting.guarantee import Guarantee
     from pneumo.fitting.site import METHODS, adapt_bundle, calibrate_site, read_site_labels
     from pneumo.models.bundle import load_bundle
     from pneumo.predict import expand_inputs, load_images
@@ -768,6 +769,8 @@ def adapt(
                           f"{summary['bn_images_also_labelled']} of them also labelled")
         point = adapted.info.operating_point
         console.print(f"operating point P(pneumonia) >= {summary['threshold']:.4f}: {point.source or 'kept'}", markup=False)
+        if summary["guarantee"]:
+            console.print(f"it promises {Guarantee(**summary['guarantee']).promise()}", markup=False)
         console.print("on the labelled images: sensitivity {s[value]:.3f} ({s[count]}, 95% CI {s[ci95][0]:.3f}-"
                       "{s[ci95][1]:.3f}), specificity {p[value]:.3f} ({p[count]}, 95% CI {p[ci95][0]:.3f}-"
                       "{p[ci95][1]:.3f})".format(s=rates["sensitivity"], p=rates["specificity"]), markup=False)

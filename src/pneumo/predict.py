@@ -18,7 +18,7 @@ import numpy as np
 
 from pneumo import DISCLAIMER
 from pneumo.inference.adaptation import ADAPT_MODES, adapt_batchnorm
-from pneumo.console import csv_cell
+from pneumo.text import csv_cell
 from pneumo.data.readers import ImageInfo, decode_image, read_image, resize
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.inference.calibration import PriorAdaptation

@@ -23,6 +23,7 @@ def test_the_fewest_labels_each_guarantee_needs():
     assert minimum_positives(0.97, "conformal") == 33
     assert minimum_positives(0.97, "pac", 0.95) == 99
     assert minimum_positives(0.90, "conformal") == 9  # floor(10 * 0.1) = 1
+    assert minimum_positives(0.999999, "pac", 0.95) == 2995731  # log(0.05) / log(0.999999), at once
 
 
 def test_conformal_cut_off_is_the_kth_lowest_pneumonia_score():
@@ -34,7 +35,7 @@ def test_conformal_cut_off_is_the_kth_lowest_pneumonia_score():
 
 
 def test_pac_cut_off_allows_fewer_misses_than_conformal():
-    # n = 200 at 0.97 and 95%: P(Binomial(200, 0.03) <= 1) = 0.0162 <= 0.05 and P(<= 2) = 0.0566 > 0.05, so k - 1 = 1:
+    # n = 200 at 0.97 and 95%: P(Binomial(200, 0.03) <= 1) = 0.0162 <= 0.05 and P(<= 2) = 0.0593 > 0.05, so k - 1 = 1:
     # the second lowest score. Conformal allows floor(201 * 0.03) - 1 = 5 misses.
     scores = np.linspace(0.05, 0.99, 200)
     labels, probs = probs_for(scores)

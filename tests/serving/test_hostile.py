@@ -278,6 +278,12 @@ def jpeg_claiming(width: int, height: int) -> bytes:
             + header[position + 9:])
 
 
+def junk_before_sof(jpeg: bytes) -> bytes:
+    """Two stray bytes after the first segment: decoders skip them, so the size check must too."""
+    length = int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:4 + length] + b"\x00\x01" + jpeg[4 + length:]
+
+
 def tiff_tile_bomb() -> bytes:
     """A little-endian TIFF saying 64x64 whose one deflate tile claims 16000x16000 pixels (its tags, by hand)."""
     import zlib
@@ -299,7 +305,12 @@ BOMBS = [
      "a compressed frame of 30000x30000 pixels in a 64x64 DICOM image"),
     ("rle-bomb.dcm", lambda: dicom_with_frame(b"\x00" * 64 + b"\x01\x00" * 200_000, "1.2.840.10008.1.2.5"), 413,
      "a compressed frame of 400,064 bytes for a 64x64 image"),
-    ("tile-bomb.tiff", tiff_tile_bomb, 413, "TIFF tiles of 16000x16000 pixels in a 64x64 image"),
+    ("tile-bomb.tiff", tiff_tile_bomb, 413, "image is 16000x16000 = 256,000,000 pixels"),
+    ("junk-frame.dcm", lambda: dicom_with_frame(junk_before_sof(jpeg_claiming(30000, 30000)), "1.2.840.10008.1.2.4.50"),
+     413, "a compressed frame of 30000x30000 pixels in a 64x64 DICOM image"),
+    ("no-sof-frame.dcm", lambda: dicom_with_frame(b"\xff\xd8\xff\xda\x00\x02" + b"\x00" * 64 + b"\xff\xd9",
+                                                  "1.2.840.10008.1.2.4.50"), 422,
+     "a JPEG frame without a start-of-frame header"),
 ]
 
 

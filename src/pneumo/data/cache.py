@@ -6,8 +6,10 @@ The cache holds pixels and nothing else that a user can edit. A cache folder
 preprocessing settings, the decoders' versions and the sha256 of ``images.npy`` itself). Labels,
 patients, roles and paths are never read from it: they come fresh from their source (manifest,
 labels CSV, folders) on every run, so an edited label or split is seen at once. A changed file is
-a new content hash and is decoded again; a cache written by other settings or decoders, or one
-whose files were damaged, is rebuilt. Rescaling by 1/255 happens when batches are made.
+a new content hash and is decoded again (the hash is taken from the file's bytes for labels CSVs,
+class folders and the archive layout; an organized folder's manifest records them, so run
+``pneumo organize`` again after editing its images); a cache written by other settings or
+decoders, or one whose files were damaged, is rebuilt. Rescaling by 1/255 happens when batches are made.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pneumo.console import printable
+from pneumo.text import printable
 from pneumo.errors import ImageReadError
 
 #: Largest image accepted, in pixels (a 10k x 10k detector image is well inside).
@@ -226,16 +226,13 @@ def _check_scans(data: bytes, name: str) -> None:
 
 
 def _check_tiles(data: bytes, name: str, width: int, height: int, per_pixel: int, limit: int | None) -> None:
-    """Refuse a TIFF whose tiles claim more pixels than its image: a decoder inflates each tile whole, at the size
-    the tile tags give, before cropping it to the image."""
+    """Refuse a TIFF whose tiles would decode past the limits: a decoder inflates each tile whole, at the size the
+    tile tags give, before cropping it to the image."""
     with Image.open(io.BytesIO(data)) as header:
         tile_width, tile_length = header.tag_v2.get(322), header.tag_v2.get(323)  # TileWidth, TileLength
-    if tile_width is None or tile_length is None:
-        return
-    if tile_width > max(width, 16) * 2 or tile_length > max(height, 16) * 2:
-        raise ImageReadError(name, f"TIFF tiles of {tile_width}x{tile_length} pixels in a {width}x{height} image: "
-                                   "each tile is decoded whole, so it is refused", status=413)
-    _check_decoded_size(name, int(tile_width), int(tile_length), per_pixel, limit, "one TIFF tile")
+    if tile_width is not None and tile_length is not None:
+        _check_decoded_size(name, int(tile_width), int(tile_length), per_pixel, limit,
+                            f"one TIFF tile of a {width}x{height} image")
 
 
 def to_gray_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -344,32 +341,43 @@ def _check_frames(dataset, name: str, columns: int, rows: int, per_pixel: int) -
 
 def codestream_size(frame: bytes) -> tuple[int, int] | None:
     """(width, height) from a compressed frame's own header: a JPEG or JPEG-LS start-of-frame, or a JPEG 2000 SIZ
-    marker; None when the frame is none of these (RLE has no size of its own)."""
+    marker; None when the frame is none of these (RLE has no size of its own).
+
+    Raises:
+        ValueError: a JPEG-family frame without a start-of-frame before its first scan (a decoder would guess).
+    """
     if frame[:2] == b"\xff\xd8":  # JPEG family: walk the markers to the first start-of-frame
         position = 2
-        while position + 9 <= len(frame):
-            if frame[position] != 0xFF:
-                return None
+        while position + 4 <= len(frame):
+            if frame[position] != 0xFF:  # junk between segments: decoders skip to the next marker, and so do we
+                position += 1
+                continue
             marker = frame[position + 1]
             if marker == 0xFF:  # fill byte
                 position += 1
                 continue
-            length = int.from_bytes(frame[position + 2:position + 4], "big")
             # SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC); F7 is JPEG-LS's SOF55.
-            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            if ((0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7) \
+                    and position + 9 <= len(frame):
                 height = int.from_bytes(frame[position + 5:position + 7], "big")
                 width = int.from_bytes(frame[position + 7:position + 9], "big")
                 return width, height
-            if marker == 0xDA:  # a scan before any frame header
-                return None
-            position += 2 + length
+            if marker in (0xDA, 0xD9):  # a scan, or the end, before any frame header
+                break
+            position += 2 + int.from_bytes(frame[position + 2:position + 4], "big")
+        raise ValueError("a JPEG frame without a start-of-frame header before its data")
+    if frame[:4] == b"\xff\x4f\xff\x51":  # a raw JPEG 2000 codestream: SOC, then SIZ
+        siz = 2
+    elif frame[4:8] == b"jP  " and (box := frame.find(b"jp2c")) >= 0 and frame[box + 4:box + 8] == b"\xff\x4f\xff\x51":
+        siz = box + 6  # JP2 file format: the codestream sits in its jp2c box
+    else:
         return None
-    siz = frame.find(b"\xff\x51")  # JPEG 2000 codestream (possibly inside a JP2 box): SIZ gives Xsiz, Ysiz
-    if frame[:4] in (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0c") and siz >= 0 and siz + 20 <= len(frame):
-        width = int.from_bytes(frame[siz + 6:siz + 10], "big") - int.from_bytes(frame[siz + 14:siz + 18], "big")
-        height = int.from_bytes(frame[siz + 10:siz + 14], "big") - int.from_bytes(frame[siz + 18:siz + 22], "big")
-        return width, height
-    return None
+    if siz + 22 > len(frame):
+        raise ValueError("a JPEG 2000 frame whose SIZ header is cut short")
+    # SIZ: marker (2), Lsiz (2), Rsiz (2), Xsiz, Ysiz, XOsiz, YOsiz (4 each).
+    width = int.from_bytes(frame[siz + 6:siz + 10], "big") - int.from_bytes(frame[siz + 14:siz + 18], "big")
+    height = int.from_bytes(frame[siz + 10:siz + 14], "big") - int.from_bytes(frame[siz + 18:siz + 22], "big")
+    return width, height
 
 
 def _decode_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None) -> tuple[np.ndarray, ImageInfo]:

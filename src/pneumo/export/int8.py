@@ -4,7 +4,7 @@ MobileNetV2's depthwise convolutions quantize badly (one 3x3 filter per channel 
 ranges that int8 cannot hold well: Krishnamoorthi 2018, "Quantizing deep convolutional networks for
 efficient inference"), so by default they stay in float, as does the novelty check (its distances
 would move with every rounding): only the dense convolutions run in int8 (quantizing the residual
-additions and the classifier too cost MobileNetV2 half its validation accuracy in a trial)
+additions and the classifier too costs MobileNetV2 most of its accuracy: benchmarks/README.md)
 (QDQ format, per-channel weights, activation ranges from the calibration images; MobileNetV2's ReLU6
 bounds them). The file
 records that it is quantized, what stayed in float, and how far its answers move from the float
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pneumo.export.onnx import METADATA_KEY, export_onnx, seal
+from pneumo.export.onnx import METADATA_KEY, export_onnx, read_onnx_metadata, seal
 from pneumo.files import atomic_path
 from pneumo.models.bundle import Bundle
 
@@ -99,7 +99,12 @@ def quantize_onnx(bundle: Bundle, out: str | Path, calibration_images: np.ndarra
 
 
 def record_check(path: str | Path, check: dict) -> None:
-    """Write the measured agreement with the float model into a quantized file's metadata, and seal it again."""
+    """Write the measured agreement with the float model into a quantized file's metadata, and seal it again.
+
+    Raises:
+        ModelFileError: the file fails its own check first (it is never sealed again unverified).
+    """
+    read_onnx_metadata(path)
     graph = onnx.load(str(path))
     entry = next(e for e in graph.metadata_props if e.key == METADATA_KEY)
     metadata = json.loads(entry.value)

@@ -24,6 +24,7 @@ import onnx
 import onnx.numpy_helper
 import torch
 
+from pneumo.errors import ModelFileError
 from pneumo.files import atomic_path
 from pneumo.models.novelty import ScoredModel
 from pneumo.models.bundle import Bundle
@@ -62,9 +63,12 @@ def _export(model, example: torch.Tensor, temporary: Path, bundle: Bundle) -> No
 
 
 def content_sha256(graph: onnx.ModelProto, metadata: dict) -> str:
-    """The hash of what decides an answer: the graph (nodes, weights, inputs, outputs) and the metadata, less the
-    hashes themselves."""
-    digest = hashlib.sha256(graph.graph.SerializeToString())
+    """The hash of what decides an answer: the whole model (graph, weights, opsets, functions) but its metadata
+    entries, and the pneumo metadata less the hashes themselves."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(graph)
+    del bare.metadata_props[:]
+    digest = hashlib.sha256(bare.SerializeToString())
     unsealed = {key: value for key, value in metadata.items() if key not in ("onnx_sha256", "onnx_weights_sha256")}
     digest.update(json.dumps(unsealed, sort_keys=True).encode())
     return digest.hexdigest()
@@ -96,8 +100,6 @@ def read_onnx_metadata(path: str | Path, *, verify: bool = True) -> dict:
         ModelFileError: unreadable, no pneumo metadata, or (with ``verify``) weights that differ
             from those exported.
     """
-    from pneumo.errors import ModelFileError
-
     try:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as error:

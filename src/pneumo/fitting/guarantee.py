@@ -73,9 +73,13 @@ def _allowed_misses(n: int, target: float, kind: str, confidence: float) -> int:
 
 
 def minimum_positives(target: float, kind: str = "conformal", confidence: float = 0.95) -> int:
-    """The fewest labelled pneumonia cases for which ``kind`` can place a cut-off at ``target``."""
-    n = 1
-    while _allowed_misses(n, target, kind, confidence) < 0:
+    """The fewest labelled pneumonia cases for which ``kind`` can place a cut-off at ``target``: conformal needs
+    (n + 1)(1 - target) >= 1, PAC needs target^n <= 1 - confidence (no miss allowed at all)."""
+    if kind == "conformal":
+        n = max(1, math.ceil(1 / (1 - target) - 1 - 1e-9))
+    else:
+        n = max(1, math.ceil(math.log(1 - confidence) / math.log(target) - 1e-9))
+    while _allowed_misses(n, target, kind, confidence) < 0:  # float rounding at the boundary: a step or two
         n += 1
     return n
 
@@ -99,9 +103,12 @@ def guaranteed_threshold(labels: np.ndarray, probs: np.ndarray, *, target: float
         raise ValueError(f"The 'kind' of guarantee must be one of {GUARANTEES}. Got {kind!r} instead.")
     if not 0 < target < 1 or not 0 < confidence < 1:
         raise ValueError(f"The 'target' and 'confidence' must be in (0, 1). Got {target} and {confidence} instead.")
-    labels = np.asarray(labels)
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    if len(probs) != len(labels) or (patients is not None and len(patients) != len(labels)):
+        raise ValueError(f"The labels, probabilities and patients must describe the same images. Got {len(labels)}, "
+                         f"{len(probs)} and {'none' if patients is None else len(patients)} instead.")
     sick = labels != NORMAL
-    scores = 1 - np.asarray(probs, np.float64)[sick, NORMAL]
+    scores = 1 - probs[sick, NORMAL]
     if patients is not None:
         groups = np.asarray(patients)[sick]
         scores = np.array([scores[groups == patient].min() for patient in np.unique(groups)])

@@ -133,6 +133,7 @@ def calibrate_site(bundle: Bundle, site: SiteLabels, out: Path, *, site_name: st
         The written bundle, and a summary (what was fitted, on how many images, the site's own rates).
 
     Raises:
+        ValueError: an unknown method or guarantee.
         PneumoError: unreadable labelled images, too few of them, or too few pneumonia cases for the guarantee
             (with the number needed).
     """
@@ -172,17 +173,20 @@ def calibrate_site(bundle: Bundle, site: SiteLabels, out: Path, *, site_name: st
     if keep_operating_point:
         if not source_point:
             raise PneumoError(f"{bundle.model_id} has no operating point to keep; drop --keep-operating-point")
-        point = dict(source_point)
+        point = dict(source_point)  # with its own validation figures: the site's are in site_calibration
         threshold = float(point["pneumonia_threshold"])
     else:
         chosen = guaranteed_threshold(labels, probs, target=target, kind=guarantee, confidence=confidence,
                                       patients=site.patients)
         threshold = chosen.threshold
         record["guarantee"] = chosen.to_dict()
+        # What else was fitted on the same labelled images, which the guarantee's exchangeability argument leaves out.
+        record["also_fitted_on_them"] = ["temperature"] + (["batchnorm"] if summary.get("bn_images_also_labelled") else [])
         point = {"pneumonia_threshold": threshold, "target_sensitivity": target, "fitted_on": "site", "site": record}
     rates = _rates(labels, decide(probs, threshold))
     record["rates_on_labelled_images"] = rates
-    point.update(val_sensitivity=rates["sensitivity"]["value"], val_specificity=rates["specificity"]["value"])
+    if not keep_operating_point:
+        point.update(val_sensitivity=rates["sensitivity"]["value"], val_specificity=rates["specificity"]["value"])
     changes.update(
         id=name or f"{bundle.model_id}-{site_name}", temperature=temperature, operating_point=point,
         conformal=conformal_record(labels, probs, f"{len(labels)} labelled images of site {site_name}"),

@@ -219,8 +219,8 @@ class RateLimit:
         self._purged = 0.0
         self._lock = threading.Lock()
 
-    def wait_time(self, client: str) -> float:
-        """0 when the request may go ahead (and it is counted), else seconds until it may."""
+    def wait_time(self, client: str, *, count: bool = True) -> float:
+        """0 when the request may go ahead (and, with ``count``, it is counted), else seconds until it may."""
         now = time.monotonic()
         with self._lock:
             if len(self._seen) > 10_000 and now - self._purged > 1:
@@ -233,7 +233,8 @@ class RateLimit:
                 seen.popleft()
             if len(seen) >= self.per_minute:
                 return 60 - (now - seen[0])
-            seen.append(now)
+            if count:
+                seen.append(now)
             return 0.0
 
 
@@ -261,15 +262,18 @@ def _guard(settings: ServerSettings):
                 "Access-Control-Allow-Headers": "X-API-Key, Authorization, Content-Type", "Access-Control-Max-Age": "600"})
         refusal = None
         client = request.client.host if request.client else "unknown"
-        if request.url.path.startswith("/v1/"):
+        locked = settings.api_key is not None and failures.wait_time(client, count=False)
+        if request.url.path.startswith("/v1/") and locked:
+            # A client that sent too many wrong keys is refused whatever it sends now, the right key included, so
+            # that guessing stays slow and no answer tells a guess apart (behind one proxy address, its clients
+            # share the lock: name the proxy with --trusted-proxy).
+            refusal = _slow_down(locked, f"too many wrong API keys from this client; retry in {locked:.0f} s")
+        elif request.url.path.startswith("/v1/"):
             if settings.api_key is not None and not _has_key(request, settings.api_key):
-                # Wrong keys are counted per client, whatever --rate-limit says: guessing stays slow.
-                wait = failures.wait_time(client)
-                refusal = (_slow_down(wait, f"too many wrong API keys from this client; retry in {wait:.0f} s")
-                           if wait else
-                           JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
-                                         "disclaimer": DISCLAIMER}, status_code=401,
-                                        headers={"WWW-Authenticate": "Bearer"}))
+                failures.wait_time(client)  # counted
+                refusal = JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
+                                        "disclaimer": DISCLAIMER}, status_code=401,
+                                       headers={"WWW-Authenticate": "Bearer"})
             elif limiter is not None:
                 wait = limiter.wait_time(client)
                 if wait:
