@@ -3,13 +3,14 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from pneumo.cli import app
-from pneumo.predict import Predictor, expand_inputs
+from pneumo.predict import Predictor, expand_inputs, find_inputs
 
 runner = CliRunner()
 
@@ -150,3 +151,23 @@ def test_many_files_go_in_chunks_with_a_progress_bar_and_into_out(tiny_run, shar
     assert [row["file"] for row in rows] == files and rows[0]["p_pneumonia"]
     refused = runner.invoke(app, ["predict", "--model", str(tiny_run), "--out", str(tmp_path / "x.txt"), files[0]])
     assert refused.exit_code == 2 and "name a .json or .csv file" in refused.output
+
+
+def test_folders_are_searched_by_content_as_pacs_exports_are_written(tmp_path):
+    """Extensionless DICOM files are found by their preamble; other files are skipped, counted and listed."""
+    from tests.conftest import dicom_bytes
+
+    series = tmp_path / "pacs" / "STUDY1" / "SERIES1"
+    series.mkdir(parents=True)
+    (series / "IM00001").write_bytes(dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4000))
+    (series / "IM00002").write_bytes(dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 3000))
+    (tmp_path / "pacs" / "README").write_text("export notes")
+    found = find_inputs([str(tmp_path / "pacs")])
+    assert [Path(f).name for f in found.files] == ["IM00001", "IM00002"]
+    assert [Path(f).name for f in found.skipped] == ["README"]
+    listing = tmp_path / "skipped.txt"
+    result = runner.invoke(app, ["predict", "--model", "pneumo-cnn", "--json", "--force", "--skipped", str(listing),
+                                 str(tmp_path / "pacs")])
+    assert result.exit_code == 1  # something was skipped: the exit code says so
+    assert len(json.loads(result.stdout)["predictions"]) == 2
+    assert listing.read_text().strip().endswith("README")

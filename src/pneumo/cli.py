@@ -588,10 +588,12 @@ def predict(
     conformal: ConformalOption = None,
     force: ForceOption = False,
     model_sha256: ModelPinOption = None,
+    skipped: Annotated[Optional[Path], typer.Option(help="Write the files found in the folders that are not images (one per line) to this file.")] = None,
 ) -> None:
-    """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays."""
+    """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays. Exits 1 when a
+    file could not be classified or a file in a folder was skipped."""
     from pneumo.files import atomic_write
-    from pneumo.predict import Predictor, expand_inputs, predictions_csv, predictions_json
+    from pneumo.predict import Predictor, find_inputs, predictions_csv, predictions_json
 
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise fail(f"--out {out}: name a .json or .csv file")
@@ -599,9 +601,13 @@ def predict(
         raise fail("--cam-member chooses whose Grad-CAM --gradcam DIR writes; pass --gradcam too")
     predictor = Predictor(model, backend=backend, decision=decision, conformal=conformal, force=force,
                           expected_sha256=model_sha256)
-    files = expand_inputs(inputs)
+    found = find_inputs(inputs)
+    files = found.files
+    if skipped is not None:
+        atomic_write(skipped, "".join(f"{name}\n" for name in found.skipped))
     if not files:
-        raise fail(f"no image files found in {' '.join(inputs)}")
+        raise fail(f"no image files found in {' '.join(inputs)}"
+                   + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     mode = _adapt_mode(adapt, adapt_priors)
     if mode == "none" and len(files) > PREDICT_CHUNK:
         predictions = []
@@ -661,7 +667,11 @@ def predict(
         console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
     for p in failed:
         errors.print(f"[red]error:[/red] {escape(p.source)}: {escape(p.error)}")
-    if failed:
+    if found.skipped:
+        listed = f"listed in {skipped}" if skipped is not None else "list them with --skipped FILE"
+        errors.print(f"[yellow]skipped:[/yellow] {len(found.skipped)} files in the folders are neither images by "
+                     f"name nor DICOM by content ({escape(listed)})")
+    if failed or found.skipped:
         raise typer.Exit(1)
 
 

@@ -99,21 +99,48 @@ class Prediction:
         return self
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files, folders (searched recursively for image files) and glob patterns -> file list.
+@dataclass(frozen=True)
+class Inputs:
+    """What a list of files, folders and patterns names: the image files, and the files in the folders that are
+    not images (skipped, never silently)."""
 
-    A path that matches nothing is kept, so that it is reported as 'file not found'.
-    """
+    files: list[str]
+    skipped: list[str]
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True for a file with the DICOM preamble (``DICM`` at byte 128), as PACS exports write them without a suffix."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def find_inputs(inputs: list[str]) -> Inputs:
+    """Files, folders (searched recursively: image suffixes, and any file with the DICOM preamble, such as a PACS
+    export's ``SERIES1/IM00001``) and glob patterns. A path that matches nothing is kept, so that it is reported
+    as 'file not found'."""
     files: list[str] = []
+    skipped: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            for found in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if found.suffix.lower() in IMAGE_SUFFIXES or has_dicom_preamble(found):
+                    files.append(str(found))
+                else:
+                    skipped.append(str(found))
         elif any(ch in item for ch in "*?[") and not path.exists():
             files += sorted(glob.glob(item, recursive=True))
         else:
             files.append(item)
-    return files
+    return Inputs(files, skipped)
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """The image files that ``inputs`` name (``find_inputs``)."""
+    return find_inputs(inputs).files
 
 
 def read_for_model(source: str, size: int, data: bytes | None = None, *, max_decoded_bytes: int | None = None
@@ -413,4 +440,5 @@ class _SafeWriter:
         self._writer.writerow([csv_cell(cell) for cell in row])
 
 
-__all__ = ["Predictor", "Prediction", "expand_inputs", "predictions_csv", "predictions_json", "DISCLAIMER"]
+__all__ = ["Inputs", "Predictor", "Prediction", "expand_inputs", "find_inputs", "predictions_csv", "predictions_json",
+           "DISCLAIMER"]
