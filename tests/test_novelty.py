@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import hashlib
 import json
 
 import numpy as np
@@ -136,6 +137,9 @@ def test_bundle_keeps_the_check_and_refuses_altered_tensors(tmp_path, cnn, image
     content["state_dict"] = other.state_dict()
     content["metadata"] = json.dumps({**json.loads(content["metadata"]),
                                       "weights_sha256": weights_sha256(other.state_dict())})
+    # Edited metadata alone is caught by its hash; here its hash is recomputed, so the novelty check's own
+    # record of its weights must catch the swap.
+    content["metadata_sha256"] = hashlib.sha256(content["metadata"].encode()).hexdigest()
     torch.save(content, tmp_path / "swapped.pt")
     with pytest.raises(ModelFileError, match="its novelty check was fitted on other weights"):
         load_bundle(tmp_path / "swapped.pt")
