@@ -62,11 +62,6 @@ class Prediction:
         return self.ok and not self.abstained
 
     @property
-    def shown_class(self) -> str:
-        """The class as shown to a person: the label, or "not classified" for an image outside the model's scope."""
-        return f"not classified: {self.abstained}" if self.abstained else self.label
-
-    @property
     def set_text(self) -> str:
         """The conformal class set in words ("bacterial or viral pneumonia"); empty when none was asked for."""
         if self.class_set is None:
@@ -361,7 +356,8 @@ class Predictor:
         prediction.describe_input(info)
         refusal = scope_refusal(info, prediction.novelty, self.novelty_check)
         if refusal and not self.force:
-            prediction.abstained = refusal
+            # No class left to misread: label and probabilities go, the reason says why.
+            prediction.abstained, prediction.label, prediction.probabilities = refusal, "", {}
             prediction.reason = f"not classified: {refusal} (force classifies it anyway)"
         return prediction
 
