@@ -34,6 +34,6 @@ def test_training_steps_reuse_freed_memory_unless_told_otherwise():
     kept, faults = faults_per_step()
     system, system_faults = faults_per_step(PNEUMO_MALLOC="system")
     assert (kept, system) == ("True", "False")
-    # The cnn's step frees and reallocates ~200 MB of activations: ~50000 page faults with
-    # malloc as it is, almost none when the freed memory is kept.
-    assert system_faults > 20_000 and faults * 10 < system_faults, (faults, system_faults)
+    # The cnn's step frees and reallocates ~200 MB of activations: tens of thousands of page faults with malloc as
+    # it is, almost none when the freed memory is kept. A ratio, since the counts depend on the machine's pages.
+    assert system_faults > 1_000 and faults * 10 < system_faults, (faults, system_faults)

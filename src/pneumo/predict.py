@@ -350,6 +350,13 @@ class Predictor:
         """The decision rule in one sentence."""
         return rule(self.threshold, self.point_source)
 
+    def answered_by(self, adapt: str = "none") -> tuple[str, str]:
+        """(backend, sha256 of the file it ran) of the answers under ``adapt``: BatchNorm adaptation exists only in the
+        PyTorch model, so its answers come from the bundle whatever backend was asked for."""
+        if str(adapt).startswith("bn"):
+            return "torch", self._torch_bundle().file_sha256
+        return self.backend, self.sha256
+
     def describe(self, prediction: Prediction, info: ImageInfo) -> Prediction:
         """Attach what the file says of itself (``Prediction.describe_input``), and withdraw the class of an image
         outside the model's scope (``checks.scope_refusal``) unless this predictor forces an answer."""
@@ -396,8 +403,8 @@ def predictions_json(predictor: Predictor, predictions: list[Prediction], *, ada
 
     overlays = overlays or {}
     rows = [dict(p.as_dict(), **({"gradcam": overlays[p.source]} if p.source in overlays else {})) for p in predictions]
-    # model_sha256 is the file the backend ran: the bundle under torch, the ONNX export under onnx.
-    return json.dumps({"model": predictor.model_id, "model_sha256": predictor.sha256, "backend": predictor.backend,
+    backend, sha256 = predictor.answered_by(adapt)
+    return json.dumps({"model": predictor.model_id, "model_sha256": sha256, "backend": backend,
                        "decision_rule": predictor.rule, "conformal_alpha": predictor.conformal,
                        "adapt": adapt, "adapt_priors": adapt.endswith("priors"), "disclaimer": DISCLAIMER,
                        "predictions": rows}, indent=1)
