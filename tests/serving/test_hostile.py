@@ -200,10 +200,6 @@ def test_unusual_but_valid_images_are_answered(client, name, payload):
         assert sum(response.json()["probabilities"].values()) == pytest.approx(1, abs=1e-5)
 
 
-# The files a command-line run or the Python API meets on disk (the body limits are the server's own).
-ON_DISK = [case for case in REFUSED if not case[0].startswith(("oversized", "huge-body", "../", "[bold"))]
-
-
 def test_predict_answers_the_good_file_beside_every_hostile_one(untrained, tmp_path):
     """The same corpus through the CLI: one bad file never costs the others their answers, and each says why."""
     folder = tmp_path / "mixed"
@@ -299,7 +295,39 @@ def tiff_tile_bomb() -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + directory + payload
 
 
+def dicom_with_elements(elements: bytes) -> bytes:
+    """A small DICOM (explicit VR little endian) with raw data elements put just before its pixel data."""
+    data = dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4000)
+    pixels = data.rindex(struct.pack("<HH", 0x7FE0, 0x0010))
+    return data[:pixels] + elements + data[pixels:]
+
+
+def empty_private_elements(count: int) -> bytes:
+    """``count`` empty private elements (0029,1000), (0029,1001), ..., (002B,1000), ...: 12 bytes each."""
+    return b"".join(struct.pack("<HH2sHI", 0x0029 + 2 * (number // 60_000), 0x1000 + number % 60_000, b"UN", 0, 0)
+                    for number in range(count))
+
+
+def sequence_bomb(items: int) -> bytes:
+    """A Modality LUT Sequence of undefined length holding ``items`` empty items (the outside probe's 188 s file)."""
+    return (struct.pack("<HH2sHI", 0x0028, 0x3000, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0) * items
+            + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+
+
+def defined_length_sequence_bomb(elements: int) -> bytes:
+    """A Modality LUT Sequence of defined length whose one item holds ``elements`` empty elements."""
+    item = empty_private_elements(elements)
+    return (struct.pack("<HH2sHI", 0x0028, 0x3000, b"SQ", 0, 8 + len(item)) + struct.pack("<HHI", 0xFFFE, 0xE000, len(item))
+            + item)
+
+
 BOMBS = [
+    ("sequence-bomb.dcm", lambda: dicom_with_elements(sequence_bomb(150_000)), 413,
+     "more than 100,000 reads to parse its data elements"),
+    ("element-bomb.dcm", lambda: dicom_with_elements(empty_private_elements(60_000)), 413,
+     "more than 100,000 reads to parse its data elements"),
+    ("long-sequence.dcm", lambda: dicom_with_elements(defined_length_sequence_bomb(90_000)), 413,
+     "a sequence of 1,080,008 bytes in element (0028,3000), over the limit of 1,048,576"),
     ("scans.jpeg", progressive_scan_bomb, 413, "scans, over the limit of 100"),
     ("frame-bomb.dcm", lambda: dicom_with_frame(jpeg_claiming(30000, 30000), "1.2.840.10008.1.2.4.50"), 413,
      "a compressed frame of 30000x30000 pixels in a 64x64 DICOM image"),
@@ -312,6 +340,10 @@ BOMBS = [
                                                   "1.2.840.10008.1.2.4.50"), 422,
      "a JPEG frame without a start-of-frame header"),
 ]
+
+
+# The files a command-line run or the Python API meets on disk (the body limits are the server's own).
+ON_DISK = [case for case in REFUSED + BOMBS if not case[0].startswith(("oversized", "huge-body", "../", "[bold"))]
 
 
 @pytest.mark.parametrize("name, payload, status, message", BOMBS, ids=[b[0] for b in BOMBS])

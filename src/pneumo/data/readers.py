@@ -35,6 +35,13 @@ MIN_STD = 2.0
 #: Most scans of a JPEG (progressive JPEGs from cameras and PACS have about ten).
 MAX_JPEG_SCANS = 100
 DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
+#: Most reads pydicom may make while parsing one DICOM file. A chest X-ray's few hundred data elements take about a
+#: thousand (and a 256 MB encapsulated image 32,000 more, read in 8 KB chunks); a file of millions of tiny elements
+#: or sequence items, a parsing bomb of a few MB that would take minutes and gigabytes, stops here.
+MAX_DICOM_READS = 100_000
+#: Largest sequence of defined length, in bytes (pydicom parses those only when they are used). The largest real
+#: ones are LUT sequences: a 16-bit LUT of 65,536 entries is 128 KB.
+MAX_SEQUENCE_BYTES = 1024 * 1024
 # Decoded bytes per pixel of the PIL header modes, as OpenCV decodes them (a palette becomes BGR).
 _MODE_BYTES = {"1": 1, "L": 1, "P": 3, "PA": 4, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 3,
                "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
@@ -286,7 +293,10 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
                                    "inflates without a bound before it can be checked; convert it to an uncompressed "
                                    "or JPEG transfer syntax (e.g. dcmconv +te)", status=415)
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        dataset = pydicom.dcmread(_ReadBudget(data, name), force=True)
+        _check_sequences(dataset, name)
+    except ImageReadError:
+        raise
     except Exception as error:  # pydicom raises many types for non-DICOM bytes
         raise ImageReadError(name, f"not a readable DICOM file ({type(error).__name__}: {error})") from None
     if "PixelData" not in dataset:
@@ -308,6 +318,50 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
             and dataset.file_meta.TransferSyntaxUID.is_encapsulated:
         _check_frames(dataset, name, columns, rows, samples * -(-bits // 8))
     return dataset, columns, rows
+
+
+class _ReadBudget(io.BytesIO):
+    """The file's bytes as a stream that refuses to be read more than MAX_DICOM_READS times.
+
+    Every data element and sequence item pydicom parses costs at least one read, so this bounds the time and memory
+    of parsing whatever the file holds, before any object is built for it.
+    """
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+        self.reads_left = MAX_DICOM_READS
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads_left -= 1
+        if self.reads_left < 0:
+            raise ImageReadError(self.name, f"more than {MAX_DICOM_READS:,} reads to parse its data elements: far "
+                                            "more elements or sequence items than any X-ray has; refused", status=413)
+        return super().read(size)
+
+
+def _check_sequences(dataset, name: str) -> None:
+    """Refuse sequences of defined length over MAX_SEQUENCE_BYTES, at any depth, without parsing them.
+
+    pydicom keeps such a sequence as raw bytes until it is used, outside the read budget; sequences of undefined
+    length were parsed while reading, within it, and their items are searched the same way.
+    """
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+
+    for tag in dataset.keys():
+        element = dataset.get_item(tag)
+        if isinstance(element, RawDataElement):
+            try:  # implicit VR files name no VR: the dictionary's, as pydicom will use when it parses the element
+                vr = element.VR or dictionary_VR(tag)
+            except KeyError:  # a private tag: parsed as bytes (UN), never as a sequence
+                continue
+            if vr == "SQ" and element.length != 0xFFFFFFFF and element.length > MAX_SEQUENCE_BYTES:
+                raise ImageReadError(name, f"a sequence of {element.length:,} bytes in element {element.tag}, over "
+                                           f"the limit of {MAX_SEQUENCE_BYTES:,}; refused before parsing it", status=413)
+        elif element.VR == "SQ":
+            for item in element.value:
+                _check_sequences(item, name)
 
 
 def _check_frames(dataset, name: str, columns: int, rows: int, per_pixel: int) -> None:
