@@ -152,6 +152,31 @@ def tiny_run_b(tmp_path_factory, shared_data, cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def untrained(tmp_path_factory) -> Path:
+    """The bundle of an untrained small CNN (64 px): for tests of what surrounds a model, which any model will do,
+    so that they run without the shared data."""
+    import torch
+
+    from pneumo.models import create_model
+    from pneumo.models.bundle import save_bundle
+
+    folder = tmp_path_factory.mktemp("untrained")
+    torch.manual_seed(0)
+    save_bundle(folder / "model.pt", create_model("cnn", num_classes=3).eval(), model_name="cnn", size=64, id="untrained")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_images(tmp_path_factory) -> list[Path]:
+    """Eight different X-ray-like JPEG files."""
+    folder = tmp_path_factory.mktemp("synthetic-images")
+    paths = [folder / f"xray-{seed}.jpeg" for seed in range(8)]
+    for seed, path in enumerate(paths):
+        path.write_bytes(jpeg_bytes(xray_like(seed, 256)))
+    return paths
+
+
+@pytest.fixture(scope="session")
 def shared_images(shared_data) -> list[Path]:
     """A few real images of each class."""
     normal = sorted((shared_data / "train" / "NORMAL").iterdir())[:3]

@@ -899,29 +899,26 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for more images to batch once one is queued.", rich_help_panel="Batching")] = 5.0,
     model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.", rich_help_panel="Security")] = False,
     trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address of a reverse proxy whose X-Forwarded-For is believed (repeatable); without it, the header is ignored and clients are told apart by their own address.", rich_help_panel="Security")] = None,
+    client_timeout: Annotated[float, typer.Option(help="Seconds a client has to send its request headers, and each chunk of its upload, before it is cut off.", rich_help_panel="Security")] = 15.0,
     conformal: ConformalOption = None,
     force: ForceOption = False,
     model_sha256: ModelPinOption = None,
 ) -> None:
     """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
-    import uvicorn
-
-    from pneumo.serving.app import ServerSettings, create_app
+    from pneumo.serving.app import ServerSettings, create_app, serve
 
     settings = ServerSettings(
         max_bytes=int(max_mb * 1024 * 1024), max_decoded_bytes=int(max_image_mb * 1024 * 1024), decoders=decoders,
         api_key=api_key, allowed_hosts=tuple(allowed_host or default_hosts(host)), cors_origins=tuple(cors_origin or ()),
-        rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details)
+        rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details,
+        client_timeout=client_timeout)
     application = create_app(model, backend=backend, settings=settings, conformal=conformal, force=force,
                              expected_sha256=model_sha256)
     if not settings.allowed_hosts:
         errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
                      "with the name clients use")
     console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")
-    # Uvicorn believes X-Forwarded-For from loopback by default, which lets any client behind a local proxy pick the
-    # address the rate limit counts; only the proxies named are believed.
-    uvicorn.run(application, host=host, port=port, log_level="warning", proxy_headers=bool(trusted_proxy),
-                forwarded_allow_ips=",".join(trusted_proxy or []) or None, timeout_keep_alive=5)
+    serve(application, host, port, trusted_proxies=tuple(trusted_proxy or ()), client_timeout=client_timeout)
 
 
 def default_hosts(host: str) -> list[str]:

@@ -11,15 +11,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
 from pneumo.api import load
 from pneumo.cli import app
-from pneumo.models import create_model
-from pneumo.models.bundle import save_bundle
 from pneumo.serving.app import ServerSettings, create_app
 from tests.conftest import dicom_bytes, jpeg_bytes, png_with_size, xray_like
 
@@ -163,15 +160,6 @@ ACCEPTED = [
     ("really-a-png.jpeg", lambda: cv2.imencode(".png", xray_like(5, 64))[1].tobytes()),
     ("scan.dcm", lambda: dicom_bytes(np.arange(64 * 64).reshape(64, 64))),
 ]
-
-
-@pytest.fixture(scope="module")
-def untrained(tmp_path_factory):
-    """A model bundle of an untrained network: what the corpus tests need (any model), without the shared data."""
-    folder = tmp_path_factory.mktemp("untrained")
-    torch.manual_seed(0)
-    save_bundle(folder / "model.pt", create_model("cnn", num_classes=3).eval(), model_name="cnn", size=64, id="untrained")
-    return folder
 
 
 @pytest.fixture(scope="module")

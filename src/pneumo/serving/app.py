@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +28,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pneumo import DISCLAIMER, __version__
 from pneumo.config import flat_config
@@ -37,6 +40,10 @@ from pneumo.predict import Predictor
 from pneumo.serving.batching import MicroBatcher
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+#: Seconds a new connection has to send its request's headers, and an upload to send its next chunk: a client
+#: that connects and sends nothing, or drips its request a byte at a time, is cut off instead of holding a
+#: connection forever (Uvicorn's keep-alive timer covers a connection's later requests, not its first).
+CLIENT_TIMEOUT = 15.0
 MULTIPART_FRAMING = 64 * 1024  # bytes a request may carry beyond its file (boundaries, headers)
 
 
@@ -56,6 +63,7 @@ class ServerSettings:
         max_batch: most images classified in one model call.
         batch_wait_ms: longest wait for more images once one is queued.
         model_details: add the training environment (device, platform, git commit) to /v1/model.
+        client_timeout: seconds a client has to send its headers, and each chunk of its upload.
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -68,11 +76,13 @@ class ServerSettings:
     max_batch: int = 16
     batch_wait_ms: float = 5.0
     model_details: bool = False
+    client_timeout: float = CLIENT_TIMEOUT
 
     def __post_init__(self):
         for name, option, low in (("max_bytes", "--max-mb", 1), ("max_decoded_bytes", "--max-image-mb", 1),
                                   ("decoders", "--decoders", 1), ("rate_limit", "--rate-limit", 0),
-                                  ("max_batch", "--max-batch", 1), ("batch_wait_ms", "--batch-wait-ms", 0)):
+                                  ("max_batch", "--max-batch", 1), ("batch_wait_ms", "--batch-wait-ms", 0),
+                                  ("client_timeout", "--client-timeout", 0.1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"The '{name}' server setting ({option}) must be >= {low}. Got {value} instead.")
@@ -102,53 +112,102 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BodyTooSlow(Exception):
+    pass
+
+
+class SlowClientH11(H11Protocol):
+    """Uvicorn's HTTP/1.1 protocol, closing a connection whose next request's headers are not in within ``timeout``.
+
+    Uvicorn's keep-alive timer stops at the first byte of a request, so a client that connects and sends nothing,
+    or its headers a byte at a time, would hold a connection forever. This deadline runs from the connection's
+    opening, and from each response, until a request's headers are complete.
+    """
+
+    timeout = CLIENT_TIMEOUT
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.headers_deadline = None
+        self.timed_cycle = None
+        self._arm_deadline()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not self.timed_cycle:  # a request's headers are in: its body has BodyLimit's own timeout
+            self.timed_cycle = self.cycle
+            self.headers_deadline.cancel()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        if self.headers_deadline is not None:
+            self.headers_deadline.cancel()
+        self.headers_deadline = self.loop.call_later(self.timeout, self.timeout_keep_alive_handler)
+
+
 class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413, counted as it arrives.
+    """ASGI middleware: a request body over ``max_bytes`` gets 413, counted as it arrives, and one whose next chunk
+    takes over ``timeout`` seconds to come gets 408.
 
     A Content-Length header can be absent (chunked uploads) or wrong, so the bytes themselves
     are counted, and the request is cut off before more than the limit reaches the app, which
     would otherwise spool the whole upload to a temporary file before looking at it.
     """
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float = CLIENT_TIMEOUT):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        received, too_large, answered = 0, False, False
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            message = f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,} bytes"
+            return await _error(413, message)(scope, receive, send)
+        received, refusal, answered, body_done = 0, None, False, False
 
         async def counted_receive():
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, refusal, body_done
+            if body_done:  # after the body the app only waits for a disconnect, which may take any time
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                refusal = (408, f"request body stalled: no data for {self.timeout:.0f} s")
+                raise _BodyTooSlow from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    too_large = True
+                    refusal = (413, f"request body is over the limit of {self.max_bytes:,} bytes")
                     raise _BodyTooLarge
             return message
 
-        async def answer_413():
+        async def answer_refusal():
             nonlocal answered
             if not answered:
                 answered = True
-                await _error(413, f"request body is over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
+                await _error(*refusal)(scope, receive, send)
 
         async def guarded_send(message):
-            # FastAPI turns an exception while parsing a form into its own 400; send the 413 instead.
-            if too_large:
-                await answer_413()
+            # FastAPI turns an exception while parsing a form into its own 400; send the refusal instead.
+            if refusal:
+                await answer_refusal()
             else:
                 await send(message)
 
         try:
             await self.app(scope, counted_receive, guarded_send)
-        except _BodyTooLarge:
+        except (_BodyTooLarge, _BodyTooSlow):
             pass
-        if too_large:
-            await answer_413()
+        if refusal:
+            await answer_refusal()
 
 
+CLIENT_GONE = 499  # nginx's status for a request whose client left: nobody reads the answer
 MAX_BATCH_FILES = 32  # images in one /v1/predict/batch request (the body limit applies to all of them together)
 # A grey lung-shaped mark, so that browsers asking for an icon get one instead of a 404 in the log.
 FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
@@ -238,52 +297,71 @@ class RateLimit:
             return 0.0
 
 
-def _guard(settings: ServerSettings):
-    """An HTTP middleware that applies the optional guards of ``settings`` in a fixed order."""
-    limiter = RateLimit(settings.rate_limit) if settings.rate_limit else None
-    failures = RateLimit(WRONG_KEYS_PER_MINUTE)
-    hosts = {host.lower() for host in settings.allowed_hosts}
-    origins = set(settings.cors_origins)
+class Guard:
+    """ASGI middleware that applies the optional guards of ``settings`` in a fixed order: Host, origin (answering an
+    allowed origin's preflight), API key (counting wrong ones), rate limit.
 
-    async def guard(request: Request, call_next):
+    Pure ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's disconnection from the app.
+    """
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app, self.settings = app, settings
+        self.limiter = RateLimit(settings.rate_limit) if settings.rate_limit else None
+        self.failures = RateLimit(WRONG_KEYS_PER_MINUTE)
+        self.hosts = {host.lower() for host in settings.allowed_hosts}
+        self.origins = set(settings.cors_origins)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal, allowed = self.check(Request(scope))
+
+        async def send_with_cors(message):
+            if message["type"] == "http.response.start":  # so that an allowed page can read answers too
+                MutableHeaders(scope=message).update(allowed)
+            await send(message)
+
+        if refusal is not None:
+            refusal.headers.update(allowed)
+            return await refusal(scope, receive, send)
+        await self.app(scope, receive, send_with_cors)
+
+    def check(self, request: Request) -> tuple[Response | None, dict[str, str]]:
+        """(the refusal, or None to go on; the CORS headers every response to this request carries)."""
+        settings = self.settings
         host = _host_name(request.headers.get("host", ""))
-        if hosts and host is None:
-            return _error(400, "malformed Host header; send the server's name, optionally with :port")
-        if hosts and host not in hosts:
-            return _error(400, f"Host {host!r} is not served here; allowed: {', '.join(sorted(hosts))}")
+        if self.hosts and host is None:
+            return _error(400, "malformed Host header; send the server's name, optionally with :port"), {}
+        if self.hosts and host not in self.hosts:
+            return _error(400, f"Host {host!r} is not served here; allowed: {', '.join(sorted(self.hosts))}"), {}
         origin = request.headers.get("origin")
         same_origin = origin is not None and origin.split("://", 1)[-1].lower() == request.headers.get("host", "").lower()
-        if origin and not same_origin and origin not in origins:
-            return _error(403, f"cross-origin requests from {origin} are not allowed (see --cors-origin)")
-        allowed = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin in origins else {}
+        if origin and not same_origin and origin not in self.origins:
+            return _error(403, f"cross-origin requests from {origin} are not allowed (see --cors-origin)"), {}
+        allowed = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin in self.origins else {}
         if request.method == "OPTIONS" and allowed:  # a browser's preflight, before a call with the key header
             return Response(status_code=204, headers={
-                **allowed, "Access-Control-Allow-Methods": "GET, POST",
-                "Access-Control-Allow-Headers": "X-API-Key, Authorization, Content-Type", "Access-Control-Max-Age": "600"})
-        refusal = None
+                "Access-Control-Allow-Methods": "GET, POST", "Access-Control-Max-Age": "600",
+                "Access-Control-Allow-Headers": "X-API-Key, Authorization, Content-Type"}), allowed
+        if not request.url.path.startswith("/v1/"):
+            return None, allowed
         client = request.client.host if request.client else "unknown"
-        locked = settings.api_key is not None and failures.wait_time(client, count=False)
-        if request.url.path.startswith("/v1/") and locked:
+        locked = settings.api_key is not None and self.failures.wait_time(client, count=False)
+        if locked:
             # A client that sent too many wrong keys is refused whatever it sends now, the right key included, so
             # that guessing stays slow and no answer tells a guess apart (behind one proxy address, its clients
             # share the lock: name the proxy with --trusted-proxy).
-            refusal = _slow_down(locked, f"too many wrong API keys from this client; retry in {locked:.0f} s")
-        elif request.url.path.startswith("/v1/"):
-            if settings.api_key is not None and not _has_key(request, settings.api_key):
-                failures.wait_time(client)  # counted
-                refusal = JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
-                                        "disclaimer": DISCLAIMER}, status_code=401,
-                                       headers={"WWW-Authenticate": "Bearer"})
-            elif limiter is not None:
-                wait = limiter.wait_time(client)
-                if wait:
-                    refusal = _slow_down(wait, f"rate limit of {settings.rate_limit} requests a minute reached; "
-                                               f"retry in {wait:.0f} s")
-        response = refusal or await call_next(request)
-        response.headers.update(allowed)  # so that an allowed page can read answers and refusals alike
-        return response
-
-    return guard
+            return _slow_down(locked, f"too many wrong API keys from this client; retry in {locked:.0f} s"), allowed
+        if settings.api_key is not None and not _has_key(request, settings.api_key):
+            self.failures.wait_time(client)  # counted
+            return JSONResponse({"error": "missing or wrong API key; send it as the X-API-Key header",
+                                 "disclaimer": DISCLAIMER}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"}), allowed
+        wait = self.limiter.wait_time(client) if self.limiter is not None else 0
+        if wait:
+            return _slow_down(wait, f"rate limit of {settings.rate_limit} requests a minute reached; "
+                                    f"retry in {wait:.0f} s"), allowed
+        return None, allowed
 
 
 _HOST = re.compile(r"^(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?$")
@@ -344,8 +422,8 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
     max_bytes = settings.max_bytes
     # The request may exceed the file by its multipart framing; the file itself is checked against max_bytes below.
     max_body = max_bytes + MULTIPART_FRAMING
-    app.add_middleware(BodyLimit, max_bytes=max_body)
-    app.middleware("http")(_guard(settings))
+    app.add_middleware(BodyLimit, max_bytes=max_body, timeout=settings.client_timeout)
+    app.add_middleware(Guard, settings=settings)  # outside BodyLimit: a refused request's body is never read
     _serve_docs_offline(app)
 
     @app.exception_handler(StarletteHTTPException)
@@ -359,13 +437,6 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
         # The same {"error": ...} body as every other 4xx of this API, instead of FastAPI's {"detail": ...}.
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in error.errors())
         return _error(422, f"invalid request ({problems}); send one image as the multipart field 'file'")
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            return _error(413, f"request body of {int(length):,} bytes is over the limit of {max_body:,} bytes")
-        return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -408,25 +479,28 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
         if len(parts) > 1:
             return _error(400, f"{len(parts)} files in one request; send one image per request (field 'file'), "
                                "or several to /v1/predict/batch (field 'files')")
-        status, body = await answer(file, gradcam)
+        status, body = await answer(request, file, gradcam)
         return body if status == 200 else _error(status, body["error"])
 
     @app.post("/v1/predict/batch", response_model=BatchAnswer, response_model_exclude_unset=True,
               responses={400: {"model": Failure}, 413: {"model": Failure}})
-    async def predict_batch(files: list[UploadFile] = File(..., description=f"Up to {MAX_BATCH_FILES} X-ray images."),
+    async def predict_batch(request: Request, files: list[UploadFile] = File(..., description=f"Up to {MAX_BATCH_FILES} X-ray images."),
                             gradcam: bool = Query(False, description="Also return Grad-CAM overlays as base64 PNG.")):
         if len(files) > MAX_BATCH_FILES:
             return _error(400, f"{len(files)} files in one request, over the limit of {MAX_BATCH_FILES}; send them "
                                "in smaller batches")
         # One answer per file, in order; a file that cannot be read gets its error and the others go on.
-        answers = [body for _, body in await asyncio.gather(*(answer(file, gradcam) for file in files))]
+        answers = [body for _, body in await asyncio.gather(*(answer(request, file, gradcam) for file in files))]
         return {"answers": answers, "decision_rule": predictor.rule,
                 "model": {"id": predictor.model_id, "sha256": predictor.sha256}, "disclaimer": DISCLAIMER}
 
-    async def answer(file: UploadFile, gradcam: bool) -> tuple[int, dict]:
+    async def answer(request: Request, file: UploadFile, gradcam: bool) -> tuple[int, dict]:
         """(HTTP status, body) for one uploaded file: its prediction, or its error with the status that fits."""
         name = file.filename or "upload"
         async with decoding:
+            # A decode cannot be stopped once started, but one whose client left while it queued is never started.
+            if await request.is_disconnected():
+                return CLIENT_GONE, {"file": name, "error": "the client closed the connection before decoding"}
             decoded = await run_in_threadpool(decode, file, name)
         if isinstance(decoded, ImageReadError):
             return decoded.status, {"file": name, "error": str(decoded)}
@@ -435,6 +509,8 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
         overlay = None
         if gradcam and prediction.classified:
             async with explaining:
+                if await request.is_disconnected():
+                    return CLIENT_GONE, {"file": name, "error": "the client closed the connection before Grad-CAM"}
                 overlay = await run_in_threadpool(explain, prediction)
         if isinstance(overlay, str):  # no PyTorch model to take gradients of: the answer without its picture
             overlay, unavailable = None, overlay
@@ -483,3 +559,17 @@ def _serve_docs_offline(app: FastAPI) -> None:
                                    swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
                                    swagger_css_url="/static/swagger-ui/swagger-ui.css",
                                    swagger_favicon_url="/static/swagger-ui/favicon-32x32.png")
+
+
+def serve(application: FastAPI, host: str, port: int, *, trusted_proxies: tuple[str, ...] = (),
+          client_timeout: float = CLIENT_TIMEOUT) -> None:
+    """Run ``application`` under Uvicorn until interrupted.
+
+    X-Forwarded-For is believed only from ``trusted_proxies`` (Uvicorn believes loopback by default, which lets any
+    client behind a local proxy pick the address the rate limit counts), and a client gets ``client_timeout``
+    seconds to send its headers, and each chunk of its body.
+    """
+    protocol = type("SlowClientH11", (SlowClientH11,), {"timeout": client_timeout})
+    uvicorn.run(application, host=host, port=port, log_level="warning", http=protocol,
+                proxy_headers=bool(trusted_proxies), forwarded_allow_ips=",".join(trusted_proxies) or None,
+                timeout_keep_alive=5)
