@@ -85,3 +85,34 @@ def test_a_torch_and_torchvision_from_different_builds_get_a_sentence_not_a_trac
     output = " ".join(result.output.split())
     assert result.exit_code == 2 and "torchvision" in output and "are not a pair" in output
     assert "--index-url https://download.pytorch.org/whl/cpu" in output and "Traceback" not in output
+
+
+def test_library_warnings_stay_off_the_terminal(untrained, tmp_path):
+    """pydicom warns about a VOI LUT applied to rescaled values; the file is answered and the terminal sees no warning."""
+    import io
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pydicom
+    import pytest
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from pneumo.data.readers import read_image
+    from tests.conftest import dicom_bytes
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4000)))
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.add_new(0x00283006, "OW", np.linspace(0, 65535, 4096).astype(np.uint16).tobytes())  # LUTData: a ramp
+    dataset.VOILUTSequence = Sequence([lut])
+    path = tmp_path / "voi-lut.dcm"
+    dataset.save_as(path)
+    with pytest.warns(UserWarning, match="VOI LUT"):  # the library does warn
+        read_image(path)
+    result = subprocess.run([sys.executable, "-m", "pneumo.cli", "predict", "--model", str(untrained), "--json",
+                             str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["predictions"][0]["class"]
+    assert "Warning" not in result.stderr and "warn" not in result.stderr.lower(), result.stderr
