@@ -24,13 +24,15 @@ def test_disabled_augmentation_is_identity():
 
 
 def test_pure_shift_moves_content_by_the_expected_pixels():
-    image = torch.zeros(1, 1, 40, 40)
-    image[..., 18:22, 18:22] = 1.0
+    images = torch.zeros(16, 1, 40, 40)
+    images[..., 18:22, 18:22] = 1.0
     config = AugmentConfig(rotation=0, shift=0.1, zoom=0)
-    out = random_affine(image, config, torch.Generator().manual_seed(0))
-    before = (image[0, 0] > 0.5).nonzero().float().mean(0)
-    after = (out[0, 0] > 0.5).nonzero().float().mean(0)
-    assert (after - before).abs().max() <= 0.1 * 40 + 1  # never more than 10% of the side
+    out = random_affine(images, config, torch.Generator().manual_seed(0))
+    before = (images[0, 0] > 0.5).nonzero().float().mean(0)
+    moves = torch.stack([(image[0] > 0.5).nonzero().float().mean(0) - before for image in out])
+    assert moves.abs().max() <= 0.1 * 40 + 1  # never more than 10% of the side
+    assert moves.abs().max() >= 2 and (moves.abs().sum(1) > 0.5).sum() >= 12  # it does move them, by varying amounts
+    assert moves[:, 0].std() > 0.5 and moves[:, 1].std() > 0.5  # in both directions
 
 
 def test_intensity_changes_stay_in_range_and_are_seeded():
