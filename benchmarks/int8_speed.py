@@ -2,7 +2,7 @@
 
     python benchmarks/int8_speed.py --model models/pneumo-mobilenet --int8 /tmp/model-int8.onnx [--rounds 5]
 
-Make the INT8 file first: pneumo export MODEL --quantize int8 --out FILE (it records its accuracy change).
+Make the INT8 file first: pneumo export --model MODEL --quantize int8 --out FILE (it records its accuracy change).
 Rounds alternate float and INT8 so that what else the machine does falls on both; the ratio is the figure to
 quote on a noisy machine.
 """

@@ -3,7 +3,7 @@
     python benchmarks/predict_throughput.py --model runs/x [--model runs/y] [--images 512]
 
 Target: at least 200 images/s on the 2-core CPU for cnn and mobilenet_v2 at 128 px
-with the ONNX backend (export first: pneumo export MODEL --format onnx).
+with the ONNX backend (export first: pneumo export --model MODEL --format onnx).
 """
 
 import argparse

