@@ -6,7 +6,8 @@
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
+
 SHOWN = (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("loss", "Loss"), ("ece", "ECE"),
          ("pneumonia_sensitivity", "Pneumonia sens."), ("pneumonia_specificity", "Pneumonia spec."))
 LABELS = {

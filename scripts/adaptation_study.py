@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import DATA, REPO
+
 from pneumo.inference.adaptation import adapt_batchnorm
 from pneumo.allocator import keep_freed_memory
 from pneumo.inference.calibration import PriorAdaptation
@@ -30,7 +32,6 @@ from pneumo.evaluation.stress import BATTERY, perturb, stress_test
 from pneumo.inference import predict_logits, softmax
 from pneumo.models.bundle import load_bundle
 
-REPO = Path(__file__).resolve().parents[1]
 SIZES = (16, 64, 256, 0)  # 0: all images
 DRAWS = 2
 # (normal, bacterial, viral) shares of the simulated sites.
@@ -89,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--data", default="../shared/datasets/chest_xray")
+    parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--cache", default="cache")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "adaptation")
     parser.add_argument("--resamples", type=int, default=1000)

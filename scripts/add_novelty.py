@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common import DATA, MODELS, REPO, SPLIT, refit_shipped, shipped
+from common import CACHE, DATA, MODELS, REPO, SPLIT, refit_shipped, shipped
 
 from pneumo.allocator import keep_freed_memory
 from pneumo.evaluation.evaluate import select_images
@@ -23,7 +23,7 @@ from pneumo.inference.novelty import fit_novelty
 from pneumo.models.bundle import load_bundle
 
 
-def add_novelty(folder: Path, data: Path = DATA, cache: Path = REPO / "cache") -> None:
+def add_novelty(folder: Path, data: Path = DATA, cache: Path = CACHE) -> None:
     """Fit the novelty check of the model in ``folder`` and write it into its bundle, ONNX file, card and metrics."""
     bundle = load_bundle(folder)
     roles = {role: select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role=role, split_file=SPLIT)[0]

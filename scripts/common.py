@@ -33,7 +33,7 @@ def refit_shipped(bundle: Bundle, **changes) -> Bundle:
     metrics, official = folder / "metrics.json", folder / "official-test.json"
     evaluation = json.loads(metrics.read_text()) if metrics.is_file() else None
     external = json.loads(official.read_text()) if official.is_file() else None
-    written = refit_bundle(bundle, evaluation=evaluation, external=external, **changes)
+    written = refit_bundle(bundle, card_evaluation=evaluation, card_external=external, **changes)
     for measured in sorted(folder.glob("metrics*.json")):
         record = json.loads(measured.read_text())
         record["model_sha256"] = written.file_sha256

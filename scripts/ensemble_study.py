@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import DATA, REPO, SPLIT
+
 from pneumo.allocator import keep_freed_memory
 from pneumo.data.acquisition import affine
 from pneumo.evaluation.evaluate import select_images
@@ -35,8 +37,6 @@ from pneumo.inference.calibration import fit_temperature
 from pneumo.labels import NORMAL
 from pneumo.models.bundle import load_bundle
 
-REPO = Path(__file__).resolve().parents[1]
-SPLIT = REPO / "splits" / "internal.csv"
 MIDDLE = [p for p in BATTERY if p.severity == "middle"]
 
 
@@ -114,7 +114,7 @@ def candidates(runs: list[Path]) -> dict[str, list[Path]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--data", default=os.environ.get("PNEUMO_DATA", "../shared/datasets/chest_xray"))
+    parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--cache-dir", default=os.environ.get("PNEUMO_CACHE", "cache"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "ensembles")
     parser.add_argument("--tta", type=float, action="append", default=[],

@@ -18,18 +18,19 @@ import json
 import sys
 from pathlib import Path
 
+from add_conformal import add_conformal
 from add_novelty import add_novelty
-from finalize_shipped import KEYS, SPLIT, TARGET_SENSITIVITY, _targets
+from common import MODELS, REPO, SPLIT, refit_shipped, role
+from finalize_shipped import KEYS
 
 from pneumo.allocator import keep_freed_memory
-from pneumo.card import model_card
+from pneumo.evaluation.evaluate import evaluate
+from pneumo.evaluation.targets import measure_targets
 from pneumo.fitting.calibrate import calibrate_bundle
-from pneumo.evaluation.evaluate import evaluate, select_images
-from pneumo.export.onnx import export_onnx
-from pneumo.models.bundle import carried_metadata, load_bundle, save_bundle
 from pneumo.fitting.ensemble import write_ensemble
+from pneumo.inference.decision import TARGET_SENSITIVITY
+from pneumo.models.bundle import load_bundle
 
-REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "benchmarks" / "ensembles" / "ensembles.json"
 MAX_WEIGHTS_MB = 30.0  # bundle and ONNX file hold the same weights: under 60 MB together
 ALLOWED_VIEW = 0.9  # the one test-time view the rule allows (a zoom out)
@@ -58,7 +59,7 @@ def find_run(name: str, identity: dict) -> Path:
     return run
 
 
-def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
+def main() -> None:
     study = json.loads(STUDY.read_text())
     chosen = choose(study)
     if chosen is None:
@@ -67,46 +68,40 @@ def main(data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> N
     identity = json.loads((STUDY.parent / "runs.json").read_text())
     runs = [find_run(member, identity) for member in row["members"]]
     size = max(load_bundle(run).size for run in runs)
-    val, val_source = select_images(Path(data), size=size, cache_dir=Path(cache), role="val", split_file=SPLIT)
-    test, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="test", split_file=SPLIT)
+    val, test = role(size, "val"), role(size, "test")
     source = f"validation of {SPLIT.relative_to(REPO)}"
     for run in runs:
         member = load_bundle(run)
-        member_val = val if member.size == size else select_images(
-            Path(data), size=member.size, cache_dir=Path(cache), role="val", split_file=SPLIT)[0]
+        member_val = val if member.size == size else role(member.size, "val")
         # Only the member's temperature matters inside the ensemble; its own operating point is never used.
         calibrate_bundle(member.path, member_val.images, member_val.labels, target=TARGET_SENSITIVITY, source=source,
                          stress=False)
-    out = REPO / "models" / NAME
+    out = MODELS / NAME
     out.mkdir(parents=True, exist_ok=True)
     written = write_ensemble([load_bundle(run) for run in runs], out, val.images, val.labels, name=NAME, source=source,
                              views=(1.0, *row.get("tta", ())))
     shipped = load_bundle(written)
     test_source = f"internal test split: role 'test' of {SPLIT.relative_to(REPO)}"
     metrics, _ = evaluate(shipped, test, resamples=1000, source=test_source, stress=True)
-    extra = carried_metadata(shipped.metadata)
-    extra["evaluation"] = {k: v for k, v in metrics.items()
-                           if k not in ("reliability", "classification_report", "seconds", "stress", "model_sha256")}
-    extra["stress"] = metrics["stress"]
-    extra["choice"] = {"rule": "scripts/README.md", "candidate": name, "validation": {
-        k: row[k] for k in ("accuracy", "accuracy_ci95", "macro_f1", "worst_middle_accuracy", "worst_middle",
-                            "worst_middle_recall_normal", "blur_flip_rate")}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    recorded = dict(
+        evaluation={k: v for k, v in metrics.items()
+                    if k not in ("reliability", "classification_report", "seconds", "stress", "model_sha256")},
+        stress=metrics["stress"], targets=measure_targets(metrics),
+        choice={"rule": "scripts/README.md", "candidate": name, "validation": {
+            k: row[k] for k in ("accuracy", "accuracy_ci95", "macro_f1", "worst_middle_accuracy", "worst_middle",
+                                "worst_middle_recall_normal", "blur_flip_rate")}})
     audit = REPO / "benchmarks" / "audit" / "audit.json"
     if audit.is_file():
-        extra["audit"] = {"probe": json.loads(audit.read_text())["probe"], "source": str(audit.relative_to(REPO))}
-    extra["targets"] = _targets(metrics)
-    save_bundle(written, shipped.model, model_name=shipped.metadata["model_name"], size=size, **extra)
-    shipped = load_bundle(written)
-    export_onnx(shipped, out / "model.onnx")
-    (out / "MODEL_CARD.md").write_text(model_card(shipped.metadata, sha256=shipped.file_sha256))
-    metrics["model_sha256"] = shipped.file_sha256
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    add_novelty(out, Path(data), Path(cache))
-    print(json.dumps({"chosen": name, "validation_source": val_source, "temperature": shipped.temperature,
+        recorded["audit"] = {"probe": json.loads(audit.read_text())["probe"], "source": str(audit.relative_to(REPO))}
+    shipped = refit_shipped(shipped, **recorded)  # the bundle, its ONNX file and card, with what was measured
+    add_novelty(out)
+    add_conformal(out.name)
+    print(json.dumps({"chosen": name, "validation_source": source, "temperature": shipped.temperature,
                       "operating_point": shipped.metadata["operating_point"],
                       "test": {k: metrics[k] for k in KEYS}}, indent=1))
 
 
 if __name__ == "__main__":
     keep_freed_memory()
-    main(*sys.argv[1:])
+    main()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,23 +29,24 @@ import torch
 import yaml
 from sklearn.model_selection import GroupKFold
 
+from add_conformal import add_conformal
 from add_novelty import add_novelty
+from common import MODELS, REPO, RUNS, SPLIT, refit_shipped, role
 
 from pneumo.allocator import keep_freed_memory
-from pneumo.card import model_card
 from pneumo.data.augment import AugmentConfig, random_affine
-from pneumo.fitting.calibrate import fit_calibration
-from pneumo.inference.calibration import PriorAdaptation, adapt_priors, fit_temperature
-from pneumo.evaluation.evaluate import evaluate, select_images
+from pneumo.evaluation.evaluate import evaluate
 from pneumo.evaluation.metrics import bootstrap, summarize
-from pneumo.export.onnx import export_onnx
+from pneumo.evaluation.targets import measure_targets
+from pneumo.fitting.calibrate import fit_calibration
+from pneumo.fitting.refit import refit_bundle
 from pneumo.inference import predict_logits, softmax
-from pneumo.models.bundle import load_bundle, save_bundle
+from pneumo.inference.calibration import PriorAdaptation, adapt_priors, fit_temperature
+from pneumo.inference.decision import TARGET_SENSITIVITY
+from pneumo.models.bundle import load_bundle
 
-REPO = Path(__file__).resolve().parents[1]
-RUNS = Path(os.environ.get("PNEUMO_RUNS", REPO / "runs"))  # as scripts/train_seeds.sh
-SPLIT = REPO / "splits" / "internal.csv"
-TARGET_SENSITIVITY = 0.97
+# What a run's bundle may carry that no longer describes the shipped file.
+STALE = ("evaluation", "stress", "targets", "audit", "conformal", "site_calibration", "adaptation")
 # Class shares (normal, bacterial, viral) of simulated deployment populations for the prior-shift
 # lever. The first is the archive's test split as published with the archive (234/242/148
 # images): used only to simulate a shift on validation, never to tune anything.
@@ -116,17 +116,15 @@ def prior_shift_levers(logits, labels, patients, train_priors):
     return results
 
 
-def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/chest_xray", cache: str = "cache") -> None:
+def main(kind: str, pattern: str | None = None) -> None:
     pattern = pattern or str(RUNS / "ship" / f"pneumo-{kind}-s*")
     runs = sorted(Path(p) for p in glob.glob(pattern))
     runs = [r for r in runs if (r / "model.pt").is_file()]
     if not runs:
-        sys.exit(f"no finished runs match {pattern}; run scripts/train_shipped.sh {kind} first")
+        sys.exit(f"no finished runs match {pattern}; run scripts/train_seeds.sh first")
     bundles = [load_bundle(r) for r in runs]
     size = bundles[0].size
-    val, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="val", split_file=SPLIT)
-    test, _ = select_images(Path(data), size=size, cache_dir=Path(cache), role="test", split_file=SPLIT)
-    test_source = f"internal test split: role 'test' of {SPLIT.relative_to(REPO)}"
+    val, test = role(size, "val"), role(size, "test")
 
     per_seed = []
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -140,7 +138,7 @@ def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/
     bundle, vl = bundles[chosen], val_logits[chosen]
 
     calibration = fit_calibration(models[chosen], val.images, val.labels, target=TARGET_SENSITIVITY,
-                                  source="validation of splits/internal.csv")
+                                  source=f"validation of {SPLIT.relative_to(REPO)}")
     temperature = calibration["temperature"]
     threshold = calibration["operating_point"]["pneumonia_threshold"]
     val_probs = softmax(vl, temperature)
@@ -154,79 +152,38 @@ def main(kind: str, pattern: str | None = None, data: str = "../shared/datasets/
     train_counts = np.array(bundle.metadata["training"].get("train_class_counts"), float)
     levers["prior_shift"] = prior_shift_levers(vl, val.labels, val.patients, train_counts / train_counts.sum())
 
-    out = REPO / "models" / f"pneumo-{kind}"
-    out.mkdir(parents=True, exist_ok=True)
-    seeds_text = _seed_table(per_seed, chosen)
-    # Where and with what it was trained: the run folder's environment.yaml, for the card.
+    # The chosen run's bundle, with its calibration and the record of its training, becomes the model folder.
+    out = MODELS / f"pneumo-{kind}"
     environment = yaml.safe_load((runs[chosen] / "environment.yaml").read_text())
-    extra = dict(
-        id=f"pneumo-{kind}", temperature=temperature, training={**bundle.metadata["training"], "environment": environment},
-        operating_point=calibration["operating_point"], seeds=seeds_text,
-        prior_adaptation=calibration["prior_adaptation"],
-    )
-    save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)
-    shipped = load_bundle(out)
+    shipped = refit_bundle(
+        bundle, out=out, drop=STALE, id=f"pneumo-{kind}", temperature=temperature,
+        training={**bundle.metadata["training"], "environment": environment},
+        operating_point=calibration["operating_point"], prior_adaptation=calibration["prior_adaptation"],
+        seeds={"chosen": runs[chosen].name, "runs": per_seed})
+    # The internal test role, evaluated once, with the stress battery, for the card and the README.
+    test_source = f"internal test split: role 'test' of {SPLIT.relative_to(REPO)}"
     metrics, _ = evaluate(shipped, test, resamples=1000, source=test_source, stress=True)
-    # Without evaluate's wall time, so that finalizing the same runs again writes the same bundle and ONNX file.
-    # Without the hash of the bundle evaluated here either: the shipped file, with this metadata in it, has another.
-    extra["evaluation"] = {k: v for k, v in metrics.items()
-                           if k not in ("reliability", "classification_report", "seconds", "stress", "model_sha256")}
-    extra["stress"] = metrics["stress"]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    recorded = dict(
+        # Without evaluate's wall time, so that finalizing the same runs again writes the same bundle and ONNX
+        # file, and without the hash of the bundle evaluated here: the file that records it has another.
+        evaluation={k: v for k, v in metrics.items()
+                    if k not in ("reliability", "classification_report", "seconds", "stress", "model_sha256")},
+        stress=metrics["stress"], targets=measure_targets(metrics))
     audit = REPO / "benchmarks" / "audit" / "audit.json"
     if audit.is_file():
-        extra["audit"] = {"probe": json.loads(audit.read_text())["probe"], "source": str(audit.relative_to(REPO))}
-    extra["targets"] = _targets(metrics)
-    save_bundle(out / "model.pt", bundle.model, model_name=bundle.metadata["model_name"], size=size, **extra)
-    shipped = load_bundle(out)
-    export_onnx(shipped, out / "model.onnx")
-    (out / "MODEL_CARD.md").write_text(model_card(shipped.metadata, sha256=shipped.file_sha256))
-    metrics["model_sha256"] = shipped.file_sha256  # the same weights; the file now carries its evaluation
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    adapted, _ = evaluate(shipped, test, resamples=1000, source=test_source, adapt=True)
+        recorded["audit"] = {"probe": json.loads(audit.read_text())["probe"], "source": str(audit.relative_to(REPO))}
+    shipped = refit_shipped(shipped, **recorded)
+    adapted, _ = evaluate(shipped, test, resamples=1000, source=test_source, adapt="priors")
     (out / "metrics-adapt-priors.json").write_text(json.dumps(adapted, indent=1))
     (out / "levers.json").write_text(json.dumps({"per_seed": per_seed, "chosen": runs[chosen].name,
                                                  "temperature": temperature, "threshold": threshold,
                                                  "operating_point": calibration["operating_point"],
                                                  "levers_on_validation": levers}, indent=1))
-    add_novelty(out, Path(data), Path(cache))
+    add_novelty(out)
+    add_conformal(out.name)
     print(json.dumps({"chosen": runs[chosen].name, "temperature": temperature, "threshold": threshold,
                       "test": {k: metrics[k] for k in KEYS}}, indent=1))
-
-
-def _seed_table(per_seed, chosen) -> str:
-    lines = ["| Run | Val loss | Val accuracy | Val macro-F1 | Test accuracy | Test macro-F1 |", "|---|---|---|---|---|---|"]
-    for number, s in enumerate(per_seed):
-        mark = " (shipped)" if number == chosen else ""
-        lines.append(f"| {s['run']}{mark} | {s['val']['loss']:.4f} | {s['val']['accuracy']:.4f} | "
-                     f"{s['val']['macro_f1']:.4f} | {s['test']['accuracy']:.4f} | {s['test']['macro_f1']:.4f} |")
-    for role in ("val", "test"):
-        acc = np.array([s[role]["accuracy"] for s in per_seed])
-        f1 = np.array([s[role]["macro_f1"] for s in per_seed])
-        sd = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
-        lines.append(f"| mean ± sd ({role}) | | {acc.mean():.4f} ± {sd(acc):.4f} | {f1.mean():.4f} ± {sd(f1):.4f} | | |"
-                     if role == "val" else
-                     f"| mean ± sd ({role}) | | | | {acc.mean():.4f} ± {sd(acc):.4f} | {f1.mean():.4f} ± {sd(f1):.4f} |")
-    return "Uncalibrated, most-probable-class decisions, per seed (test = internal test split, reported only):\n\n" + "\n".join(lines)
-
-
-def _targets(metrics) -> str:
-    """The accuracy and robustness targets against the internal test figures, clean and under stress."""
-    summary = metrics["stress"]["summary"]
-    middle = [row for row in metrics["stress"]["perturbations"] if row["severity"] == "middle"]
-    rows = [("Three-class accuracy", metrics["accuracy"], 0.86, ">="), ("Macro F1", metrics["macro_f1"], 0.85, ">="),
-            ("Pneumonia sensitivity at the operating point", metrics["pneumonia_sensitivity"], 0.97, ">="),
-            ("Pneumonia specificity at the operating point", metrics["pneumonia_specificity"], 0.95, ">="),
-            ("ECE after temperature scaling", metrics["ece"], 0.03, "<="),
-            ("Stress, middle severities: worst accuracy drop from clean", summary["worst_accuracy_drop"], 0.03, "<="),
-            ("Stress, middle severities: lowest normal recall", min(r["recall_normal"] for r in middle), 0.95, ">="),
-            ("Stress, middle severities: lowest pneumonia sensitivity",
-             min(r["pneumonia_sensitivity"] for r in middle), 0.97, ">="),
-            ("Stress, middle blur: flip rate", summary["blur_flip_rate"], 0.05, "<=")]
-    lines = ["| Target | Measured (internal test) | Goal | Met |", "|---|---|---|---|"]
-    for name, value, goal, sense in rows:
-        met = value >= goal if sense == ">=" else value <= goal
-        lines.append(f"| {name} | {value:.4f} | {sense} {goal} | {'yes' if met else f'no, by {abs(value - goal):.4f}'} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ for phase in "${phases[@]}"; do
       PNEUMO_TRAIN_FLAGS="$gpu" train ship-cnn ship pneumo-cnn configs/pneumo-cnn.yaml
       ;;
     finalize)
-      python scripts/finalize_shipped.py mobilenet "$data"
-      python scripts/finalize_shipped.py cnn "$data"
+      PNEUMO_DATA="$data" python scripts/finalize_shipped.py mobilenet
+      PNEUMO_DATA="$data" python scripts/finalize_shipped.py cnn
       ;;
     levers)
       export PNEUMO_TRAIN_FLAGS="$gpu $mobilenet"

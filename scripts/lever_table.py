@@ -13,12 +13,13 @@ difference in accuracy between the lever's seed ensemble and its reference's.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import DATA, REPO, RUNS
 
 from pneumo.allocator import keep_freed_memory
 from pneumo.evaluation.evaluate import select_images
@@ -26,8 +27,6 @@ from pneumo.evaluation.metrics import summarize
 from pneumo.inference import predict_logits, softmax
 from pneumo.models.bundle import load_bundle
 
-REPO = Path(__file__).resolve().parents[1]
-RUNS = Path(os.environ.get("PNEUMO_RUNS", REPO / "runs"))  # as scripts/train_seeds.sh
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -37,7 +36,7 @@ def reference_of(lever: str, levers) -> str:
     return max(bases, key=len, default="baseline")
 
 
-def main(kind: str, data: str = "../shared/datasets/chest_xray") -> None:
+def main(kind: str, data: str = str(DATA)) -> None:
     groups = {"baseline": []}  # first in the table
     for run in sorted((RUNS / "levers").glob(f"pneumo-{kind}-*-s*")):
         lever = run.name[len(f"pneumo-{kind}-"):].rsplit("-s", 1)[0]

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import DATA, REPO, SPLIT
+
 from pneumo.allocator import keep_freed_memory
 from pneumo.data.readers import resize
 from pneumo.evaluation.evaluate import select_images
@@ -34,9 +36,6 @@ from pneumo.inference.decision import decide
 from pneumo.inference import softmax
 from pneumo.predict import Predictor
 
-REPO = Path(__file__).resolve().parents[1]
-SPLIT = REPO / "splits" / "internal.csv"
-DATA = Path("../shared/datasets/chest_xray")
 INTRO = REPO / "benchmarks" / "novelty" / "intro.md"  # the prose; the figures only from the measurements
 
 

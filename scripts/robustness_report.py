@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
+
 BENCHMARKS = REPO / "benchmarks"
 SEED = re.compile(r"-s\d+$")  # <recipe>-s<seed>: one seed's run; anything else is a shipped model
 

@@ -179,7 +179,7 @@ def test_site_calibration_writes_the_cut_off_with_its_guarantee_and_site(tmp_pat
     point = site.metadata["operating_point"]
     # 20 pneumonia images of 15 children: each child counts once, by its lowest score; floor(16 * 0.1) = 1, so the
     # cut-off is the lowest of the fifteen.
-    guarantee = point["site"]["guarantee"]
+    guarantee = site.metadata["site_calibration"]["guarantee"]
     assert (guarantee["kind"], guarantee["positives"], guarantee["misses_allowed"]) == ("conformal", 15, 0)
     probs = site_probabilities(site, folder, 30)
     sick = np.arange(30) % 3 != 0

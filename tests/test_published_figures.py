@@ -3,6 +3,7 @@ agree with what scripts/finalize_shipped.py and scripts/lever_table.py wrote int
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ SHIPPED = sorted(p.parent for p in (REPO / "models").glob("*/metrics.json"))
 
 
 def load_script(name: str):
+    """A script of scripts/ as a module (its sibling ``common`` importable, as when it is run)."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pneumo import DISCLAIMER
 from pneumo.config import flat_config
+from pneumo.evaluation.targets import missed
 from pneumo.models import get_spec
 from pneumo.models.info import ModelInfo
 
@@ -32,6 +33,46 @@ def _metric_rows(evaluation: dict) -> list[str]:
 
     return ["| Metric | Value | 95% CI (patient bootstrap) |", "|---|---|---|",
             *[f"| {label} | {value} | {interval} |" for label, value, interval in metric_rows(evaluation)]]
+
+
+def seed_lines(seeds: dict | str) -> list[str]:
+    """The seed runs a model was chosen from: each run's validation and internal-test figures (uncalibrated, most
+    probable class), which one was shipped, and mean ± sd over the runs. (Bundles written before these records
+    were data hold the table itself.)"""
+    if isinstance(seeds, str):
+        return [seeds]
+    runs = seeds["runs"]
+    lines = ["Uncalibrated, most-probable-class decisions, per seed (test = internal test split, reported only):", "",
+             "| Run | Val loss | Val accuracy | Val macro-F1 | Test accuracy | Test macro-F1 |", "|---|---|---|---|---|---|"]
+    for run in runs:
+        mark = " (shipped)" if run["run"] == seeds["chosen"] else ""
+        lines.append(f"| {run['run']}{mark} | {run['val']['loss']:.4f} | {run['val']['accuracy']:.4f} | "
+                     f"{run['val']['macro_f1']:.4f} | {run['test']['accuracy']:.4f} | {run['test']['macro_f1']:.4f} |")
+
+    def spread(role: str, key: str) -> str:
+        values = [run[role][key] for run in runs]
+        mean = sum(values) / len(values)
+        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        return f"{mean:.4f} ± {sd:.4f}"
+
+    lines.append(f"| mean ± sd (val) | | {spread('val', 'accuracy')} | {spread('val', 'macro_f1')} | | |")
+    lines.append(f"| mean ± sd (test) | | | | {spread('test', 'accuracy')} | {spread('test', 'macro_f1')} |")
+    return lines
+
+
+def target_lines(targets: dict | str) -> list[str]:
+    """The targets table: each goal, the measured value and whether it is met (by how much it is missed)."""
+    if isinstance(targets, str):  # a bundle written before targets were data
+        return [targets]
+    lines = [f"| Target | Measured ({targets['measured_on']}) | Goal | Met |", "|---|---|---|---|"]
+    for row in targets["rows"]:
+        met = "yes" if row["met"] else f"no, by {abs(row['value'] - row['goal']):.4f}"
+        lines.append(f"| {row['name']} | {row['value']:.4f} | {row['sense']} {row['goal']} | {met} |")
+    return lines
+
+
+def _missed_any(targets: dict | str) -> bool:
+    return "| no," in targets if isinstance(targets, str) else bool(missed(targets))
 
 
 def _shortfall(evaluation: dict, metadata: dict) -> str:
@@ -92,11 +133,11 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
                       f"({validation['worst_middle']}). The best of many candidates on one validation set is "
                       "optimistic there: the internal test figures below are the ones to quote."]
     if metadata.get("seeds"):
-        lines += ["", "## Seed spread (validation)", "", metadata["seeds"]]
+        lines += ["", "## Seed spread (validation)", "", *seed_lines(metadata["seeds"])]
     lines += ["", "## Calibration and operating point", "",
               f"- Temperature (fitted on validation, Guo et al. 2017): {metadata.get('temperature', 1.0):.4f}."]
     point = metadata.get("operating_point")
-    if point and point.get("site"):
+    if point and point.get("fitted_on") == "site":
         lines.append(f"- Operating point: pneumonia when P(bacterial)+P(viral) >= {point['pneumonia_threshold']:.4f}, "
                      f"{ModelInfo.of(metadata).operating_point.source} (see Site calibration).")
     elif point:
@@ -135,8 +176,8 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     if external:
         lines += ["", "## The archive's official test split", "", *external_lines(external)]
     if metadata.get("targets"):
-        lines += ["", "## Targets", "", metadata["targets"]]
-        if "| no," in metadata["targets"] and evaluation:
+        lines += ["", "## Targets", "", *target_lines(metadata["targets"])]
+        if _missed_any(metadata["targets"]) and evaluation:
             lines += ["", _shortfall(evaluation, metadata)]
     stress = (evaluation or {}).get("stress") or metadata.get("stress")
     if stress:

@@ -12,6 +12,7 @@ from pneumo import DISCLAIMER, paths
 from pneumo.cli.base import (TAKES_MOVED_MODEL, CacheOption, DataOption, ModelOption, RequiredModelOption,
                              SplitFileOption, app, fail, model_moved, required_model)
 from pneumo.console import console, errors
+from pneumo.inference.decision import TARGET_SENSITIVITY
 
 
 @app.command(context_settings=TAKES_MOVED_MODEL)
@@ -22,7 +23,7 @@ def calibrate(
     split_file: SplitFileOption = None,
     split: Annotated[str, typer.Option("--split", help="Which labelled images to fit on (default: the validation role).")] = "val",
     cache_dir: CacheOption = paths.cache_dir(),
-    target: Annotated[float, typer.Option(help="Pneumonia sensitivity the operating point must keep.")] = 0.97,
+    target: Annotated[float, typer.Option(help="Pneumonia sensitivity the operating point must keep.")] = TARGET_SENSITIVITY,
     stress: Annotated[bool, typer.Option("--stress/--no-stress", help="Keep the target under the stress battery's middle severities too (default).")] = True,
     guarantee: Annotated[Optional[str], typer.Option(help="conformal or pac: keep the target on new images with a finite-sample guarantee, not only on these (default: reach it on these).")] = None,
     confidence: Annotated[float, typer.Option(help="For --guarantee pac: the probability that sensitivity holds.")] = 0.95,

@@ -21,13 +21,14 @@ from pneumo.fitting.guarantee import conformal_scores, guaranteed_threshold
 from pneumo.fitting.refit import refit_bundle
 from pneumo.inference import predict_logits, softmax
 from pneumo.inference.calibration import PriorAdaptation, fit_temperature, operating_point
+from pneumo.inference.decision import TARGET_SENSITIVITY
 from pneumo.inference.novelty import fit_novelty
 from pneumo.labels import CLASSES
 from pneumo.models.bundle import load_bundle
 
 __all__ = ["DEFAULT_TARGET", "calibrate_bundle", "fit_calibration"]
 
-DEFAULT_TARGET = 0.97
+DEFAULT_TARGET = TARGET_SENSITIVITY
 
 
 def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, target: float = DEFAULT_TARGET,

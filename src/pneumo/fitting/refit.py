@@ -26,8 +26,8 @@ KEEP = object()  # novelty=KEEP: the bundle keeps the novelty check it has
 
 
 def refit_bundle(bundle: Bundle, *, out: Path | None = None, model: nn.Module | None = None,
-                 novelty: Novelty | None | object = KEEP, drop: tuple[str, ...] = (), evaluation: dict | None = None,
-                 external: dict | None = None, **changes: Any) -> Bundle:
+                 novelty: Novelty | None | object = KEEP, drop: tuple[str, ...] = (),
+                 card_evaluation: dict | None = None, card_external: dict | None = None, **changes: Any) -> Bundle:
     """Write ``bundle`` with ``changes`` to its metadata, in place or into the new folder ``out``; returns it loaded.
 
     Args:
@@ -37,8 +37,9 @@ def refit_bundle(bundle: Bundle, *, out: Path | None = None, model: nn.Module | 
         model: new weights (e.g. adapted BatchNorm statistics); None keeps the bundle's.
         novelty: the novelty check to carry: KEEP (the bundle's own), a new one, or None (none).
         drop: metadata keys to remove (e.g. an evaluation the change makes stale).
-        evaluation: measured figures for the card (an ``evaluate`` metrics dict); None: the card has none.
-        external: figures measured outside this repository for the card (``card.external_lines``).
+        card_evaluation: measured figures for the card (an ``evaluate`` metrics dict); None: the bundle's own
+            ``evaluation``, if any.
+        card_external: figures measured outside this repository for the card (``card.external_lines``).
         **changes: metadata to set (``temperature=...``, ``operating_point={...}``, ``conformal={...}``).
 
     Raises:
@@ -58,6 +59,6 @@ def refit_bundle(bundle: Bundle, *, out: Path | None = None, model: nn.Module | 
     if export:
         export_onnx(written, onnx_file)
     if card:
-        atomic_write(card_file, model_card(written.metadata, sha256=written.file_sha256, evaluation=evaluation,
-                                                  external=external))
+        atomic_write(card_file, model_card(written.metadata, sha256=written.file_sha256,
+                                                  evaluation=card_evaluation, external=card_external))
     return written

@@ -182,7 +182,7 @@ def calibrate_site(bundle: Bundle, site: SiteLabels, out: Path, *, site_name: st
         record["guarantee"] = chosen.to_dict()
         # What else was fitted on the same labelled images, which the guarantee's exchangeability argument leaves out.
         record["also_fitted_on_them"] = ["temperature"] + (["batchnorm"] if summary.get("bn_images_also_labelled") else [])
-        point = {"pneumonia_threshold": threshold, "target_sensitivity": target, "fitted_on": "site", "site": record}
+        point = {"pneumonia_threshold": threshold, "target_sensitivity": target, "fitted_on": "site"}  # how: below
     rates = _rates(labels, decide(probs, threshold))
     record["rates_on_labelled_images"] = rates
     if not keep_operating_point:

@@ -18,6 +18,9 @@ from pneumo.labels import BACTERIAL, NORMAL, SHORT_NAMES, VIRAL
 __all__ = ["DECISIONS", "decide", "reason", "rule"]
 
 DECISIONS = ("operating-point", "argmax")
+#: Pneumonia sensitivity an operating point keeps unless told otherwise: a missed pneumonia costs more than a
+#: false alarm.
+TARGET_SENSITIVITY = 0.97
 
 
 def decide(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:

@@ -64,7 +64,7 @@ class ModelInfo:
             size=int(metadata["preprocessing"]["size"]),
             temperature=float(metadata.get("temperature", 1.0)),
             operating_point=OperatingPoint(float(point["pneumonia_threshold"]), point.get("target_sensitivity"),
-                                           _point_source(point))
+                                           _point_source(point, metadata.get("site_calibration")))
             if point.get("pneumonia_threshold") is not None else None,
             novelty=NoveltyInfo(float(novelty["threshold"]), float(novelty["false_alarm_rate"])) if novelty else None,
             conformal_scores=(metadata.get("conformal") or {}).get("scores"),
@@ -85,11 +85,10 @@ class ModelInfo:
         return flat_config(self.training.get("config") or {})
 
 
-def _point_source(point: dict[str, Any]) -> str:
+def _point_source(point: dict[str, Any], site: dict[str, Any] | None) -> str:
     """Where an operating point was fitted, in words: "chosen on validation for pneumonia sensitivity >= 0.97",
-    or for a site calibration its site, image count, guarantee and date."""
-    site = point.get("site")
-    if site:
+    or for one fitted at a site (``site``: the bundle's site calibration) its site, image count, guarantee and date."""
+    if point.get("fitted_on") == "site" and site and site.get("guarantee"):
         guarantee = site["guarantee"]
         how = ("expected sensitivity" if guarantee["kind"] == "conformal"
                else f"sensitivity with probability {guarantee['confidence']:g}")
