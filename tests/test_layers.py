@@ -10,11 +10,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first; a module may import its own layer and the layers below it. The package's __init__ is its facade
 # (``pneumo.load``) and stands above everything.
 LAYERS = [
-    {"errors", "files", "labels", "paths", "plotting", "text", "tables", "allocator"},
+    {"errors", "files", "labels", "paths", "plotting", "privacy", "text", "tables", "allocator"},
     {"data"},
     {"models", "config"},  # the networks and the recipe that builds them
     {"export"},
-    {"inference", "predict", "explain"},  # the one path from pixels to an answer
+    {"inference", "predict", "explain", "store"},  # the one path from pixels to an answer, and where answers go
     {"training"},
     {"evaluation"},
     {"fitting", "card"},  # refits bundles after measuring them; renders their cards

@@ -27,7 +27,7 @@ __all__ = ["Model", "load"]
 
 
 def load(model: str | Path | None = None, *, backend: str = "auto", decision: str = "operating-point",
-         conformal: float | None = None, force: bool = False) -> "Model":
+         conformal: float | None = None, force: bool = False, phi: str = "drop") -> "Model":
     """Load a model for prediction.
 
     Args:
@@ -40,13 +40,15 @@ def load(model: str | Path | None = None, *, backend: str = "auto", decision: st
             of each class); each result then has ``class_set``. None: no sets.
         force: classify images outside the model's scope (colour pictures, non-radiograph DICOM, images far
             from every training X-ray) instead of answering ``abstained`` with the reason.
+        phi: patient identifiers in the results' ``dicom``: ``drop`` (default), ``hash`` (a pseudonym keyed by
+            $PNEUMO_PHI_KEY) or ``keep``.
 
     Raises:
         ModelFileError: no such model, or a model file that fails its integrity checks.
         ValueError: conformal sets asked of a model without their calibration.
     """
     return Model(Predictor(default_model() if model is None else model, backend=backend, decision=decision,
-                           conformal=conformal, force=force))
+                           conformal=conformal, force=force, phi=phi))
 
 
 class Model:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -38,13 +39,15 @@ def progress_bar(description: str, *, on_stderr: bool = False) -> Iterator[Calla
     ``on_stderr`` keeps stdout clean for machine output (the bar then disappears when done).
     """
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=errors if on_stderr else console, transient=on_stderr,
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=errors if on_stderr else console, transient=on_stderr,
     ) as progress:
-        task = progress.add_task(description, total=None)
+        task = progress.add_task(description, total=None, rate="")
+        started = time.perf_counter()
 
         def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            elapsed = time.perf_counter() - started
+            progress.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f}/s" if elapsed > 0 else "")
 
         yield update
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from pneumo import DISCLAIMER
 from pneumo.inference.adaptation import ADAPT_MODES, adapt_batchnorm
-from pneumo.text import csv_cell
 from pneumo.data.readers import ImageInfo, decode_image, read_image, resize
 from pneumo.errors import ImageReadError, ModelFileError
 from pneumo.inference.calibration import PriorAdaptation
@@ -30,6 +29,8 @@ from pneumo.inference.novelty import logits_and_novelty, novelty_warning
 from pneumo.labels import SHORT_NAMES
 from pneumo.models.info import ModelInfo
 from pneumo.paths import resolve_model
+from pneumo.privacy import Identifiers
+from pneumo.text import csv_cell
 
 BACKENDS = ("torch", "onnx", "auto")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
@@ -182,15 +183,18 @@ class Predictor:
         force: classify images outside the model's scope too (``checks.scope_refusal``) instead of refusing them.
         expected_sha256: the sha256 the file the backend runs (model.pt, or the .onnx file) must have: a pin for
             deployments, since a hash recorded inside a file detects damage but not a deliberate edit.
+        phi: patient identifiers in the answers (``pneumo.privacy``): ``drop`` (default), ``hash`` (a keyed
+            pseudonym; the secret in $PNEUMO_PHI_KEY) or ``keep``.
 
     Raises:
         ModelFileError: a file that fails its integrity checks, or whose sha256 is not ``expected_sha256``.
-        ValueError: an unknown backend or decision, or conformal sets asked of a model without their calibration.
+        ValueError: an unknown backend or decision, conformal sets asked of a model without their calibration, or
+            ``phi="hash"`` without a usable secret.
     """
 
     def __init__(self, model: str | Path, *, backend: str = "torch", threads: int | None = None,
                  decision: str = "operating-point", conformal: float | None = None, force: bool = False,
-                 expected_sha256: str | None = None):
+                 expected_sha256: str | None = None, phi: str = "drop"):
         if backend not in BACKENDS:
             raise ValueError(f"The 'backend' must be one of {BACKENDS}. Got {backend!r} instead.")
         if decision not in DECISIONS:
@@ -221,6 +225,7 @@ class Predictor:
         self.point_source = point.source if point else ""
         self.novelty_check = self.info.novelty  # None: the model has none
         self.force = force
+        self.identifiers = Identifiers.from_environment(phi)  # refused here, before any file is read, when unusable
         self.conformal = conformal
         self.conformal_thresholds = None
         if conformal is not None:
@@ -361,6 +366,7 @@ class Predictor:
         """Attach what the file says of itself (``Prediction.describe_input``), and withdraw the class of an image
         outside the model's scope (``checks.scope_refusal``) unless this predictor forces an answer."""
         prediction.describe_input(info)
+        prediction.dicom = self.identifiers.apply(prediction.dicom)
         refusal = scope_refusal(info, prediction.novelty, self.novelty_check)
         if refusal and not self.force:
             # No class left to misread: label and probabilities go, the reason says why.
@@ -406,7 +412,8 @@ def predictions_json(predictor: Predictor, predictions: list[Prediction], *, ada
     backend, sha256 = predictor.answered_by(adapt)
     return json.dumps({"model": predictor.model_id, "model_sha256": sha256, "backend": backend,
                        "decision_rule": predictor.rule, "conformal_alpha": predictor.conformal,
-                       "adapt": adapt, "adapt_priors": adapt.endswith("priors"), "disclaimer": DISCLAIMER,
+                       "adapt": adapt, "adapt_priors": adapt.endswith("priors"),
+                       "patient_identifiers": predictor.identifiers.mode, "disclaimer": DISCLAIMER,
                        "predictions": rows}, indent=1)
 
 

@@ -4,7 +4,7 @@
     data         organize, prepare, show-data, audit, show-augment
     training     train, experiment epochs
     evaluation   evaluate, compare, report
-    predicting   predict, serve
+    predicting   predict, results, serve
     models       calibrate, adapt, ensemble, export, card
 """
 

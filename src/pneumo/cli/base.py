@@ -84,6 +84,7 @@ ConformalOption = Annotated[Optional[float], typer.Option(help="Also give confor
 
 ModelPinOption = Annotated[Optional[str], typer.Option(help="Refuse to run unless the model file the backend loads (model.pt, or the .onnx) has this sha256.", metavar="SHA256")]
 
+PhiOption = Annotated[str, typer.Option(help="Patient identifiers (PatientID) in the answers: drop, hash (a pseudonym keyed by the site secret in $PNEUMO_PHI_KEY, the same in every run) or keep.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Classify images outside the model's scope too (colour pictures, non-radiograph DICOM, images far from every training X-ray) instead of refusing them.")]
 
 # The model once came first as an argument in some commands: such commands take extra arguments only to refuse

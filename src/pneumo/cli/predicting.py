@@ -11,7 +11,7 @@ from rich.text import Text
 
 from pneumo import DISCLAIMER, paths
 from pneumo.cli.base import (AdaptOption, BackendOption, ConformalOption, ForceOption, ModelOption, ModelPinOption,
-                             adapt_mode, app, fail)
+                             PhiOption, adapt_mode, app, fail)
 from pneumo.console import console, errors, progress_bar, table
 from pneumo.labels import CLASSES
 
@@ -27,13 +27,14 @@ def predict(
     cam_member: Annotated[Optional[int], typer.Option(help="For an ensemble: Grad-CAM of this member only (0, 1, ...); default the members' average.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the answers to this .json or .csv file.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the answers to this .json or .csv file; or stream them into a NAME.parquet results store (a folder; a rerun adds only the images not yet answered by this model file).")] = None,
     adapt_priors: Annotated[bool, typer.Option(hidden=True, help="Replaced by --adapt priors.")] = False,
     adapt: AdaptOption = "none",
     decision: Annotated[str, typer.Option(help="operating-point (the model's threshold on P(pneumonia), default) or argmax (the most probable class).")] = "operating-point",
     conformal: ConformalOption = None,
     force: ForceOption = False,
     model_sha256: ModelPinOption = None,
+    phi: PhiOption = "drop",
     skipped: Annotated[Optional[Path], typer.Option(help="Write the files found in the folders that are not images (one per line) to this file.")] = None,
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays. Exits 1 when a
@@ -41,12 +42,16 @@ def predict(
     from pneumo.files import atomic_write
     from pneumo.predict import Predictor, find_inputs, predictions_csv, predictions_json
 
-    if out is not None and out.suffix.lower() not in (".json", ".csv"):
-        raise fail(f"--out {out}: name a .json or .csv file")
+    store = out is not None and out.suffix.lower() == ".parquet"
+    if out is not None and out.suffix.lower() not in (".json", ".csv", ".parquet"):
+        raise fail(f"--out {out}: name a .json or .csv file, or a .parquet results store (a folder)")
+    if store and (as_json or as_csv or gradcam is not None or adapt != "none"):
+        raise fail("a .parquet results store takes the answers one chunk at a time: drop --json, --csv, --gradcam "
+                   "and --adapt (which needs every image at once)")
     if cam_member is not None and gradcam is None:
         raise fail("--cam-member chooses whose Grad-CAM --gradcam DIR writes; pass --gradcam too")
     predictor = Predictor(model, backend=backend, decision=decision, conformal=conformal, force=force,
-                          expected_sha256=model_sha256)
+                          expected_sha256=model_sha256, phi=phi)
     found = find_inputs(inputs)
     files = found.files
     if skipped is not None:
@@ -55,6 +60,9 @@ def predict(
         raise fail(f"no image files found in {' '.join(inputs)}"
                    + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     mode = adapt_mode(adapt, adapt_priors)
+    if store:
+        _predict_into_store(predictor, files, out, found.skipped, skipped)
+        return
     if mode == "none" and len(files) > PREDICT_CHUNK:
         predictions = []
         with progress_bar("predict", on_stderr=True) as update:
@@ -113,12 +121,60 @@ def predict(
         console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
     for p in failed:
         errors.print(f"[red]error:[/red] {escape(p.source)}: {escape(p.error)}")
-    if found.skipped:
-        listed = f"listed in {skipped}" if skipped is not None else "list them with --skipped FILE"
-        errors.print(f"[yellow]skipped:[/yellow] {len(found.skipped)} files in the folders are neither images by "
-                     f"name nor DICOM by content ({escape(listed)})")
+    _report_skipped(found.skipped, skipped)
     if failed or found.skipped:
         raise typer.Exit(1)
+
+
+def _report_skipped(skipped_files: list[str], listing: Optional[Path]) -> None:
+    if skipped_files:
+        listed = f"listed in {listing}" if listing is not None else "list them with --skipped FILE"
+        errors.print(f"[yellow]skipped:[/yellow] {len(skipped_files)} files in the folders are neither images by "
+                     f"name nor DICOM by content ({escape(listed)})")
+
+
+def _predict_into_store(predictor, files: list[str], out: Path, skipped_files: list[str],
+                        listing: Optional[Path]) -> None:
+    """Stream the answers into a Parquet results store, skipping what it already holds; exit 1 on failures."""
+    from pneumo.store import ResultStore, predict_into_store
+
+    store = ResultStore(out, predictor.sha256)
+    before = len(store.answered)
+    with progress_bar("predict", on_stderr=True) as update:
+        run = predict_into_store(predictor, files, store, chunk=PREDICT_CHUNK, progress=update)
+    rate = run.answered / run.seconds if run.seconds else 0.0
+    console.print(f"{out}: {run.answered} images answered now ({rate:.1f} images/s), {run.already_answered} "
+                  f"skipped as answered before ({before} in the store for {predictor.model_id}), {run.failed} "
+                  "unreadable (recorded with their error)", markup=False)
+    console.print(f"Decision: {predictor.rule}. Summary: pneumo results {out}", markup=False)
+    console.print(f"[bold yellow]{DISCLAIMER}[/bold yellow]")
+    _report_skipped(skipped_files, listing)
+    if run.failed or skipped_files:
+        raise typer.Exit(1)
+
+
+@app.command()
+def results(
+    store: Annotated[Path, typer.Argument(help="A results store written by predict --out NAME.parquet.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Summarize a results store: images, classes, not classified, errors and novelty flags per model file."""
+    import json
+
+    from pneumo.store import summarize_store
+
+    summary = summarize_store(store)
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    rows = [[model["model_id"], sha[:12], model["images"], model["rows"],
+             ", ".join(f"{name} {count}" for name, count in model["classes"].items()), model["not_classified"],
+             model["errors"], model["novelty_flagged"], f"{model['first'][:19]} - {model['last'][:19]}"]
+            for sha, model in summary["models"].items()]
+    console.print(table(f"{store}: {summary['rows']} rows in {summary['parts']} files ({summary['bytes'] / 1e6:.1f} MB)",
+                        ["model", "sha256", "images", "rows", "classes", "not classified", "errors", "flagged",
+                         "answered"], rows))
+    console.print(f"[dim]Query it with DuckDB: SELECT * FROM '{escape(str(store))}/*.parquet'. {DISCLAIMER}[/dim]")
 
 
 @app.command()
@@ -142,6 +198,7 @@ def serve(
     conformal: ConformalOption = None,
     force: ForceOption = False,
     model_sha256: ModelPinOption = None,
+    phi: PhiOption = "drop",
 ) -> None:
     """Serve the web page (GET /) and the JSON API (POST /v1/predict, GET /v1/model, /healthz, /docs)."""
     from pneumo.serving.app import ServerSettings, create_app, default_hosts, serve
@@ -152,7 +209,7 @@ def serve(
         rate_limit=rate_limit, max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_details=model_details,
         client_timeout=client_timeout)
     application = create_app(model, backend=backend, settings=settings, conformal=conformal, force=force,
-                             expected_sha256=model_sha256)
+                             expected_sha256=model_sha256, phi=phi)
     if not settings.allowed_hosts:
         errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
                      "with the name clients use")

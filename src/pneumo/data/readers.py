@@ -50,7 +50,8 @@ _DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
 #: DICOM attributes reported with a prediction (they say whose image it is and what kind).
-DICOM_FIELDS = ("PatientID", "StudyInstanceUID", "Modality", "ViewPosition", "PatientAge", "BodyPartExamined")
+DICOM_FIELDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "ViewPosition",
+                "PatientAge", "BodyPartExamined")
 # Mean difference between colour channels (8-bit levels) above which an image counts as a colour picture.
 COLOUR_DIFFERENCE = 6.0
 

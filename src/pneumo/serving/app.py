@@ -388,7 +388,8 @@ def _has_key(request: Request, key: str) -> bool:
 
 
 def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSettings | None = None,
-               conformal: float | None = None, force: bool = False, expected_sha256: str | None = None) -> FastAPI:
+               conformal: float | None = None, force: bool = False, expected_sha256: str | None = None,
+               phi: str = "drop") -> FastAPI:
     """Build the app around one model (loaded once, here).
 
     Args:
@@ -398,9 +399,11 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
         conformal: alpha of conformal class sets in every answer (None: no sets).
         force: answer images outside the model's scope too, instead of "not classified".
         expected_sha256: refuse to start unless the model file has this sha256 (a deployment's pin).
+        phi: patient identifiers in answers: drop, hash (keyed by $PNEUMO_PHI_KEY) or keep (``pneumo.privacy``).
     """
     settings = settings or ServerSettings()
-    predictor = Predictor(model, backend=backend, conformal=conformal, force=force, expected_sha256=expected_sha256)
+    predictor = Predictor(model, backend=backend, conformal=conformal, force=force, expected_sha256=expected_sha256,
+                          phi=phi)
     # One model call at a time: it already uses every core, and Grad-CAM hooks are not thread-safe.
     model_lock = threading.Lock()
 

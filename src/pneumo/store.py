@@ -1,0 +1,199 @@
+"""A results store for archive-scale runs: a folder of Parquet files, one per batch of answers.
+
+Parquet because a results store outlives the program that wrote it: the files are typed, compressed and columnar,
+and pyarrow, DuckDB (``SELECT ... FROM 'results.parquet/*.parquet'``), pandas, polars and Spark read them as one
+table without pneumo. Each batch is written to a temporary name and renamed into place, so that a run killed at any
+moment leaves only whole files; a rerun skips the images (by content, wherever they moved) that the same model file
+has already answered, and adds the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pneumo.errors import PneumoError
+from pneumo.predict import Prediction
+
+__all__ = ["ResultStore", "content_sha256", "summarize_store"]
+
+#: One row per answered image. Probabilities are absent (null) for an image not classified or not read.
+FIELDS = (
+    ("file", "string"), ("content_sha256", "string"), ("model_id", "string"), ("model_sha256", "string"),
+    ("decision_rule", "string"), ("class", "string"), ("p_normal", "float64"), ("p_bacterial", "float64"),
+    ("p_viral", "float64"), ("p_pneumonia", "float64"), ("reason", "string"), ("not_classified", "string"),
+    ("warnings", "list<string>"), ("novelty", "float64"), ("novelty_flagged", "bool"), ("patient", "string"),
+    ("study_uid", "string"), ("series_uid", "string"), ("sop_instance_uid", "string"), ("error", "string"),
+    ("answered_at", "timestamp[ms, UTC]"),
+)
+
+
+def _schema():
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "float64": pa.float64(), "bool": pa.bool_(), "list<string>": pa.list_(pa.string()),
+             "timestamp[ms, UTC]": pa.timestamp("ms", tz="UTC")}
+    return pa.schema([(name, types[kind]) for name, kind in FIELDS])
+
+
+def _pyarrow():
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise PneumoError("a results store needs pyarrow: pip install 'pneumo[archive]'") from None
+
+
+def content_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MB pieces (an image that moved keeps it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+@dataclass
+class ResultStore:
+    """The folder ``path`` of Parquet parts, opened for the model file ``model_sha256``.
+
+    ``answered`` holds the content hashes this model file has answered already (read once, when opened).
+    """
+
+    path: Path
+    model_sha256: str
+
+    def __post_init__(self) -> None:
+        _pyarrow()
+        self.path = Path(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise PneumoError(f"{self.path}: a results store is a folder of Parquet files, and this is a file")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.answered = self._answered()
+
+    def parts(self) -> list[Path]:
+        return sorted(self.path.glob("part-*.parquet"))
+
+    def _answered(self) -> set[str]:
+        import pyarrow.parquet as pq
+
+        done = set()
+        for part in self.parts():
+            table = pq.read_table(part, columns=["content_sha256", "model_sha256"])
+            done.update(sha for sha, model in zip(table["content_sha256"].to_pylist(), table["model_sha256"].to_pylist())
+                        if model == self.model_sha256)
+        return done
+
+    def append(self, predictions: list[Prediction], hashes: list[str], *, model_id: str, rule: str) -> Path | None:
+        """Write one part with a row per prediction (``hashes``: their files' content hashes); None when empty."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not predictions:
+            return None
+        now = time.time()
+        rows = [_row(p, sha, model_id, self.model_sha256, rule, now) for p, sha in zip(predictions, hashes)]
+        table = pa.Table.from_pylist(rows, schema=_schema())
+        name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+        temporary = self.path / f".{name}.tmp"
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, self.path / name)  # whole files only, whenever the run is stopped
+        self.answered.update(hashes)
+        return self.path / name
+
+
+def _row(p: Prediction, sha: str, model_id: str, model_sha256: str, rule: str, now: float) -> dict:
+    shown = p.classified
+    dicom = p.dicom
+    return {
+        "file": p.source, "content_sha256": sha, "model_id": model_id, "model_sha256": model_sha256,
+        "decision_rule": rule, "class": p.label if shown else None,
+        "p_normal": p.probabilities["normal"] if shown else None,
+        "p_bacterial": p.probabilities["bacterial"] if shown else None,
+        "p_viral": p.probabilities["viral"] if shown else None,
+        "p_pneumonia": p.p_pneumonia if shown else None, "reason": p.reason or None,
+        "not_classified": p.abstained or None, "warnings": list(p.warnings),
+        "novelty": p.novelty, "novelty_flagged": (p.novelty > p.novelty_threshold) if p.novelty is not None else None,
+        "patient": dicom.get("PatientID"), "study_uid": dicom.get("StudyInstanceUID"),
+        "series_uid": dicom.get("SeriesInstanceUID"), "sop_instance_uid": dicom.get("SOPInstanceUID"),
+        "error": p.error or None, "answered_at": int(now * 1000),
+    }
+
+
+def summarize_store(path: str | Path) -> dict:
+    """Counts of a store: rows and distinct images, per model file, per class, not classified, errors, flagged."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    _pyarrow()
+    parts = sorted(Path(path).glob("part-*.parquet"))
+    if not parts:
+        raise PneumoError(f"{path}: no results in it (no part-*.parquet files)")
+    table = ds.dataset([str(p) for p in parts], format="parquet", schema=_schema()).to_table()
+    models = {}
+    for model_sha in pc.unique(table["model_sha256"]).to_pylist():
+        rows = table.filter(pc.equal(table["model_sha256"], model_sha))
+        classes = rows["class"].to_pylist()
+        models[model_sha] = {
+            "model_id": rows["model_id"][0].as_py(), "rows": rows.num_rows,
+            "images": len(set(rows["content_sha256"].to_pylist())),
+            "classes": {name: classes.count(name) for name in sorted({c for c in classes if c})},
+            "not_classified": sum(v is not None for v in rows["not_classified"].to_pylist()),
+            "errors": sum(v is not None for v in rows["error"].to_pylist()),
+            "novelty_flagged": sum(bool(v) for v in rows["novelty_flagged"].to_pylist()),
+            "first": str(pc.min(rows["answered_at"]).as_py()), "last": str(pc.max(rows["answered_at"]).as_py()),
+        }
+    return {"store": str(path), "parts": len(parts), "rows": table.num_rows,
+            "bytes": sum(p.stat().st_size for p in parts), "models": models}
+
+
+@dataclass(frozen=True)
+class StoreRun:
+    """What one run into a store did: images answered now, files skipped (answered before, or the same image as
+    another file of this run), and files that could not be read (answered with their error)."""
+
+    answered: int
+    already_answered: int
+    failed: int
+    seconds: float
+
+
+def predict_into_store(predictor, files: list[str], store: ResultStore, *, chunk: int = 256, workers: int = 4,
+                       progress=None) -> StoreRun:
+    """Classify ``files`` into ``store`` a chunk at a time (memory bounded by the chunk, whatever the archive's
+    size), skipping every image the store's model file has answered; ``progress(done, total)`` after each chunk.
+
+    A file that cannot be read gets its row too (with its error), so that a rerun does not try it again; delete
+    those rows' part files, or use another store, to retry them.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    started, answered, skipped, failed = time.perf_counter(), 0, 0, 0
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(files), chunk):
+            batch = files[start:start + chunk]
+            hashes = list(pool.map(_hash_or_none, batch))
+            todo, seen = [], set()
+            for source, sha in zip(batch, hashes):
+                if sha is not None and (sha in store.answered or sha in seen):
+                    skipped += 1
+                    continue
+                seen.add(sha)
+                todo.append((source, sha))
+            predictions = predictor.predict_files([source for source, _ in todo], workers=workers)
+            store.append(predictions, [sha or "" for _, sha in todo], model_id=predictor.model_id, rule=predictor.rule)
+            answered += sum(p.ok for p in predictions)
+            failed += sum(not p.ok for p in predictions)
+            if progress is not None:
+                progress(start + len(batch), len(files))
+    return StoreRun(answered, skipped, failed, time.perf_counter() - started)
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return content_sha256(path)
+    except OSError:
+        return None  # unreadable: predict_files says why, in the row
