@@ -4,7 +4,7 @@
     data         organize, prepare, show-data, audit, show-augment
     training     train, experiment epochs
     evaluation   evaluate, compare, report
-    predicting   predict, results, serve
+    predicting   predict, results, send, serve
     models       calibrate, adapt, ensemble, export, card
 """
 

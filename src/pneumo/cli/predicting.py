@@ -36,6 +36,7 @@ def predict(
     model_sha256: ModelPinOption = None,
     phi: PhiOption = "drop",
     skipped: Annotated[Optional[Path], typer.Option(help="Write the files found in the folders that are not images (one per line) to this file.")] = None,
+    dicom_out: Annotated[Optional[Path], typer.Option(help="Write a DICOM Structured Report (and the Grad-CAM as a Secondary Capture) per classified DICOM image into this folder, in the image's study; send them with pneumo send.")] = None,
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays. Exits 1 when a
     file could not be classified or a file in a folder was skipped."""
@@ -45,9 +46,9 @@ def predict(
     store = out is not None and out.suffix.lower() == ".parquet"
     if out is not None and out.suffix.lower() not in (".json", ".csv", ".parquet"):
         raise fail(f"--out {out}: name a .json or .csv file, or a .parquet results store (a folder)")
-    if store and (as_json or as_csv or gradcam is not None or adapt != "none"):
-        raise fail("a .parquet results store takes the answers one chunk at a time: drop --json, --csv, --gradcam "
-                   "and --adapt (which needs every image at once)")
+    if store and (as_json or as_csv or gradcam is not None or dicom_out is not None or adapt != "none"):
+        raise fail("a .parquet results store takes the answers one chunk at a time: drop --json, --csv, --gradcam, "
+                   "--dicom-out and --adapt (which needs every image at once)")
     if cam_member is not None and gradcam is None:
         raise fail("--cam-member chooses whose Grad-CAM --gradcam DIR writes; pass --gradcam too")
     predictor = Predictor(model, backend=backend, decision=decision, conformal=conformal, force=force,
@@ -79,6 +80,8 @@ def predict(
         for number, (prediction, picture) in enumerate(zip(ok, predictor.explain(ok, member=cam_member))):
             target = atomic_write(gradcam / f"{number:04d}-{Path(prediction.source).stem}-gradcam.png", png_bytes(picture))
             overlays[prediction.source] = str(target)
+    if dicom_out is not None:
+        _write_dicom_results(predictor, predictions, dicom_out, mode)
     if out is not None:
         atomic_write(out, predictions_json(predictor, predictions, adapt=mode, overlays=overlays)
                      if out.suffix.lower() == ".json" else predictions_csv(predictions, predictor.model_id))
@@ -124,6 +127,29 @@ def predict(
     _report_skipped(found.skipped, skipped)
     if failed or found.skipped:
         raise typer.Exit(1)
+
+
+def _write_dicom_results(predictor, predictions, folder: Path, mode: str) -> None:
+    """A Structured Report (and a Grad-CAM Secondary Capture, where the PyTorch model is at hand) per classified
+    DICOM image; other files are left out, and said to be."""
+    from pneumo.errors import ModelFileError
+    from pneumo.pacs import write_dicom_results
+
+    chosen = [p for p in predictions if p.classified and p.dicom.get("SOPInstanceUID")]
+    try:
+        overlays = predictor.explain(chosen) if chosen else []
+    except ModelFileError as error:
+        errors.print(f"[yellow]no Grad-CAM captures:[/yellow] {escape(str(error))}")
+        overlays = [None] * len(chosen)
+    _, sha256 = predictor.answered_by(mode)
+    written = []
+    for prediction, overlay in zip(chosen, overlays):
+        written += write_dicom_results(prediction, Path(prediction.source), folder, model_id=predictor.model_id,
+                                       model_sha256=sha256, rule=predictor.rule, gradcam=overlay)
+    left_out = sum(p.ok for p in predictions) - len(chosen)
+    # On stderr, so that --json and --csv keep stdout to themselves.
+    errors.print(f"wrote {len(written)} DICOM objects for {len(chosen)} images into {folder}"
+                 + (f" ({left_out} answers were not classified DICOM images)" if left_out else ""), markup=False)
 
 
 def _report_skipped(skipped_files: list[str], listing: Optional[Path]) -> None:
@@ -216,3 +242,27 @@ def serve(
     console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")
     serve(application, host, port, trusted_proxies=tuple(trusted_proxy or ()), client_timeout=client_timeout)
 
+
+@app.command()
+def send(
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders of them (e.g. what predict --dicom-out wrote).")],
+    to: Annotated[str, typer.Option("--to", help="The PACS's DICOM address, HOST:PORT.")],
+    aet: Annotated[str, typer.Option("--aet", help="The PACS's AE title (called AE).")],
+    calling_aet: Annotated[str, typer.Option(help="pneumo's own AE title, as the PACS knows it.")] = "PNEUMO",
+) -> None:
+    """Send DICOM objects to a PACS (C-STORE); exits 1 when any was not stored."""
+    from pneumo.pacs import send as store
+
+    host, _, port = to.rpartition(":")
+    if not host or not port.isdigit():
+        raise fail(f"--to {to}: give the PACS as HOST:PORT (e.g. pacs.example.org:104)")
+    files = sorted(f for item in inputs for f in ([item] if item.is_file() else item.rglob("*")) if f.is_file())
+    if not files:
+        raise fail(f"no files in {' '.join(map(str, inputs))}")
+    results = store(files, host, int(port), called_aet=aet, calling_aet=calling_aet)
+    failed = [r for r in results if not r.ok]
+    console.print(f"sent {len(results) - len(failed)} of {len(results)} objects to {aet} at {to}", markup=False)
+    for result in failed:
+        errors.print(f"[red]not stored:[/red] {escape(result.path)}: {escape(result.message)}")
+    if failed:
+        raise typer.Exit(1)
