@@ -14,7 +14,7 @@ LAYERS = [
     {"data"},
     {"models", "config"},  # the networks and the recipe that builds them
     {"export"},
-    {"inference", "predict", "explain", "store", "pacs"},  # the one path from pixels to an answer, and where answers go
+    {"inference", "predict", "explain", "store", "pacs", "scale"},  # the one path from pixels to an answer, and where answers go
     {"training"},
     {"evaluation"},
     {"fitting", "card"},  # refits bundles after measuring them; renders their cards

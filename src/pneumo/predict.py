@@ -201,6 +201,7 @@ class Predictor:
             raise ValueError(f"The 'decision' must be one of {DECISIONS}. Got {decision!r} instead.")
         self.bundle = None
         path = resolve_model(model)
+        self.path = path  # the model's folder or file, resolved
         self._folder = path if path.is_dir() else path.parent
         if backend == "auto":
             backend = "onnx" if path.suffix == ".onnx" or (self._folder / "model.onnx").is_file() else "torch"

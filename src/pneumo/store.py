@@ -19,7 +19,7 @@ from pathlib import Path
 from pneumo.errors import PneumoError
 from pneumo.predict import Prediction
 
-__all__ = ["ResultStore", "content_sha256", "summarize_store"]
+__all__ = ["ResultStore", "content_sha256", "predict_into_store", "rows_of", "summarize_store"]
 
 #: One row per answered image. Probabilities are absent (null) for an image not classified or not read.
 FIELDS = (
@@ -32,7 +32,8 @@ FIELDS = (
 )
 
 
-def _schema():
+def schema():
+    """The Arrow schema of the store's rows (``FIELDS``)."""
     import pyarrow as pa
 
     types = {"string": pa.string(), "float64": pa.float64(), "bool": pa.bool_(), "list<string>": pa.list_(pa.string()),
@@ -90,19 +91,29 @@ class ResultStore:
     def append(self, predictions: list[Prediction], hashes: list[str], *, model_id: str, rule: str) -> Path | None:
         """Write one part with a row per prediction (``hashes``: their files' content hashes); None when empty."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not predictions:
             return None
-        now = time.time()
-        rows = [_row(p, sha, model_id, self.model_sha256, rule, now) for p, sha in zip(predictions, hashes)]
-        table = pa.Table.from_pylist(rows, schema=_schema())
+        rows = rows_of(predictions, hashes, model_id=model_id, model_sha256=self.model_sha256, rule=rule)
+        return self.write(pa.Table.from_pylist(rows, schema=schema()))
+
+    def write(self, table) -> Path:
+        """Add one part holding ``table`` (rows of ``FIELDS``, e.g. made by ``rows_of`` elsewhere)."""
+        import pyarrow.parquet as pq
+
+        table = table.cast(schema())
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
         temporary = self.path / f".{name}.tmp"
         pq.write_table(table, temporary, compression="zstd")
         os.replace(temporary, self.path / name)  # whole files only, whenever the run is stopped
-        self.answered.update(hashes)
+        self.answered.update(sha for sha in table["content_sha256"].to_pylist() if sha)
         return self.path / name
+
+
+def rows_of(predictions: list[Prediction], hashes: list[str], *, model_id: str, model_sha256: str, rule: str) -> list[dict]:
+    """The store's rows for ``predictions`` of files with content ``hashes``."""
+    now = time.time()
+    return [_row(p, sha, model_id, model_sha256, rule, now) for p, sha in zip(predictions, hashes)]
 
 
 def _row(p: Prediction, sha: str, model_id: str, model_sha256: str, rule: str, now: float) -> dict:
@@ -132,7 +143,7 @@ def summarize_store(path: str | Path) -> dict:
     parts = sorted(Path(path).glob("part-*.parquet"))
     if not parts:
         raise PneumoError(f"{path}: no results in it (no part-*.parquet files)")
-    table = ds.dataset([str(p) for p in parts], format="parquet", schema=_schema()).to_table()
+    table = ds.dataset([str(p) for p in parts], format="parquet", schema=schema()).to_table()
     models = {}
     for model_sha in pc.unique(table["model_sha256"]).to_pylist():
         rows = table.filter(pc.equal(table["model_sha256"], model_sha))
@@ -175,14 +186,8 @@ def predict_into_store(predictor, files: list[str], store: ResultStore, *, chunk
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(files), chunk):
             batch = files[start:start + chunk]
-            hashes = list(pool.map(_hash_or_none, batch))
-            todo, seen = [], set()
-            for source, sha in zip(batch, hashes):
-                if sha is not None and (sha in store.answered or sha in seen):
-                    skipped += 1
-                    continue
-                seen.add(sha)
-                todo.append((source, sha))
+            todo = unanswered(batch, store, pool)
+            skipped += len(batch) - len(todo)
             predictions = predictor.predict_files([source for source, _ in todo], workers=workers)
             store.append(predictions, [sha or "" for _, sha in todo], model_id=predictor.model_id, rule=predictor.rule)
             answered += sum(p.ok for p in predictions)
@@ -190,6 +195,18 @@ def predict_into_store(predictor, files: list[str], store: ResultStore, *, chunk
             if progress is not None:
                 progress(start + len(batch), len(files))
     return StoreRun(answered, skipped, failed, time.perf_counter() - started)
+
+
+def unanswered(files: list[str], store: ResultStore, pool) -> list[tuple[str, str | None]]:
+    """(file, content hash) of the ``files`` whose image the store has not answered, each distinct image once; the
+    hash is None for a file that cannot be read (it is answered with its error)."""
+    todo, seen = [], set()
+    for source, sha in zip(files, pool.map(_hash_or_none, files)):
+        if sha is not None and (sha in store.answered or sha in seen):
+            continue
+        seen.add(sha)
+        todo.append((source, sha))
+    return todo
 
 
 def _hash_or_none(path: str) -> str | None:

@@ -36,6 +36,9 @@ def predict(
     model_sha256: ModelPinOption = None,
     phi: PhiOption = "drop",
     skipped: Annotated[Optional[Path], typer.Option(help="Write the files found in the folders that are not images (one per line) to this file.")] = None,
+    engine: Annotated[str, typer.Option(help="With a .parquet store: local (this process) or ray (Ray Data actors; pip install 'pneumo[ray]').", rich_help_panel="Archive runs")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --engine ray: the cluster (ray://HOST:10001 or auto); default a local Ray.", rich_help_panel="Archive runs")] = None,
+    workers: Annotated[int, typer.Option(help="With --engine ray: classifying actors, one CPU each.", rich_help_panel="Archive runs")] = 2,
     dicom_out: Annotated[Optional[Path], typer.Option(help="Write a DICOM Structured Report (and the Grad-CAM as a Secondary Capture) per classified DICOM image into this folder, in the image's study; send them with pneumo send.")] = None,
 ) -> None:
     """Classify X-ray files: class and the three probabilities, optionally with Grad-CAM overlays. Exits 1 when a
@@ -61,8 +64,14 @@ def predict(
         raise fail(f"no image files found in {' '.join(inputs)}"
                    + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     mode = adapt_mode(adapt, adapt_priors)
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray; got {engine!r}")
+    if engine == "ray" and not store:
+        raise fail("--engine ray writes a results store: add --out NAME.parquet")
     if store:
-        _predict_into_store(predictor, files, out, found.skipped, skipped)
+        options = dict(decision=decision, conformal=conformal, force=force, expected_sha256=model_sha256, phi=phi)
+        _predict_into_store(predictor, files, out, found.skipped, skipped,
+                            ray=dict(workers=workers, address=address, options=options) if engine == "ray" else None)
         return
     if mode == "none" and len(files) > PREDICT_CHUNK:
         predictions = []
@@ -159,15 +168,21 @@ def _report_skipped(skipped_files: list[str], listing: Optional[Path]) -> None:
                      f"name nor DICOM by content ({escape(listed)})")
 
 
-def _predict_into_store(predictor, files: list[str], out: Path, skipped_files: list[str],
-                        listing: Optional[Path]) -> None:
-    """Stream the answers into a Parquet results store, skipping what it already holds; exit 1 on failures."""
+def _predict_into_store(predictor, files: list[str], out: Path, skipped_files: list[str], listing: Optional[Path],
+                        ray: Optional[dict] = None) -> None:
+    """Stream the answers into a Parquet results store, skipping what it already holds, in this process or on Ray
+    (``ray``: its workers, address and the predictor's options); exit 1 on failures."""
     from pneumo.store import ResultStore, predict_into_store
 
     store = ResultStore(out, predictor.sha256)
     before = len(store.answered)
     with progress_bar("predict", on_stderr=True) as update:
-        run = predict_into_store(predictor, files, store, chunk=PREDICT_CHUNK, progress=update)
+        if ray is None:
+            run = predict_into_store(predictor, files, store, chunk=PREDICT_CHUNK, progress=update)
+        else:
+            from pneumo.scale import predict_with_ray
+
+            run = predict_with_ray(predictor.path, files, store, progress=update, **ray)
     rate = run.answered / run.seconds if run.seconds else 0.0
     console.print(f"{out}: {run.answered} images answered now ({rate:.1f} images/s), {run.already_answered} "
                   f"skipped as answered before ({before} in the store for {predictor.model_id}), {run.failed} "
