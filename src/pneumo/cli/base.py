@@ -69,21 +69,13 @@ ModelOption = Annotated[Path, typer.Option("--model", "-m", help="A shipped mode
 RequiredModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="A shipped model's folder, a run folder or a model.pt bundle (required: this command writes beside it).", show_default=False)]
 BackendOption = Annotated[str, typer.Option(help="auto (ONNX Runtime where the model has an export), torch or onnx.")]
 DataOption = Annotated[Path, typer.Option("--data", "-d", help="Data folder (organized or archive layout); default $PNEUMO_DATA or data/chest_xray.")]
-
 CacheOption = Annotated[Path, typer.Option("--cache-dir", help="Preprocessing cache; default $PNEUMO_CACHE or cache/.")]
-
 SizeOption = Annotated[int, typer.Option("--size", help="Image side in pixels after resizing.")]
-
 RoleOption = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
-
 SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving the roles (default: the run's split.csv, else the archive's folders).")]
-
 AdaptOption = Annotated[str, typer.Option(help="Adapt to these images as one site: none, priors (EM class mix), bn (BatchNorm statistics, AdaBN) or bn+priors.")]
-
 ConformalOption = Annotated[Optional[float], typer.Option(help="Also give conformal class sets that hold the true class for >= 1-ALPHA of images of each class (e.g. 0.1).", metavar="ALPHA")]
-
 ModelPinOption = Annotated[Optional[str], typer.Option(help="Refuse to run unless the model file the backend loads (model.pt, or the .onnx) has this sha256.", metavar="SHA256")]
-
 PhiOption = Annotated[str, typer.Option(help="Patient identifiers (PatientID) in the answers: drop, hash (a pseudonym keyed by the site secret in $PNEUMO_PHI_KEY, the same in every run) or keep.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Classify images outside the model's scope too (colour pictures, non-radiograph DICOM, images far from every training X-ray) instead of refusing them.")]
 
