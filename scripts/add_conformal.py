@@ -10,6 +10,7 @@ used; ``site_study.py`` and ``evaluate --conformal`` measure the sets afterwards
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from common import MODELS, refit_shipped, role, shipped
 
@@ -19,17 +20,18 @@ from pneumo.inference import predict_logits, softmax
 from pneumo.models.bundle import load_bundle
 
 
-def add_conformal(name: str) -> None:
-    bundle = load_bundle(MODELS / name)
+def add_conformal(folder: Path) -> None:
+    """Fit the conformal scores of the model in ``folder`` on validation and write them into it."""
+    bundle = load_bundle(folder)
     val = role(bundle.size, "val")
     probs = softmax(predict_logits(bundle.model, val.images), bundle.temperature)
     record = conformal_record(val.labels, probs, "the validation role of splits/internal.csv")
     refit_shipped(bundle, conformal=record)
-    print(f"{name}: conformal scores of {record['images']} validation images (per class {record['class_counts']})",
+    print(f"{folder.name}: conformal scores of {record['images']} validation images (per class {record['class_counts']})",
           flush=True)
 
 
 if __name__ == "__main__":
     keep_freed_memory()
     for name in sys.argv[1:] or shipped():
-        add_conformal(name)
+        add_conformal(MODELS / name)

@@ -96,7 +96,7 @@ def main() -> None:
         recorded["audit"] = {"probe": json.loads(audit.read_text())["probe"], "source": str(audit.relative_to(REPO))}
     shipped = refit_shipped(shipped, **recorded)  # the bundle, its ONNX file and card, with what was measured
     add_novelty(out)
-    add_conformal(out.name)
+    add_conformal(out)
     print(json.dumps({"chosen": name, "validation_source": source, "temperature": shipped.temperature,
                       "operating_point": shipped.metadata["operating_point"],
                       "test": {k: metrics[k] for k in KEYS}}, indent=1))

@@ -2,6 +2,7 @@
 
     python scripts/finalize_shipped.py mobilenet      # runs/ship/pneumo-mobilenet-s*/ -> models/pneumo-mobilenet/
     python scripts/finalize_shipped.py mobilenet 'runs/levers/pneumo-mobilenet-size-224-acquisition-s*'
+    python scripts/finalize_shipped.py mobilenet-distilled '' runs/ship/finalized   # measured, not shipped
 
 Every choice uses the validation role of splits/internal.csv only:
   1. the seed with the lowest validation loss is shipped (the spread over seeds is reported);
@@ -116,7 +117,8 @@ def prior_shift_levers(logits, labels, patients, train_priors):
     return results
 
 
-def main(kind: str, pattern: str | None = None) -> None:
+def main(kind: str, pattern: str | None = None, out: str | None = None) -> None:
+    """Finalize ``pneumo-<kind>`` from the runs matching ``pattern`` into ``out`` (default models/pneumo-<kind>)."""
     pattern = pattern or str(RUNS / "ship" / f"pneumo-{kind}-s*")
     runs = sorted(Path(p) for p in glob.glob(pattern))
     runs = [r for r in runs if (r / "model.pt").is_file()]
@@ -153,7 +155,7 @@ def main(kind: str, pattern: str | None = None) -> None:
     levers["prior_shift"] = prior_shift_levers(vl, val.labels, val.patients, train_counts / train_counts.sum())
 
     # The chosen run's bundle, with its calibration and the record of its training, becomes the model folder.
-    out = MODELS / f"pneumo-{kind}"
+    out = Path(out) if out else MODELS / f"pneumo-{kind}"
     environment = yaml.safe_load((runs[chosen] / "environment.yaml").read_text())
     shipped = refit_bundle(
         bundle, out=out, drop=STALE, id=f"pneumo-{kind}", temperature=temperature,
@@ -181,7 +183,7 @@ def main(kind: str, pattern: str | None = None) -> None:
                                                  "operating_point": calibration["operating_point"],
                                                  "levers_on_validation": levers}, indent=1))
     add_novelty(out)
-    add_conformal(out.name)
+    add_conformal(out)
     print(json.dumps({"chosen": runs[chosen].name, "temperature": temperature, "threshold": threshold,
                       "test": {k: metrics[k] for k in KEYS}}, indent=1))
 

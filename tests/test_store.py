@@ -96,6 +96,10 @@ def test_a_store_is_filled_resumed_and_skips_what_it_holds(untrained, tmp_path):
     assert "2 images answered now" in " ".join(again.output.split())
     table = rows(store)
     assert len(table) == 10 and len({row["content_sha256"] for row in table}) == 10
+    other = runner.invoke(app, ["predict", "--model", str(untrained), str(folder), "--out", str(store), "--decision",
+                                "argmax"])
+    assert other.exit_code == 2 and "holds answers made with other options (decision 'operating-point' -> " \
+        "'argmax')" in " ".join(other.output.split())
     summary = json.loads(runner.invoke(app, ["results", str(store), "--json"]).stdout)
     model = next(iter(summary["models"].values()))
     assert summary["rows"] == 10 and model["images"] == 10 and model["errors"] == 1

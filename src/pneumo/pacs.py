@@ -29,18 +29,18 @@ _PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSe
                       "ReferringPhysicianName", "StudyID", "AccessionNumber")  # a private coding scheme (the "99" prefix is reserved for them) for what no standard codes
 
 
-def _needs():
+def _require(module: str, what: str) -> None:
     try:
-        import highdicom  # noqa: F401
+        __import__(module)
     except ImportError:
-        raise PneumoError("DICOM results need highdicom: pip install 'pneumo[archive]'") from None
+        raise PneumoError(f"{what} need {module}: pip install 'pneumo[archive]'") from None
 
 
 def write_dicom_results(prediction: Prediction, source: Path, out: Path, *, model_id: str, model_sha256: str,
                         rule: str, gradcam: np.ndarray | None = None) -> list[Path]:
     """Write the Structured Report of one classified DICOM image (and, given its Grad-CAM overlay, a Secondary
     Capture of it) into ``out``, in a new series of the source's study; returns the files written."""
-    _needs()
+    _require("highdicom", "DICOM results")
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
@@ -56,9 +56,9 @@ def write_dicom_results(prediction: Prediction, source: Path, out: Path, *, mode
         if keyword not in image:
             setattr(image, keyword, "")
     short = dict(zip(CLASSES, SHORT_NAMES))[prediction.label]
-    finding = hd.sr.CodeContentItem(
-        name=codes.DCM.Finding, value=hd.sr.CodedConcept(*_FINDINGS[short][:1], "SCT", _FINDINGS[short][1]),
-        relationship_type="CONTAINS")
+    code, meaning = _FINDINGS[short]
+    finding = hd.sr.CodeContentItem(name=codes.DCM.Finding, value=hd.sr.CodedConcept(code, "SCT", meaning),
+                                    relationship_type="CONTAINS")
     probabilities = [
         hd.sr.NumContentItem(name=hd.sr.CodedConcept(f"P-{name.upper()}", _PRIVATE, f"Probability of {name}"),
                              value=round(float(value), 6), unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
@@ -102,43 +102,53 @@ def write_dicom_results(prediction: Prediction, source: Path, out: Path, *, mode
 @dataclass(frozen=True)
 class SentFile:
     path: str
-    status: int  # the C-STORE status (0 = success); -1 when no association or no answer
+    status: int  # the C-STORE status (0 = success, 0xBxxx = stored with a warning); -1: not sent or no answer
     message: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status == 0
+        return self.status == 0 or self.status & 0xF000 == 0xB000
 
 
 def send(files: list[Path], host: str, port: int, *, called_aet: str, calling_aet: str = "PNEUMO",
          timeout: float = 30) -> list[SentFile]:
-    """C-STORE ``files`` (DICOM objects) to the PACS at ``host:port`` over one association; one result per file."""
+    """C-STORE ``files`` (DICOM objects) to the PACS at ``host:port`` over one association; one result per file.
+
+    Each object is offered in its own transfer syntax. A warning status (0xB000, 0xB006, 0xB007: stored, with
+    coercion or elements discarded) counts as stored.
+    """
+    _require("pynetdicom", "Sending to a PACS")
     import pydicom
     from pynetdicom import AE
 
     datasets = []
     for path in files:
         try:
-            datasets.append((path, pydicom.dcmread(path)))
-        except Exception as error:  # pydicom raises many types for non-DICOM bytes
-            datasets.append((path, f"not a DICOM file ({type(error).__name__}: {error})"))
+            dataset = pydicom.dcmread(path)
+            datasets.append((path, dataset, str(dataset.SOPClassUID), str(dataset.file_meta.TransferSyntaxUID)))
+        except Exception as error:  # pydicom raises many types for non-DICOM bytes; no SOP class, no object
+            datasets.append((path, f"not a DICOM object ({type(error).__name__}: {error})", "", ""))
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class in sorted({str(d.SOPClassUID) for _, d in datasets if not isinstance(d, str)}):
-        ae.add_requested_context(sop_class)
+    for sop_class, syntax in sorted({(sop_class, syntax) for _, _, sop_class, syntax in datasets if sop_class}):
+        ae.add_requested_context(sop_class, syntax)
     association = ae.associate(host, port, ae_title=called_aet)
     if not association.is_established:
         return [SentFile(str(path), -1, f"no association with {called_aet} at {host}:{port}") for path in files]
     results = []
     try:
-        for path, dataset in datasets:
+        for path, dataset, _, _ in datasets:
             if isinstance(dataset, str):
                 results.append(SentFile(str(path), -1, dataset))
                 continue
-            status = association.send_c_store(dataset)
-            code = int(status.Status) if status else -1
-            results.append(SentFile(str(path), code, "" if code == 0 else f"C-STORE status 0x{code:04X}"
-                                    if code >= 0 else "no answer from the PACS"))
+            answer = association.send_c_store(dataset)
+            code = int(answer.Status) if answer else -1
+            if code == 0 or code & 0xF000 == 0xB000:
+                results.append(SentFile(str(path), code))
+            elif code < 0:
+                results.append(SentFile(str(path), code, "no answer from the PACS"))
+            else:
+                results.append(SentFile(str(path), code, f"C-STORE status 0x{code:04X}"))
     finally:
         association.release()
     return results

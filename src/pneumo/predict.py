@@ -84,10 +84,16 @@ class Prediction:
                 **({"class_set": self.class_set, "class_set_text": self.set_text} if self.class_set is not None else {}),
                 **self._novelty_dict(), **({"dicom": self.dicom} if self.dicom else {})}
 
+    @property
+    def novelty_flagged(self) -> bool | None:
+        """Whether the novelty check flags the image; None without a check."""
+        if self.novelty is None or self.novelty_threshold is None:
+            return None
+        return self.novelty > self.novelty_threshold
+
     def _novelty_dict(self) -> dict:
         return ({"novelty": {"score": round(self.novelty, 4), "threshold": round(self.novelty_threshold, 4),
-                             "flagged": self.novelty > self.novelty_threshold}}
-                if self.novelty is not None and self.novelty_threshold is not None else {})
+                             "flagged": self.novelty_flagged}} if self.novelty_flagged is not None else {})
 
     def describe_input(self, info: ImageInfo) -> "Prediction":
         """Attach the input checks' warnings (before the novelty check's) and the DICOM attributes of the file."""

@@ -25,12 +25,12 @@ BATCH = 64  # images per actor call
 
 
 class _Classifier:
-    """A Ray actor: one Predictor (ONNX Runtime where the model has an export), one thread, its own batches."""
+    """A Ray actor: one Predictor (the driver's backend and options), one thread, its own batches."""
 
     def __init__(self, model: str, options: dict):
         from pneumo.predict import Predictor
 
-        self.predictor = Predictor(model, backend="auto", threads=1, **options)
+        self.predictor = Predictor(model, threads=1, **options)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -57,10 +57,14 @@ def predict_with_ray(model: str | Path, files: list[str], store: ResultStore, *,
     with ThreadPoolExecutor(4) as pool:
         todo = unanswered(files, store, pool)
     skipped = len(files) - len(todo)
+    if ray.is_initialized():
+        raise PneumoError("Ray is already running in this process; predict_with_ray starts and stops its own")
+    # For --phi hash, the site secret travels with the job to every worker: a cluster's operators can read a job's
+    # environment, so use --phi hash on a cluster you trust with that secret.
     secret = os.environ.get(KEY_VARIABLE)
-    environment = {"env_vars": {KEY_VARIABLE: secret}} if secret else None  # for --phi hash on every worker
+    environment = {"env_vars": {KEY_VARIABLE: secret}} if secret else None
     ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True, runtime_env=environment)
+             runtime_env=environment)
     answered = failed = 0
     try:
         items = [{"file": source, "path": os.path.abspath(source), "sha": sha or ""} for source, sha in todo]

@@ -10,22 +10,26 @@ has already answered, and adds the rest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumo.errors import PneumoError
+from pneumo.labels import SHORT_NAMES
 from pneumo.predict import Prediction
 
-__all__ = ["ResultStore", "content_sha256", "predict_into_store", "rows_of", "summarize_store"]
+__all__ = ["ResultStore", "StoreRun", "content_sha256", "predict_into_store", "rows_of", "schema", "summarize_store",
+           "unanswered"]
 
 #: One row per answered image. Probabilities are absent (null) for an image not classified or not read.
 FIELDS = (
     ("file", "string"), ("content_sha256", "string"), ("model_id", "string"), ("model_sha256", "string"),
-    ("decision_rule", "string"), ("class", "string"), ("p_normal", "float64"), ("p_bacterial", "float64"),
-    ("p_viral", "float64"), ("p_pneumonia", "float64"), ("reason", "string"), ("not_classified", "string"),
+    ("decision_rule", "string"), ("class", "string"), *((f"p_{name}", "float64") for name in SHORT_NAMES),
+    ("p_pneumonia", "float64"), ("reason", "string"), ("not_classified", "string"),
     ("warnings", "list<string>"), ("novelty", "float64"), ("novelty_flagged", "bool"), ("patient", "string"),
     ("study_uid", "string"), ("series_uid", "string"), ("sop_instance_uid", "string"), ("error", "string"),
     ("answered_at", "timestamp[ms, UTC]"),
@@ -41,7 +45,7 @@ def schema():
     return pa.schema([(name, types[kind]) for name, kind in FIELDS])
 
 
-def _pyarrow():
+def _require_pyarrow() -> None:
     try:
         import pyarrow.parquet  # noqa: F401
     except ImportError:
@@ -61,24 +65,39 @@ def content_sha256(path: str | Path) -> str:
 class ResultStore:
     """The folder ``path`` of Parquet parts, opened for the model file ``model_sha256``.
 
-    ``answered`` holds the content hashes this model file has answered already (read once, when opened).
+    ``options``: what else decides an answer (decision, forced answers, conformal sets, identifiers), recorded in
+    ``store.json`` when the store is made; reopening it with other options is refused, since the images already
+    answered would keep their old answers. ``done`` holds the content hashes this model file has answered.
     """
 
     path: Path
     model_sha256: str
+    options: dict = field(default_factory=dict)
+    done: set[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        _pyarrow()
+        _require_pyarrow()
         self.path = Path(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise PneumoError(f"{self.path}: a results store is a folder of Parquet files, and this is a file")
         self.path.mkdir(parents=True, exist_ok=True)
-        self.answered = self._answered()
+        recorded = self.path / "store.json"
+        if recorded.is_file():
+            before = json.loads(recorded.read_text())
+            if before != self.options:
+                changed = ", ".join(f"{key} {before.get(key)!r} -> {self.options.get(key)!r}"
+                                    for key in sorted(set(before) | set(self.options))
+                                    if before.get(key) != self.options.get(key))
+                raise PneumoError(f"{self.path}: this store holds answers made with other options ({changed}); "
+                                  "use a new store for them")
+        else:
+            recorded.write_text(json.dumps(self.options, indent=1, sort_keys=True))
+        self.done = self._done()
 
     def parts(self) -> list[Path]:
         return sorted(self.path.glob("part-*.parquet"))
 
-    def _answered(self) -> set[str]:
+    def _done(self) -> set[str]:
         import pyarrow.parquet as pq
 
         done = set()
@@ -106,7 +125,7 @@ class ResultStore:
         temporary = self.path / f".{name}.tmp"
         pq.write_table(table, temporary, compression="zstd")
         os.replace(temporary, self.path / name)  # whole files only, whenever the run is stopped
-        self.answered.update(sha for sha in table["content_sha256"].to_pylist() if sha)
+        self.done.update(sha for sha in table["content_sha256"].to_pylist() if sha)
         return self.path / name
 
 
@@ -122,12 +141,10 @@ def _row(p: Prediction, sha: str, model_id: str, model_sha256: str, rule: str, n
     return {
         "file": p.source, "content_sha256": sha, "model_id": model_id, "model_sha256": model_sha256,
         "decision_rule": rule, "class": p.label if shown else None,
-        "p_normal": p.probabilities["normal"] if shown else None,
-        "p_bacterial": p.probabilities["bacterial"] if shown else None,
-        "p_viral": p.probabilities["viral"] if shown else None,
+        **{f"p_{name}": p.probabilities[name] if shown else None for name in SHORT_NAMES},
         "p_pneumonia": p.p_pneumonia if shown else None, "reason": p.reason or None,
         "not_classified": p.abstained or None, "warnings": list(p.warnings),
-        "novelty": p.novelty, "novelty_flagged": (p.novelty > p.novelty_threshold) if p.novelty is not None else None,
+        "novelty": p.novelty, "novelty_flagged": p.novelty_flagged,
         "patient": dicom.get("PatientID"), "study_uid": dicom.get("StudyInstanceUID"),
         "series_uid": dicom.get("SeriesInstanceUID"), "sop_instance_uid": dicom.get("SOPInstanceUID"),
         "error": p.error or None, "answered_at": int(now * 1000),
@@ -136,10 +153,10 @@ def _row(p: Prediction, sha: str, model_id: str, model_sha256: str, rule: str, n
 
 def summarize_store(path: str | Path) -> dict:
     """Counts of a store: rows and distinct images, per model file, per class, not classified, errors, flagged."""
+    _require_pyarrow()
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    _pyarrow()
     parts = sorted(Path(path).glob("part-*.parquet"))
     if not parts:
         raise PneumoError(f"{path}: no results in it (no part-*.parquet files)")
@@ -180,8 +197,6 @@ def predict_into_store(predictor, files: list[str], store: ResultStore, *, chunk
     A file that cannot be read gets its row too (with its error), so that a rerun does not try it again; delete
     those rows' part files, or use another store, to retry them.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     started, answered, skipped, failed = time.perf_counter(), 0, 0, 0
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(files), chunk):
@@ -202,7 +217,7 @@ def unanswered(files: list[str], store: ResultStore, pool) -> list[tuple[str, st
     hash is None for a file that cannot be read (it is answered with its error)."""
     todo, seen = [], set()
     for source, sha in zip(files, pool.map(_hash_or_none, files)):
-        if sha is not None and (sha in store.answered or sha in seen):
+        if sha is not None and (sha in store.done or sha in seen):
             continue
         seen.add(sha)
         todo.append((source, sha))

@@ -156,6 +156,11 @@ def test_slow_clients_are_cut_off_and_others_still_served(untrained, synthetic_i
         assert silent.recv(1024) == b"" and slow_headers.recv(1024) == b""  # closed, after about a second
         stalled = b"".join(iter(lambda: slow_body.recv(4096), b""))  # the answer, then the close
         assert stalled.startswith(b"HTTP/1.1 408") and b"request body stalled: no data for 1 s" in stalled
+        pipelined = socket.create_connection(("127.0.0.1", port))
+        pipelined.settimeout(10)
+        pipelined.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3)  # three at once, then idle
+        answers = b"".join(iter(lambda: pipelined.recv(4096), b""))  # all three, then closed when idle
+        assert answers.count(b"HTTP/1.1 200 OK") == 3
         image = {"file": ("a.jpeg", synthetic_images[0].read_bytes())}
         assert httpx.post(f"{url}/v1/predict", files=image, timeout=30).status_code == 200
     finally:

@@ -76,11 +76,10 @@ SplitFileOption = Annotated[Optional[Path], typer.Option(help="Split CSV giving 
 AdaptOption = Annotated[str, typer.Option(help="Adapt to these images as one site: none, priors (EM class mix), bn (BatchNorm statistics, AdaBN) or bn+priors.")]
 ConformalOption = Annotated[Optional[float], typer.Option(help="Also give conformal class sets that hold the true class for >= 1-ALPHA of images of each class (e.g. 0.1).", metavar="ALPHA")]
 ModelPinOption = Annotated[Optional[str], typer.Option(help="Refuse to run unless the model file the backend loads (model.pt, or the .onnx) has this sha256.", metavar="SHA256")]
-PhiOption = Annotated[str, typer.Option(help="Patient identifiers (PatientID) in the answers: drop, hash (a pseudonym keyed by the site secret in $PNEUMO_PHI_KEY, the same in every run) or keep.")]
+PhiOption = Annotated[str, typer.Option(help="Patient identifiers (PatientID) in the answers: drop, hash (a pseudonym keyed by the site secret in $PNEUMO_PHI_KEY, the same in every run) or keep. Study, series and instance UIDs are kept: they link answers to the PACS.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Classify images outside the model's scope too (colour pictures, non-radiograph DICOM, images far from every training X-ray) instead of refusing them.")]
 
-# The model once came first as an argument in some commands: such commands take extra arguments only to refuse
-# them, naming --model (see model_moved).
+# Commands that name one model take extra arguments only to refuse them, naming --model (see model_moved).
 TAKES_MOVED_MODEL = {"allow_extra_args": True}
 
 
@@ -168,7 +167,7 @@ def config_flags(*sections: str) -> list[inspect.Parameter]:
             continue
         spec = next(item for item in fields(SECTIONS[section]) if item.name == name)
         if "help" not in spec.metadata:
-            continue
+            raise TypeError(f"the configuration option {section}.{name} has no help: declare it in its field")
         kind = get_type_hints(SECTIONS[section])[name]
         kind = next((arg for arg in get_args(kind) if arg is not type(None)), kind)  # str | None -> str
         flag = "--" + flat.replace("_", "-")

@@ -66,7 +66,7 @@ def adapt(
     labels: Annotated[Optional[Path], typer.Option(help="CSV (path,class[,patient]) of labelled site images: refit the temperature, the operating point (with a guarantee) and conformal sets on them.")] = None,
     method: Annotated[Optional[str], typer.Option(help="none: refit the decision only (default with --labels); bn: re-estimate BatchNorm statistics first (AdaBN; default without labels).")] = None,
     site: Annotated[Optional[str], typer.Option(help="The site's name, recorded with the cut-off (default: the --out folder's name).")] = None,
-    target: Annotated[Optional[float], typer.Option(help="Pneumonia sensitivity the cut-off must keep (default: the model's own, 0.97).")] = None,
+    target: Annotated[Optional[float], typer.Option(help=f"Pneumonia sensitivity the cut-off must keep (default: the model's own, {TARGET_SENSITIVITY}).")] = None,
     guarantee: Annotated[str, typer.Option(help="conformal (expected sensitivity >= target on new site images) or pac (>= target with --confidence).")] = "conformal",
     confidence: Annotated[float, typer.Option(help="For --guarantee pac: the probability, over the labelled images drawn, that sensitivity holds.")] = 0.95,
     keep_operating_point: Annotated[bool, typer.Option("--keep-operating-point", help="Keep the model's own cut-off; refit only the temperature and conformal sets.")] = False,

@@ -1,4 +1,5 @@
-"""Answering: predict (files) and serve (the web page and API)."""
+"""Answering: predict (files, or an archive into a results store), results, send (DICOM results to a PACS) and
+serve (the web page and API)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ def predict(
     from pneumo.files import atomic_write
     from pneumo.predict import Predictor, find_inputs, predictions_csv, predictions_json
 
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray; got {engine!r}")
     store = out is not None and out.suffix.lower() == ".parquet"
+    if engine == "ray" and not store:
+        raise fail("--engine ray writes a results store: add --out NAME.parquet")
     if out is not None and out.suffix.lower() not in (".json", ".csv", ".parquet"):
         raise fail(f"--out {out}: name a .json or .csv file, or a .parquet results store (a folder)")
     if store and (as_json or as_csv or gradcam is not None or dicom_out is not None or adapt != "none"):
@@ -64,13 +69,11 @@ def predict(
         raise fail(f"no image files found in {' '.join(inputs)}"
                    + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     mode = adapt_mode(adapt, adapt_priors)
-    if engine not in ("local", "ray"):
-        raise fail(f"--engine must be local or ray; got {engine!r}")
-    if engine == "ray" and not store:
-        raise fail("--engine ray writes a results store: add --out NAME.parquet")
     if store:
-        options = dict(decision=decision, conformal=conformal, force=force, expected_sha256=model_sha256, phi=phi)
-        _predict_into_store(predictor, files, out, found.skipped, skipped,
+        # What decides an answer besides the model file: a store holds answers made one way only.
+        answers = dict(decision=decision, conformal=conformal, force=force, phi=phi)
+        options = dict(answers, backend=predictor.backend, expected_sha256=model_sha256)
+        _predict_into_store(predictor, files, out, answers, found.skipped, skipped,
                             ray=dict(workers=workers, address=address, options=options) if engine == "ray" else None)
         return
     if mode == "none" and len(files) > PREDICT_CHUNK:
@@ -168,14 +171,14 @@ def _report_skipped(skipped_files: list[str], listing: Optional[Path]) -> None:
                      f"name nor DICOM by content ({escape(listed)})")
 
 
-def _predict_into_store(predictor, files: list[str], out: Path, skipped_files: list[str], listing: Optional[Path],
-                        ray: Optional[dict] = None) -> None:
+def _predict_into_store(predictor, files: list[str], out: Path, answers: dict, skipped_files: list[str],
+                        listing: Optional[Path], ray: Optional[dict] = None) -> None:
     """Stream the answers into a Parquet results store, skipping what it already holds, in this process or on Ray
     (``ray``: its workers, address and the predictor's options); exit 1 on failures."""
     from pneumo.store import ResultStore, predict_into_store
 
-    store = ResultStore(out, predictor.sha256)
-    before = len(store.answered)
+    store = ResultStore(out, predictor.sha256, answers)
+    before = len(store.done)
     with progress_bar("predict", on_stderr=True) as update:
         if ray is None:
             run = predict_into_store(predictor, files, store, chunk=PREDICT_CHUNK, progress=update)
@@ -255,7 +258,7 @@ def serve(
         errors.print(f"[yellow]warning:[/yellow] listening on {escape(host)} with no Host check; pass --allowed-host "
                      "with the name clients use")
     console.print(f"serving {model} on http://{host}:{port}/  [yellow]{DISCLAIMER}[/yellow]")
-    serve(application, host, port, trusted_proxies=tuple(trusted_proxy or ()), client_timeout=client_timeout)
+    serve(application, host, port, trusted_proxies=tuple(trusted_proxy or ()))
 
 
 @app.command()

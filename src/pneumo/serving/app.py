@@ -40,9 +40,9 @@ from pneumo.predict import Predictor
 from pneumo.serving.batching import MicroBatcher
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-#: Seconds a new connection has to send its request's headers, and an upload to send its next chunk: a client
-#: that connects and sends nothing, or drips its request a byte at a time, is cut off instead of holding a
-#: connection forever (Uvicorn's keep-alive timer covers a connection's later requests, not its first).
+#: Seconds a connection has to send a request's headers, and an upload its next chunk: a client that connects and
+#: sends nothing, or drips its headers, is cut off instead of holding a connection forever. (A whole upload has no
+#: deadline of its own: a reverse proxy's client_body_timeout and the body limit bound it.)
 CLIENT_TIMEOUT = 15.0
 MULTIPART_FRAMING = 64 * 1024  # bytes a request may carry beyond its file (boundaries, headers)
 
@@ -139,8 +139,13 @@ class SlowClientH11(H11Protocol):
             self.headers_deadline.cancel()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # Armed before Uvicorn goes on to a pipelined request, whose headers, already in, disarm it again.
         self._arm_deadline()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.headers_deadline.cancel()
+        super().connection_lost(exc)
 
     def _arm_deadline(self) -> None:
         if self.headers_deadline is not None:
@@ -420,6 +425,7 @@ def create_app(model: str | Path, *, backend: str = "auto", settings: ServerSett
                   description=f"Pediatric chest X-ray classification. {DISCLAIMER}")
     app.router.on_shutdown.append(batcher.close)
     app.state.batcher = batcher
+    app.state.settings = settings
     page = resources.files("pneumo.serving").joinpath("static/index.html").read_text()
     page = page.replace("{{API_KEY_FIELD}}", "hidden" if settings.api_key is None else "")
     max_bytes = settings.max_bytes
@@ -573,15 +579,15 @@ def default_hosts(host: str) -> list[str]:
     return [host]
 
 
-def serve(application: FastAPI, host: str, port: int, *, trusted_proxies: tuple[str, ...] = (),
-          client_timeout: float = CLIENT_TIMEOUT) -> None:
-    """Run ``application`` under Uvicorn until interrupted.
+def serve(application: FastAPI, host: str, port: int, *, trusted_proxies: tuple[str, ...] = ()) -> None:
+    """Run ``application`` (from ``create_app``) under Uvicorn until interrupted.
 
     X-Forwarded-For is believed only from ``trusted_proxies`` (Uvicorn believes loopback by default, which lets any
-    client behind a local proxy pick the address the rate limit counts), and a client gets ``client_timeout``
-    seconds to send its headers, and each chunk of its body.
+    client behind a local proxy pick the address the rate limit counts), and a client gets the settings'
+    ``client_timeout`` to send its headers, and each chunk of its body.
     """
-    protocol = type("SlowClientH11", (SlowClientH11,), {"timeout": client_timeout})
+    timeout = application.state.settings.client_timeout
+    protocol = type("SlowClientH11", (SlowClientH11,), {"timeout": timeout})
     uvicorn.run(application, host=host, port=port, log_level="warning", http=protocol,
                 proxy_headers=bool(trusted_proxies), forwarded_allow_ips=",".join(trusted_proxies) or None,
                 timeout_keep_alive=5)
