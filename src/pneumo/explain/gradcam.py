@@ -1,13 +1,14 @@
-"""Grad-CAM heatmaps (Selvaraju et al. 2017) through the ``grad-cam`` package."""
+"""Grad-CAM heatmaps (Selvaraju et al. 2017) through the ``grad-cam`` package.
+
+That package is imported when a heatmap is first asked for: it pulls in scikit-learn and pandas (about 4 s and
+200 MB), which a server or a batch run that answers without heatmaps never needs.
+"""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from pneumo.models import get_spec
@@ -54,6 +55,9 @@ def gradcam(model: nn.Module, model_name: str, images: np.ndarray, classes: list
 
 
 def _gradcam(model: nn.Module, layer_name: str, inputs: torch.Tensor, classes: list[int]) -> np.ndarray:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     model.eval()
     with GradCAM(model=model, target_layers=[model.get_submodule(layer_name)]) as cam:
         heatmaps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(c) for c in classes])
@@ -63,6 +67,8 @@ def _gradcam(model: nn.Module, layer_name: str, inputs: torch.Tensor, classes: l
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, side: int = 384, caption: str = "") -> np.ndarray:
     """An RGB uint8 picture: the original (left) beside the heatmap over it (right), with the
     heatmap's colour scale below and ``caption`` above when given."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     gray = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_LINEAR)
     rgb = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32) / 255.0
     heat = cv2.resize(heatmap, (side, side), interpolation=cv2.INTER_LINEAR)
