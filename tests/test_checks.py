@@ -67,8 +67,8 @@ def test_dicom_attributes_are_reported_and_checked(tmp_path, shared_images):
     table = runner.invoke(app, ["predict", str(ct)])
     assert "warning: " in table.output and "DICOM modality CT" in " ".join(table.output.split())
     rows = runner.invoke(app, ["predict", str(ct), "--csv"]).stdout.splitlines()
-    assert rows[0].endswith("warnings,novelty,novelty_threshold,PatientID,StudyInstanceUID,Modality,ViewPosition,"
-                            "PatientAge,BodyPartExamined,error,model")
+    assert rows[0].endswith("warnings,novelty,novelty_threshold,PatientID,StudyInstanceUID,SeriesInstanceUID,"
+                            "SOPInstanceUID,Modality,ViewPosition,PatientAge,BodyPartExamined,error,model")
     assert ",CT," in rows[1] and rows[1].split(",")[1] == "not classified"
 
 

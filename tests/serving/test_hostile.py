@@ -94,6 +94,18 @@ def dicom_claiming(rows: int, columns: int) -> bytes:
     return buffer.getvalue()
 
 
+def cine_dicom(frames: int = 3) -> bytes:
+    """A multi-frame DICOM: ``frames`` 64x64 frames."""
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.arange(64 * 64).reshape(64, 64))))
+    dataset.NumberOfFrames = frames
+    dataset.PixelData = np.tile(np.arange(64 * 64, dtype=np.uint16), frames).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
 def pydicom_file(name: str) -> bytes:
     from pathlib import Path
 
@@ -145,6 +157,7 @@ REFUSED = [
     ("deflated.dcm", lambda: pydicom_file("image_dfl.dcm"), 415,
      "deflated DICOM (transfer syntax 1.2.840.10008.1.2.1.99) is not accepted"),
     ("huge.dcm", lambda: dicom_claiming(60_000, 60_000), 413, "image is 60000x60000 = 3,600,000,000 pixels"),
+    ("cine.dcm", cine_dicom, 415, "a multi-frame DICOM (3 frames: a series or cine loop, not one radiograph)"),
     ("truncated.dcm", lambda: pydicom_file("MR_truncated.dcm"), 422, "DICOM pixel data cannot be decoded"),
     ("png-named.dcm", lambda: cv2.imencode(".png", xray_like(1, 64))[1].tobytes(), 422, "not a readable DICOM image"),
     ("[bold red]markup.jpeg", lambda: b"text", 415, "not a recognised image"),

@@ -315,6 +315,10 @@ def _probe_dicom(data: bytes, name: str, max_decoded_bytes: int | None = None):
         raise ImageReadError(name, f"not a readable DICOM image ({type(error).__name__}: {error})") from None
     _check_decoded_size(name, columns, rows * frames, samples * -(-bits // 8), max_decoded_bytes,
                         f"DICOM, {frames} frame(s) of {samples} x {bits} bits")
+    if frames > 1:
+        raise ImageReadError(name, f"a multi-frame DICOM ({frames} frames: a series or cine loop, not one radiograph); "
+                                   "pneumo classifies single images: export the frame to classify on its own",
+                             status=415)
     if getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None) is not None \
             and dataset.file_meta.TransferSyntaxUID.is_encapsulated:
         _check_frames(dataset, name, columns, rows, samples * -(-bits // 8))
@@ -468,10 +472,6 @@ def _decoder_hint(dataset) -> str:
 def _dicom_picture(pixels: np.ndarray, dataset, name: str) -> tuple[np.ndarray, bool]:
     """(the 8-bit grey picture, whether the file was in colour) of a DICOM's decoded pixels."""
     samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
-    if pixels.ndim == 3 and samples == 1:
-        pixels = pixels[0]  # multi-frame: take the first frame
-    elif pixels.ndim == 4:
-        pixels = pixels[0]  # multi-frame colour
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("MONOCHROME"):
         if pixels.ndim != 2:
