@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pneumo.errors import PneumoError
+from pneumo.predict import Predictor
 from pneumo.privacy import KEY_VARIABLE
 from pneumo.store import ResultStore, StoreRun, rows_of, schema, unanswered
 
@@ -28,8 +29,6 @@ class _Classifier:
     """A Ray actor: one Predictor (the driver's backend and options), one thread, its own batches."""
 
     def __init__(self, model: str, options: dict):
-        from pneumo.predict import Predictor
-
         self.predictor = Predictor(model, threads=1, **options)
 
     def __call__(self, batch):
