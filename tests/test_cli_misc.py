@@ -144,3 +144,10 @@ def test_train_and_show_augment_flags_are_the_configuration_options():
     assert lr.annotation.__metadata__[0].show_default == str(TrainConfig().optim.lr)
     help_text = flat(runner.invoke(app, ["train", "--help"], terminal_width=200))
     assert "--distill-temperature" in help_text and "--bundle-weights" in help_text
+
+
+def test_commands_do_not_rewrite_a_shipped_model():
+    calibrate = runner.invoke(app, ["calibrate", "--model", "pneumo-cnn"])
+    assert calibrate.exit_code == 2 and "pneumo-cnn is a shipped model, and calibrate rewrites" in flat(calibrate)
+    export = runner.invoke(app, ["export", "--model", "pneumo-cnn"])
+    assert export.exit_code == 2 and "name the file to write with --out" in flat(export)

@@ -114,3 +114,14 @@ def test_sending_to_no_pacs_fails_with_the_reason(untrained, tmp_path):
     pacs_image(folder / "a.dcm")
     sent = run("send", folder, "--to", f"127.0.0.1:{free_port()}", "--aet", "NOBODY")
     assert sent.returncode == 1 and "no association with NOBODY" in sent.stderr
+
+
+def test_send_names_what_is_not_dicom_and_what_is_missing(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not DICOM")
+    sent = run("send", notes, "--to", f"127.0.0.1:{free_port()}", "--aet", "PACS")
+    assert sent.returncode == 1 and "notes.txt: not a DICOM object" in sent.stderr and "Traceback" not in sent.stderr
+    missing = run("send", tmp_path / "nowhere", "--to", "127.0.0.1:104", "--aet", "PACS")
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    port = run("send", notes, "--to", "127.0.0.1:abc", "--aet", "PACS")
+    assert port.returncode == 2 and "--to 127.0.0.1:abc: give the PACS as HOST:PORT" in port.stderr  # no emoji

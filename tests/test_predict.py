@@ -170,4 +170,5 @@ def test_folders_are_searched_by_content_as_pacs_exports_are_written(tmp_path):
                                  str(tmp_path / "pacs")])
     assert result.exit_code == 1  # something was skipped: the exit code says so
     assert len(json.loads(result.stdout)["predictions"]) == 2
+    assert [Path(f).name for f in json.loads(result.stdout)["skipped"]] == ["README"]  # a script can see why
     assert listing.read_text().strip().endswith("README")

@@ -171,6 +171,10 @@ def model_card(metadata: dict, *, sha256: str = "", evaluation: dict | None = No
     if evaluation:
         lines += [f"Measured on {evaluation.get('images', '?')} images of {evaluation.get('patients', '?')} patients: "
                   f"{evaluation.get('data', '')}.", "", *_metric_rows(evaluation)]
+        seen = evaluation.get("seen_in_training") or {}
+        if seen.get("train", 0) + seen.get("val", 0):
+            lines += ["", f"**Optimistic:** {seen['train']} of these images are in the model's training role and "
+                          f"{seen['val']} in its validation role ({seen['split_file']}); it learned or was tuned on them."]
     else:
         lines.append("Not evaluated yet: run `pneumo evaluate` and `pneumo card` with `--metrics`.")
     if external:

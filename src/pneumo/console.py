@@ -28,8 +28,9 @@ class SafeConsole(Console):
         super().print(*safe, **options)
 
 
-console = SafeConsole()
-errors = SafeConsole(stderr=True, soft_wrap=True)  # never break a path in an error message
+# No emoji codes: ":abc:" in a host name or a file name stays as it is.
+console = SafeConsole(emoji=False)
+errors = SafeConsole(stderr=True, soft_wrap=True, emoji=False)  # never break a path in an error message
 
 
 @contextmanager

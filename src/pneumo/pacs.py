@@ -128,18 +128,24 @@ def send(files: list[Path], host: str, port: int, *, called_aet: str, calling_ae
             datasets.append((path, dataset, str(dataset.SOPClassUID), str(dataset.file_meta.TransferSyntaxUID)))
         except Exception as error:  # pydicom raises many types for non-DICOM bytes; no SOP class, no object
             datasets.append((path, f"not a DICOM object ({type(error).__name__}: {error})", "", ""))
+    refused = {str(path): SentFile(str(path), -1, dataset) for path, dataset, _, _ in datasets if isinstance(dataset, str)}
+    objects = [(path, dataset) for path, dataset, sop_class, _ in datasets if sop_class]
+    if not objects:
+        return list(refused.values())
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class, syntax in sorted({(sop_class, syntax) for _, _, sop_class, syntax in datasets if sop_class}):
         ae.add_requested_context(sop_class, syntax)
     association = ae.associate(host, port, ae_title=called_aet)
     if not association.is_established:
-        return [SentFile(str(path), -1, f"no association with {called_aet} at {host}:{port}") for path in files]
+        why = (f"no association with {called_aet} at {host}:{port}: nothing answers there, or it refused the calling "
+               f"AE title {calling_aet} or these object types")
+        return [refused.get(str(path)) or SentFile(str(path), -1, why) for path in files]
     results = []
     try:
         for path, dataset, _, _ in datasets:
             if isinstance(dataset, str):
-                results.append(SentFile(str(path), -1, dataset))
+                results.append(refused[str(path)])
                 continue
             answer = association.send_c_store(dataset)
             code = int(answer.Status) if answer else -1

@@ -35,6 +35,12 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in folder.iterdir() if (p / "model.pt").is_file()) if folder.is_dir() else []
 
 
+def is_shipped(model: str | Path) -> bool:
+    """Whether ``model`` (a name or path) is one of the shipped models, which commands must not rewrite."""
+    folder = models_dir().resolve()
+    return resolve_model(model).resolve().is_relative_to(folder)
+
+
 def default_model() -> Path:
     """``$PNEUMO_MODEL``, else the shipped default model (DEFAULT_MODEL)."""
     return Path(os.environ.get("PNEUMO_MODEL", models_dir() / DEFAULT_MODEL))

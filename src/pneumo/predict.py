@@ -410,8 +410,9 @@ class Predictor:
 
 
 def predictions_json(predictor: Predictor, predictions: list[Prediction], *, adapt: str = "none",
-                     overlays: dict[str, str] | None = None) -> str:
-    """The JSON document of ``predict --json``: the model, its rule, the disclaimer and one entry per file."""
+                     overlays: dict[str, str] | None = None, skipped: list[str] = ()) -> str:
+    """The JSON document of ``predict --json``: the model, its rule, the disclaimer, one entry per file, and the
+    files found in folders that are neither images nor DICOM (``skipped``)."""
     import json
 
     overlays = overlays or {}
@@ -421,7 +422,7 @@ def predictions_json(predictor: Predictor, predictions: list[Prediction], *, ada
                        "decision_rule": predictor.rule, "conformal_alpha": predictor.conformal,
                        "adapt": adapt, "adapt_priors": adapt.endswith("priors"),
                        "patient_identifiers": predictor.identifiers.mode, "disclaimer": DISCLAIMER,
-                       "predictions": rows}, indent=1)
+                       "predictions": rows, "skipped": list(skipped)}, indent=1)
 
 
 def predictions_csv(predictions: list[Prediction], model_id: str = "") -> str:

@@ -54,6 +54,19 @@ def test_evaluate_writes_metrics_and_figures(tiny_run, shared_data, cache_dir, t
     for figure in ("confusion.png", "roc.png", "reliability.png"):
         assert (tmp_path / figure).stat().st_size > 5000
     assert "95% CI" in result and "Research software, not a diagnostic device" in result
+    assert metrics["seen_in_training"] == {"split_file": str(tiny_run / "split.csv"), "train": 0, "val": 0}
+    assert "optimistic" not in result
+
+
+def test_evaluating_on_training_images_is_called_optimistic(tiny_run, shared_data, cache_dir, tmp_path):
+    result = invoke("evaluate", "--model", tiny_run, "--data", shared_data, "--cache-dir", cache_dir, "--out", tmp_path,
+                    "--split", "val", "--resamples", 50)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["seen_in_training"]["val"] == metrics["images"] > 0
+    assert f"0 of these images are in the model's training role and {metrics['images']} in its validation role" \
+        in result and "these figures are optimistic" in result
+    card = invoke("card", "--model", tiny_run, "--metrics", tmp_path / "metrics.json", "--out", tmp_path / "CARD.md")
+    assert "**Optimistic:**" in (tmp_path / "CARD.md").read_text() and card
 
 
 def test_evaluate_json_and_bad_split(tiny_run, shared_data, cache_dir, tmp_path):

@@ -123,7 +123,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def model_moved(context: typer.Context) -> None:
     """Refuse a model given as an argument: every command names its model with --model."""
     if context.args:
-        raise fail(f"name the model with --model {context.args[0]} (every command takes its model as --model/-m)")
+        raise fail(f"name the model with --model {context.args[0]} (a command that takes one model names it with "
+                   "--model/-m)")
 
 
 def required_model(context: typer.Context, model: Optional[Path]) -> Path:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from pneumo import DISCLAIMER, paths
 from pneumo.cli.base import (TAKES_MOVED_MODEL, AdaptOption, BackendOption, CacheOption, ConformalOption, DataOption,
@@ -30,6 +31,11 @@ def _metrics_table(metrics: dict) -> None:
     console.print(table(f"{metrics['model_id']} on {metrics['images']} images of {metrics['patients']} patients",
                         ["metric", "value", "95% CI (patient bootstrap)"], rows))
     console.print(metrics["classification_report_text"])
+    seen = metrics.get("seen_in_training")
+    if seen and seen["train"] + seen["val"]:
+        console.print(f"[bold yellow]warning:[/bold yellow] {seen['train']} of these images are in the model's training "
+                      f"role and {seen['val']} in its validation role ({escape(seen['split_file'])}): it learned or was "
+                      "tuned on them, so these figures are optimistic.")
     if metrics.get("adapted_batchnorm_on"):
         console.print(f"[bold]With BatchNorm adaptation (--adapt {metrics['adapt']}):[/bold] statistics re-estimated on "
                       f"these {metrics['adapted_batchnorm_on']} unlabeled images before predicting (AdaBN).")

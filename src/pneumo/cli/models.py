@@ -35,6 +35,9 @@ def calibrate(
     from pneumo.models.bundle import load_bundle
 
     model = required_model(context, model)
+    if paths.is_shipped(model):
+        raise fail(f"{model} is a shipped model, and calibrate rewrites the bundle it is given: copy its folder "
+                   "first (cp -r) and calibrate the copy, or fit it to your site with pneumo adapt --out")
     if not 0 < target <= 1:
         raise fail(f"--target must be a sensitivity in (0, 1]; got {target}")
     bundle = load_bundle(model)
@@ -202,6 +205,8 @@ def export(
     from pneumo.models.bundle import load_bundle
 
     model = required_model(context, model)
+    if out is None and paths.is_shipped(model):
+        raise fail(f"{model} is a shipped model, which comes with its export: name the file to write with --out")
     if format != "onnx":
         raise fail(f"unknown --format {format!r}; the supported format is onnx")
     if quantize not in (None, "int8"):

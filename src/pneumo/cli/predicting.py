@@ -95,11 +95,11 @@ def predict(
     if dicom_out is not None:
         _write_dicom_results(predictor, predictions, dicom_out, mode)
     if out is not None:
-        atomic_write(out, predictions_json(predictor, predictions, adapt=mode, overlays=overlays)
+        atomic_write(out, predictions_json(predictor, predictions, adapt=mode, overlays=overlays, skipped=found.skipped)
                      if out.suffix.lower() == ".json" else predictions_csv(predictions, predictor.model_id))
     failed = [p for p in predictions if not p.ok]
     if as_json:
-        print(predictions_json(predictor, predictions, adapt=mode, overlays=overlays))
+        print(predictions_json(predictor, predictions, adapt=mode, overlays=overlays, skipped=found.skipped))
     elif as_csv:
         print(predictions_csv(predictions, predictor.model_id), end="")
         errors.print(DISCLAIMER, markup=False)  # on stderr: stdout stays a plain CSV file
@@ -271,6 +271,9 @@ def send(
     """Send DICOM objects to a PACS (C-STORE); exits 1 when any was not stored."""
     from pneumo.pacs import send as store
 
+    missing = [str(item) for item in inputs if not item.exists()]
+    if missing:
+        raise fail(f"no such file or folder: {', '.join(missing)}")
     host, _, port = to.rpartition(":")
     if not host or not port.isdigit():
         raise fail(f"--to {to}: give the PACS as HOST:PORT (e.g. pacs.example.org:104)")

@@ -13,7 +13,7 @@ import numpy as np
 
 from pneumo import DISCLAIMER
 from pneumo.data.cache import PreparedData, prepare_folder
-from pneumo.data.splits import load_split
+from pneumo.data.splits import load_split, split_roles
 from pneumo.errors import DataLayoutError
 from pneumo.evaluation import plots
 from pneumo.inference.calibration import PriorAdaptation
@@ -67,7 +67,8 @@ def select_images(data_dir: Path, *, size: int, cache_dir: Path, role: str, spli
     if len(chosen) == 0:
         hint = ("pass --split-file (a run's split.csv, or splits/internal.csv for the shipped models' split)"
                 if not split_file else "check that the split file belongs to this data")
-        raise DataLayoutError(f"no '{role}' images in {source}; {hint}")
+        found = ", ".join(f"{count} {name or 'without one'}" for name, count in zip(*np.unique(roles, return_counts=True)))
+        raise DataLayoutError(f"no '{role}' images in {source} (its images: {found or 'none'}); {hint}")
     return data.subset(chosen), source
 
 
@@ -95,7 +96,22 @@ def evaluate_model(model: str | Path, data_dir: Path, *, role: str = "test", spl
     split_file = split_file or run_split_file([model])
     images, source = select_images(Path(data_dir), size=bundle.size, cache_dir=Path(cache_dir), role=role,
                                    split_file=split_file)
-    return evaluate(bundle, images, source=source, **options)
+    metrics, predictions = evaluate(bundle, images, source=source, **options)
+    seen = seen_in_training(bundle, model, images)
+    if seen is not None:
+        metrics["seen_in_training"] = seen
+    return metrics, predictions
+
+
+def seen_in_training(bundle: Bundle, model: str | Path, images: PreparedData) -> dict | None:
+    """How many of ``images`` the model was trained on or had its epoch and calibration chosen on, matched by
+    content against the split its run recorded; None when that split is not at hand."""
+    split = run_split_file([model]) or recorded_split(bundle)
+    if split is None:
+        return None
+    roles = split_roles(split)
+    found = [roles.get(sha) for sha in images.sha256]
+    return {"split_file": str(split), "train": found.count("train"), "val": found.count("val")}
 
 
 @functools.lru_cache(maxsize=4)
