@@ -151,3 +151,17 @@ def test_commands_do_not_rewrite_a_shipped_model():
     assert calibrate.exit_code == 2 and "pneumo-cnn is a shipped model, and calibrate rewrites" in flat(calibrate)
     export = runner.invoke(app, ["export", "--model", "pneumo-cnn"])
     assert export.exit_code == 2 and "name the file to write with --out" in flat(export)
+
+
+def test_a_torchvision_that_fails_to_load_gets_the_sentence_at_start_up(tmp_path):
+    """torchvision fails as it is imported, before any command runs: the command line still says what to do."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    result = subprocess.run([sys.executable, "-m", "pneumo.cli", "--version"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert result.returncode == 2 and "are not a pair" in result.stderr and "Traceback" not in result.stderr

@@ -8,7 +8,16 @@
     models       calibrate, adapt, ensemble, export, card
 """
 
-from pneumo.cli import data, evaluation, models, predicting, training  # noqa: F401  (each registers its commands)
-from pneumo.cli.base import app
+import sys
+
+from pneumo.cli.base import app, mismatched_torch
+
+try:  # each module registers its commands; training's flags import the configuration, and with it torchvision
+    from pneumo.cli import data, evaluation, models, predicting, training  # noqa: F401
+except RuntimeError as error:  # a torch and torchvision from different builds fail as torchvision loads
+    if "torchvision::" not in str(error):
+        raise
+    print(f"error: {mismatched_torch(str(error))}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 __all__ = ["app"]
