@@ -65,6 +65,17 @@ def test_study_augmentation_is_unchanged_by_the_intensity_options():
                                random_affine(images, AugmentConfig(), torch.Generator().manual_seed(5)))
 
 
+def test_tight_framing_zooms_half_of_the_images_in_about_the_centre():
+    """A centred square grows by up to 1+framing in each side in about half of the images and stays centred."""
+    images = torch.zeros(400, 1, 64, 64)
+    images[..., 24:40, 24:40] = 1.0  # 16 x 16 px
+    out = random_affine(images, AugmentConfig(0, 0, 0, framing=0.5), torch.Generator().manual_seed(0))
+    side = (out > 0.5).flatten(1).sum(1).float().sqrt()
+    assert 0.35 < (side > 16).float().mean() < 0.6
+    assert side.min() == 16 and side.max() <= 16 * 1.5
+    assert (out[..., 31:33, 31:33] > 0.99).all()
+
+
 def test_bad_ranges():
     with pytest.raises(ValueError, match="The augmentation 'zoom' must be < 1. Got 1.5 instead."):
         AugmentConfig(zoom=1.5)
@@ -72,3 +83,5 @@ def test_bad_ranges():
         AugmentConfig(rotation=-1)
     with pytest.raises(ValueError, match="'contrast' must be < 1"):
         AugmentConfig(contrast=1.0)
+    with pytest.raises(ValueError, match="'framing' must be < 1"):
+        AugmentConfig(framing=1.0)

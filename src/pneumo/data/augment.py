@@ -1,5 +1,6 @@
 """The study's augmentation (random rotation, width/height shift and zoom), plus optional
-anatomy-safe intensity changes (brightness, contrast, gamma), random-resized-crop framing and
+anatomy-safe intensity changes (brightness, contrast, gamma), random-resized-crop framing, tight
+framing (a zoom-in about the centre, as older children are framed shoulders-up) and
 acquisition changes (blur or sharpening, down-up resampling, noise, JPEG re-compression; see
 ``pneumo.data.acquisition``). No flips: a chest X-ray's left and right are not interchangeable
 (the heart sits on the left).
@@ -38,6 +39,8 @@ class AugmentConfig:
     contrast: float = field(default=0.0, metadata={"help": "Contrast factor around the mean in [1-c, 1+c]."})
     gamma: float = field(default=0.0, metadata={"help": "Gamma, log-uniform in [1/(1+g), 1+g]."})
     crop: float = field(default=0.0, metadata={"help": "Random-resized crop: kept area in [1-crop, 1]."})
+    framing: float = field(default=0.0, metadata={"help": "Tight framing: half of the images zoomed in by up to "
+                                                          "1+framing about the centre, on top of zoom and crop."})
     blur: float = field(default=0.0, metadata={"help": "Gaussian blur sigma up to this (px at 224 px), for half "
                                                        "of the images..."})
     sharpen: float = field(default=0.0, metadata={"help": "...and an unsharp-mask amount up to this for the other "
@@ -47,11 +50,11 @@ class AugmentConfig:
     jpeg: int = field(default=0, metadata={"help": "JPEG re-compression at a quality from this up to 100; 0 = off."})
 
     def __post_init__(self) -> None:
-        for name in ("rotation", "shift", "zoom", "brightness", "contrast", "gamma", "crop", "blur", "sharpen",
-                     "downsample", "noise", "jpeg"):
+        for name in ("rotation", "shift", "zoom", "brightness", "contrast", "gamma", "crop", "framing", "blur",
+                     "sharpen", "downsample", "noise", "jpeg"):
             if getattr(self, name) < 0:
                 raise ValueError(f"The augmentation '{name}' must be >= 0. Got {getattr(self, name)} instead.")
-        for name in ("zoom", "brightness", "contrast", "crop", "downsample", "noise"):
+        for name in ("zoom", "brightness", "contrast", "crop", "framing", "downsample", "noise"):
             if getattr(self, name) >= 1:
                 raise ValueError(f"The augmentation '{name}' must be < 1. Got {getattr(self, name)} instead.")
         if self.jpeg > 100:
@@ -59,7 +62,7 @@ class AugmentConfig:
 
     @property
     def geometric(self) -> bool:
-        return bool(self.rotation or self.shift or self.zoom or self.crop)
+        return bool(self.rotation or self.shift or self.zoom or self.crop or self.framing)
 
     @property
     def photometric(self) -> bool:
@@ -78,6 +81,8 @@ class AugmentConfig:
         parts = [f"rotation ±{self.rotation:g}°", f"shift ±{self.shift:.0%}", f"zoom ±{self.zoom:.0%}"]
         if self.crop:
             parts.append(f"crop area ≥{1 - self.crop:.0%}")
+        if self.framing:
+            parts.append(f"tight framing ≤{1 + self.framing:.2g}x for half")
         if self.photometric:
             parts.append(f"brightness ±{self.brightness:g}, contrast ±{self.contrast:.0%}, gamma {self.gamma:g}")
         if self.blur or self.sharpen:
@@ -127,6 +132,10 @@ def random_affine(images: torch.Tensor, config: AugmentConfig, generator: torch.
         width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
         # The crop lies anywhere inside the image.
         shift = shift + (draws[:, 2:] * 2 - 1) * torch.stack([1 - width, 1 - height], 1)
+    if config.framing:
+        # Drawn last, so that recipes without it stay bit-identical.
+        draws = torch.rand((batch, 2), generator=generator, device=generator.device).to(images.device)
+        scale = scale * torch.where(draws[:, 0] < 0.5, 1 + draws[:, 1] * config.framing, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * width, -sin * height, shift[:, 0]], 1),
                          torch.stack([sin * width, cos * height, shift[:, 1]], 1)], 1)

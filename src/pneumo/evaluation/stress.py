@@ -10,7 +10,9 @@ decided class changes against the clean run).
 
 The battery is fixed here, with its own seed, and its "middle" severities lie beyond the
 ranges of the training augmentation (``configs/``): it measures generalization to changes the
-model has not seen at that strength, not recall of its augmentation. Strengths in pixels are
+model has not seen at that strength, not recall of its augmentation. The one exception is a
+recipe trained against tight framing, whose range covers the zoom-ins up to "severe"; the
+"beyond" zoom-in lies outside every recipe's range. Strengths in pixels are
 given at 224 px and scaled to the model's input size.
 """
 
@@ -31,7 +33,7 @@ __all__ = ["BATTERY", "SEVERITIES", "Perturbation", "perturb", "stress_test", "s
 
 STRESS_SEED = 2026_11_29  # the noise of the battery; fixed so that every model sees the same images
 REFERENCE_SIZE = 224
-SEVERITIES = ("mild", "middle", "severe")
+SEVERITIES = ("mild", "middle", "severe", "beyond")
 UNSHARP_SIGMA = 1.5  # px at 224
 
 
@@ -41,7 +43,7 @@ class Perturbation:
 
     Attributes:
         family: what changes ("blur", "jpeg", ...); one family has one or more severities.
-        severity: "mild", "middle" or "severe".
+        severity: "mild", "middle", "severe" or "beyond" (outside every recipe's training range).
         description: the change in words, with its strength.
         apply: ``apply(images, pixels, generator)`` on (B, 1, S, S) floats in [0, 1], where
             ``pixels`` is S / 224 (to scale strengths given in pixels).
@@ -91,7 +93,8 @@ def _affine(images, pixels, generator, **framing):
 
 # Training ranges of the shipped recipes, for comparison (configs/): blur sigma <= 1.2 px, unsharp
 # <= 1.0, down-up >= 0.5x, noise <= 0.03, JPEG >= 40, gamma in [0.77, 1.3], contrast +-20%, zoom
-# +-10% with crops up to 1.2x (1.31x together), shift +-10%, rotation +-10 degrees. Every middle severity is outside them.
+# +-10% with crops up to 1.2x (1.31x together; 1.71x with tight framing 0.3), shift +-10%, rotation +-10 degrees.
+# Every middle severity is outside them, zoom-in apart for the tight-framing recipe; zoom-in/beyond is outside all.
 BATTERY: tuple[Perturbation, ...] = (
     Perturbation("blur", "mild", "Gaussian blur, sigma 1 px", partial(_blur, sigma=1.0)),
     Perturbation("blur", "middle", "Gaussian blur, sigma 2 px", partial(_blur, sigma=2.0)),
@@ -110,6 +113,7 @@ BATTERY: tuple[Perturbation, ...] = (
     Perturbation("jpeg", "severe", "JPEG quality 10", partial(_jpeg, quality=10)),
     Perturbation("zoom-in", "middle", "zoomed in 1.35x", partial(_affine, scale=1.35)),
     Perturbation("zoom-in", "severe", "zoomed in 1.5x", partial(_affine, scale=1.5)),
+    Perturbation("zoom-in", "beyond", "zoomed in 1.8x", partial(_affine, scale=1.8)),
     Perturbation("zoom-out", "middle", "zoomed out 0.85x (edges repeated)", partial(_affine, scale=0.85)),
     Perturbation("zoom-out", "severe", "zoomed out 0.75x (edges repeated)", partial(_affine, scale=0.75)),
     Perturbation("shift", "middle", "shifted 12% right and down", partial(_affine, shift=(0.12, 0.12))),
