@@ -1,15 +1,17 @@
 """Which models to ship: single seeds and ensembles compared on validation, clean and under stress.
 
-    python scripts/ensemble_study.py RUN... [--out benchmarks/ensembles]
+    python scripts/ensemble_study.py RUN... [--reference MODEL_DIR]... [--out benchmarks/ensembles]
 
 Each run's logits on the validation role of splits/internal.csv are computed once for the
-clean images and for every middle-severity perturbation of the stress battery (cached in
-runs/ensemble-study/), each run gets its temperature from its clean validation logits, and
-every candidate (each run alone, every pair, each recipe's seeds together, all runs) is the
-mean of its members' temperature-scaled probabilities, as ``pneumo ensemble`` builds it.
-Printed and written (``ensembles.json``, ``ensembles.md``): accuracy and macro-F1 (most
-probable class) with patient-bootstrap intervals, the worst middle-severity accuracy and normal
-recall, the middle-blur flip rate, and the size of the weights. The internal test role is not
+clean images, for every middle-severity perturbation of the stress battery and for its
+"beyond" zoom-in (cached in runs/ensemble-study/), each run gets its temperature from its clean
+validation logits, and every candidate (each run alone, every pair, each recipe's seeds
+together, all runs) is the mean of its members' temperature-scaled probabilities, as ``pneumo
+ensemble`` builds it. A ``--reference`` model (a shipped model's folder) is scored alone, for
+comparison. Printed and written (``ensembles.json``, ``ensembles.md``): accuracy and macro-F1
+(most probable class) with patient-bootstrap intervals, the worst middle-severity accuracy (also
+without the zoom-in family, which a tight-framing recipe trains on) and normal recall, the
+accuracy under the "beyond" zoom-in, the middle-blur flip rate, and the size of the weights. The internal test role is not
 touched: the choice is made here, and the chosen models are evaluated once afterwards.
 """
 
@@ -38,20 +40,24 @@ from pneumo.labels import NORMAL
 from pneumo.models.bundle import load_bundle
 
 MIDDLE = [p for p in BATTERY if p.severity == "middle"]
+BEYOND = [p for p in BATTERY if p.severity == "beyond"]
 
 
-def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0
+def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0,
+                  perturbations: list = MIDDLE, clean: bool = True
                   ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """{"clean" | perturbation name: (N, K) logits} of ``run``'s loaded bundle on validation, with the labels
     and patients.
 
     ``view`` != 1 gives the logits of each set zoomed by it (a test-time view, as ``pneumo ensemble --tta``).
+    ``perturbations`` other than the middle severities are cached in a file of their own (``clean`` False:
+    without the clean images, which the middle severities' file holds).
     """
     images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
     suffix = "" if view == 1.0 else f"-view{view:g}"
     # The cached logits belong to these weights, these validation images (by content and order) and this battery.
     key = hashlib.sha256("|".join([bundle.metadata["weights_sha256"], *images.sha256, str(STRESS_SEED),
-                                   *(p.description for p in MIDDLE)]).encode()).hexdigest()[:16]
+                                   *(p.description for p in perturbations)]).encode()).hexdigest()[:16]
     target = store / f"{run.name}-{key}{suffix}.npz"
     if target.is_file():
         saved = np.load(target)
@@ -63,8 +69,8 @@ def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: f
             batch = np.clip(np.round(batch), 0, 255).astype(np.uint8)
         return predict_logits(bundle.model, batch)
 
-    logits = {"clean": logits_of(images.images)}
-    for perturbation in MIDDLE:
+    logits = {"clean": logits_of(images.images)} if clean else {}
+    for perturbation in perturbations:
         logits[perturbation.name] = logits_of(perturb(images.images, perturbation))
     store.mkdir(parents=True, exist_ok=True)
     np.savez(target, **logits)
@@ -85,13 +91,23 @@ def score(probs: dict[str, np.ndarray], labels: np.ndarray, patients: np.ndarray
                                        "flip_rate": float((called != clean_called).mean())}
     worst = min(stressed, key=lambda name: stressed[name]["accuracy"])
     worst_normal = min(stressed, key=lambda name: stressed[name]["recall_normal"])
+    unzoomed = min((name for name in stressed if not name.startswith("zoom-in/")),
+                   key=lambda name: stressed[name]["accuracy"])
+    beyond = {}
+    for perturbation in BEYOND:
+        called = decide(probs[perturbation.name], None)
+        beyond[perturbation.name] = {"accuracy": float((called == labels).mean()),
+                                     "recall_normal": float((called[labels == NORMAL] == NORMAL).mean())}
     return {
         "accuracy": point["accuracy"], "accuracy_ci95": [ci["accuracy"]["low"], ci["accuracy"]["high"]],
         "macro_f1": point["macro_f1"], "macro_f1_ci95": [ci["macro_f1"]["low"], ci["macro_f1"]["high"]],
         "recall": [point["recall_normal"], point["recall_bacterial"], point["recall_viral"]],
         "nll": point["loss"], "worst_middle_accuracy": stressed[worst]["accuracy"], "worst_middle": worst,
         "worst_middle_recall_normal": stressed[worst_normal]["recall_normal"], "worst_normal": worst_normal,
-        "blur_flip_rate": stressed["blur/middle"]["flip_rate"], "stress": stressed,
+        "worst_middle_accuracy_without_zoom_in": stressed[unzoomed]["accuracy"], "worst_middle_without_zoom_in": unzoomed,
+        "zoom_in_beyond_accuracy": beyond["zoom-in/beyond"]["accuracy"],
+        "zoom_in_beyond_recall_normal": beyond["zoom-in/beyond"]["recall_normal"],
+        "blur_flip_rate": stressed["blur/middle"]["flip_rate"], "stress": stressed, "beyond": beyond,
     }
 
 
@@ -114,6 +130,8 @@ def candidates(runs: list[Path]) -> dict[str, list[Path]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--reference", type=Path, action="append", default=[],
+                        help="a model scored alone, never combined (a shipped model's folder; repeatable)")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--cache-dir", default=os.environ.get("PNEUMO_CACHE", "cache"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "ensembles")
@@ -122,13 +140,15 @@ def main() -> None:
     args = parser.parse_args()
     store = REPO / "runs" / "ensemble-study"
     members, views, identity, labels, patients = {}, {}, {}, None, None
-    for run in args.runs:
+    for run in [*args.runs, *args.reference]:
         bundle = load_bundle(run)
         logits, labels, patients = member_logits(run, bundle, args.data, args.cache_dir, store)
+        logits.update(member_logits(run, bundle, args.data, args.cache_dir, store, perturbations=BEYOND, clean=False)[0])
         temperature = fit_temperature(logits["clean"], labels)
         members[run] = {key: softmax(value, temperature) for key, value in logits.items()}
         for view in args.tta:  # the same temperature: a view is an input, not another model
             viewed = member_logits(run, bundle, args.data, args.cache_dir, store, view)[0]
+            viewed.update(member_logits(run, bundle, args.data, args.cache_dir, store, view, BEYOND, clean=False)[0])
             views[run, view] = {key: softmax(value, temperature) for key, value in viewed.items()}
         members[run]["megabytes"] = (run / "model.pt").stat().st_size / 1e6
         identity[run.name] = {"path": str(run.resolve().relative_to(REPO) if run.resolve().is_relative_to(REPO) else run),
@@ -136,7 +156,8 @@ def main() -> None:
         print(f"{run.name}: temperature {temperature:.3f}", flush=True)
     rows = {}
     keys = [key for key in members[args.runs[0]] if key != "megabytes"]
-    for name, chosen in candidates(args.runs).items():
+    chosen_sets = {**candidates(args.runs), **{f"{run.name} (reference)": [run] for run in args.reference}}
+    for name, chosen in chosen_sets.items():
         probs = {key: np.mean([members[run][key] for run in chosen], axis=0) for key in keys}
         size = round(sum(members[run]["megabytes"] for run in chosen), 1)
         rows[name] = {"members": [run.name for run in chosen], **score(probs, labels, patients), "weights_mb": size}
@@ -150,13 +171,16 @@ def main() -> None:
     (args.out / "ensembles.json").write_text(json.dumps(rows, indent=1))
     (args.out / "runs.json").write_text(json.dumps(identity, indent=1))  # which runs, by path and weights
     lines = ["| Candidate | Accuracy (95% CI) | Macro-F1 (95% CI) | Recall N / B / V | NLL | Worst middle accuracy | "
-             "Worst middle normal recall | Middle-blur flips | Weights MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "Worst middle without zoom-in | Worst middle normal recall | Zoom-in beyond accuracy / normal recall | "
+             "Middle-blur flips | Weights MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in sorted(rows.items(), key=lambda item: -item[1]["accuracy"]):
         lines.append(
             f"| {name} | {row['accuracy']:.3f} ({row['accuracy_ci95'][0]:.3f}–{row['accuracy_ci95'][1]:.3f}) | "
             f"{row['macro_f1']:.3f} ({row['macro_f1_ci95'][0]:.3f}–{row['macro_f1_ci95'][1]:.3f}) | "
             f"{' / '.join(f'{r:.3f}' for r in row['recall'])} | {row['nll']:.3f} | {row['worst_middle_accuracy']:.3f} "
-            f"({row['worst_middle']}) | {row['worst_middle_recall_normal']:.3f} ({row['worst_normal']}) | "
+            f"({row['worst_middle']}) | {row['worst_middle_accuracy_without_zoom_in']:.3f} "
+            f"({row['worst_middle_without_zoom_in']}) | {row['worst_middle_recall_normal']:.3f} ({row['worst_normal']}) | "
+            f"{row['zoom_in_beyond_accuracy']:.3f} / {row['zoom_in_beyond_recall_normal']:.3f} | "
             f"{row['blur_flip_rate']:.1%} | {row['weights_mb']} |")
     (args.out / "ensembles.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
