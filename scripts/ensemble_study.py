@@ -11,8 +11,9 @@ ensemble`` builds it. A ``--reference`` model (a shipped model's folder) is scor
 comparison. Printed and written (``ensembles.json``, ``ensembles.md``): accuracy and macro-F1
 (most probable class) with patient-bootstrap intervals, the worst middle-severity accuracy (also
 without the zoom-in family, which a tight-framing recipe trains on) and normal recall, the
-accuracy under the "beyond" zoom-in, the middle-blur flip rate, and the size of the weights. The internal test role is not
-touched: the choice is made here, and the chosen models are evaluated once afterwards.
+accuracy under the "beyond" zoom-in, the middle-blur flip rate, and the size of the weights.
+The internal test role is not touched: the choice is made here, and the chosen models are
+evaluated once afterwards.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ from pneumo.inference.calibration import fit_temperature
 from pneumo.labels import NORMAL
 from pneumo.models.bundle import load_bundle
 
-MIDDLE = [p for p in BATTERY if p.severity == "middle"]
-BEYOND = [p for p in BATTERY if p.severity == "beyond"]
+MIDDLE = tuple(p for p in BATTERY if p.severity == "middle")
+BEYOND = tuple(p for p in BATTERY if p.severity == "beyond")
 
 
 def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0,
-                  perturbations: list = MIDDLE, clean: bool = True
+                  perturbations: tuple = MIDDLE, clean: bool = True
                   ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """{"clean" | perturbation name: (N, K) logits} of ``run``'s loaded bundle on validation, with the labels
     and patients.
@@ -54,7 +55,7 @@ def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: f
     without the clean images, which the middle severities' file holds).
     """
     images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
-    suffix = "" if view == 1.0 else f"-view{view:g}"
+    suffix = ("" if view == 1.0 else f"-view{view:g}") + ("" if clean else "-no-clean")
     # The cached logits belong to these weights, these validation images (by content and order) and this battery.
     key = hashlib.sha256("|".join([bundle.metadata["weights_sha256"], *images.sha256, str(STRESS_SEED),
                                    *(p.description for p in perturbations)]).encode()).hexdigest()[:16]
@@ -104,7 +105,8 @@ def score(probs: dict[str, np.ndarray], labels: np.ndarray, patients: np.ndarray
         "recall": [point["recall_normal"], point["recall_bacterial"], point["recall_viral"]],
         "nll": point["loss"], "worst_middle_accuracy": stressed[worst]["accuracy"], "worst_middle": worst,
         "worst_middle_recall_normal": stressed[worst_normal]["recall_normal"], "worst_normal": worst_normal,
-        "worst_middle_accuracy_without_zoom_in": stressed[unzoomed]["accuracy"], "worst_middle_without_zoom_in": unzoomed,
+        "worst_middle_accuracy_without_zoom_in": stressed[unzoomed]["accuracy"],
+        "worst_middle_without_zoom_in": unzoomed,
         "zoom_in_beyond_accuracy": beyond["zoom-in/beyond"]["accuracy"],
         "zoom_in_beyond_recall_normal": beyond["zoom-in/beyond"]["recall_normal"],
         "blur_flip_rate": stressed["blur/middle"]["flip_rate"], "stress": stressed, "beyond": beyond,
@@ -143,10 +145,11 @@ def main() -> None:
     for run in [*args.runs, *args.reference]:
         bundle = load_bundle(run)
         logits, labels, patients = member_logits(run, bundle, args.data, args.cache_dir, store)
-        logits.update(member_logits(run, bundle, args.data, args.cache_dir, store, perturbations=BEYOND, clean=False)[0])
+        logits.update(member_logits(run, bundle, args.data, args.cache_dir, store, perturbations=BEYOND,
+                                    clean=False)[0])
         temperature = fit_temperature(logits["clean"], labels)
         members[run] = {key: softmax(value, temperature) for key, value in logits.items()}
-        for view in args.tta:  # the same temperature: a view is an input, not another model
+        for view in args.tta if run in args.runs else []:  # the same temperature: a view is an input, not another model
             viewed = member_logits(run, bundle, args.data, args.cache_dir, store, view)[0]
             viewed.update(member_logits(run, bundle, args.data, args.cache_dir, store, view, BEYOND, clean=False)[0])
             views[run, view] = {key: softmax(value, temperature) for key, value in viewed.items()}
@@ -161,7 +164,9 @@ def main() -> None:
         probs = {key: np.mean([members[run][key] for run in chosen], axis=0) for key in keys}
         size = round(sum(members[run]["megabytes"] for run in chosen), 1)
         rows[name] = {"members": [run.name for run in chosen], **score(probs, labels, patients), "weights_mb": size}
-        if args.tta:
+        if chosen[0] in args.reference:
+            rows[name]["reference"] = True  # never a candidate (scripts/finalize_ensemble.py skips it)
+        elif args.tta:
             probs = {key: np.mean([members[run][key] for run in chosen]
                                   + [views[run, view][key] for run in chosen for view in args.tta], axis=0) for key in keys}
             rows[f"{name} (TTA {', '.join(f'{v:g}' for v in args.tta)})"] = {
@@ -179,7 +184,8 @@ def main() -> None:
             f"{row['macro_f1']:.3f} ({row['macro_f1_ci95'][0]:.3f}–{row['macro_f1_ci95'][1]:.3f}) | "
             f"{' / '.join(f'{r:.3f}' for r in row['recall'])} | {row['nll']:.3f} | {row['worst_middle_accuracy']:.3f} "
             f"({row['worst_middle']}) | {row['worst_middle_accuracy_without_zoom_in']:.3f} "
-            f"({row['worst_middle_without_zoom_in']}) | {row['worst_middle_recall_normal']:.3f} ({row['worst_normal']}) | "
+            f"({row['worst_middle_without_zoom_in']}) | "
+            f"{row['worst_middle_recall_normal']:.3f} ({row['worst_normal']}) | "
             f"{row['zoom_in_beyond_accuracy']:.3f} / {row['zoom_in_beyond_recall_normal']:.3f} | "
             f"{row['blur_flip_rate']:.1%} | {row['weights_mb']} |")
     (args.out / "ensembles.md").write_text("\n".join(lines) + "\n")

@@ -39,6 +39,7 @@ NAME = "pneumo-ensemble"
 
 def choose(study: dict) -> tuple[str, dict] | None:
     """The ensemble to ship by the rule fixed in scripts/README.md, or None when none beats the best single run."""
+    study = {name: row for name, row in study.items() if not row.get("reference")}  # shipped models, for comparison
     singles = {name: row for name, row in study.items() if len(row["members"]) == 1 and not row.get("tta")}
     allowed = {name: row for name, row in study.items() if len(row["members"]) > 1
                and row["weights_mb"] <= MAX_WEIGHTS_MB and row.get("tta", []) in ([], [ALLOWED_VIEW])}

@@ -26,6 +26,7 @@ REFERENCE_SIZE = 224
 # Aspect ratios of the random crop, log-uniform in [3/4, 4/3] (torchvision's RandomResizedCrop).
 CROP_ASPECT = (3 / 4, 4 / 3)
 UNSHARP_SIGMA = 1.5  # radius of the unsharp mask, pixels at REFERENCE_SIZE
+FRAMING_SHARE = 0.5  # the share of images that tight framing zooms in
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,9 @@ def random_affine(images: torch.Tensor, config: AugmentConfig, generator: torch.
         # The crop lies anywhere inside the image.
         shift = shift + (draws[:, 2:] * 2 - 1) * torch.stack([1 - width, 1 - height], 1)
     if config.framing:
-        # Drawn last, so that recipes without it stay bit-identical.
+        # Drawn only when on, like the crop, so that recipes without it stay bit-identical.
         draws = torch.rand((batch, 2), generator=generator, device=generator.device).to(images.device)
-        scale = scale * torch.where(draws[:, 0] < 0.5, 1 + draws[:, 1] * config.framing, 1.0)
+        scale = scale * torch.where(draws[:, 0] < FRAMING_SHARE, 1 + draws[:, 1] * config.framing, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * width, -sin * height, shift[:, 0]], 1),
                          torch.stack([sin * width, cos * height, shift[:, 1]], 1)], 1)

@@ -95,6 +95,7 @@ def _affine(images, pixels, generator, **framing):
 # <= 1.0, down-up >= 0.5x, noise <= 0.03, JPEG >= 40, gamma in [0.77, 1.3], contrast +-20%, zoom
 # +-10% with crops up to 1.2x (1.31x together; 1.71x with tight framing 0.3), shift +-10%, rotation +-10 degrees.
 # Every middle severity is outside them, zoom-in apart for the tight-framing recipe; zoom-in/beyond is outside all.
+# Zooms are compared by area: a crop of extreme aspect (3/4) enlarges one axis up to 1.2x further.
 BATTERY: tuple[Perturbation, ...] = (
     Perturbation("blur", "mild", "Gaussian blur, sigma 1 px", partial(_blur, sigma=1.0)),
     Perturbation("blur", "middle", "Gaussian blur, sigma 2 px", partial(_blur, sigma=2.0)),
