@@ -78,6 +78,14 @@ def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: f
     return logits, images.labels, images.patients
 
 
+def studied_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``member_logits`` of the clean images, the middle severities and the "beyond" zoom-in together."""
+    logits, labels, patients = member_logits(run, bundle, data, cache, store, view)
+    logits.update(member_logits(run, bundle, data, cache, store, view, BEYOND, clean=False)[0])
+    return logits, labels, patients
+
+
 def score(probs: dict[str, np.ndarray], labels: np.ndarray, patients: np.ndarray) -> dict:
     clean = probs["clean"]
     point = summarize(labels, clean)
@@ -144,14 +152,13 @@ def main() -> None:
     members, views, identity, labels, patients = {}, {}, {}, None, None
     for run in [*args.runs, *args.reference]:
         bundle = load_bundle(run)
-        logits, labels, patients = member_logits(run, bundle, args.data, args.cache_dir, store)
-        logits.update(member_logits(run, bundle, args.data, args.cache_dir, store, perturbations=BEYOND,
-                                    clean=False)[0])
+        logits, labels, patients = studied_logits(run, bundle, args.data, args.cache_dir, store)
         temperature = fit_temperature(logits["clean"], labels)
         members[run] = {key: softmax(value, temperature) for key, value in logits.items()}
-        for view in args.tta if run in args.runs else []:  # the same temperature: a view is an input, not another model
-            viewed = member_logits(run, bundle, args.data, args.cache_dir, store, view)[0]
-            viewed.update(member_logits(run, bundle, args.data, args.cache_dir, store, view, BEYOND, clean=False)[0])
+        # A reference answers as shipped, with its own views. A view gets the run's temperature: it is an input,
+        # not another model.
+        for view in args.tta if run in args.runs else []:
+            viewed = studied_logits(run, bundle, args.data, args.cache_dir, store, view)[0]
             views[run, view] = {key: softmax(value, temperature) for key, value in viewed.items()}
         members[run]["megabytes"] = (run / "model.pt").stat().st_size / 1e6
         identity[run.name] = {"path": str(run.resolve().relative_to(REPO) if run.resolve().is_relative_to(REPO) else run),
