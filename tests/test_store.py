@@ -104,6 +104,15 @@ def test_a_store_is_filled_resumed_and_skips_what_it_holds(untrained, tmp_path):
     model = next(iter(summary["models"].values()))
     assert summary["rows"] == 10 and model["images"] == 10 and model["errors"] == 1
     assert sum(model["classes"].values()) + model["not_classified"] + model["errors"] == 10
+    # The terminal summary shows every figure whole in 80 columns.
+    (sha, model), = summary["models"].items()
+    shown = runner.invoke(app, ["results", str(store)], env={"COLUMNS": "80"}).output
+    assert max(map(len, shown.splitlines())) <= 80 and "…" not in shown
+    lines = {line.strip("│ ").split(" ", 1)[0]: line for line in shown.splitlines()}
+    assert sha in "".join(shown.replace("│", "").split())  # folded over two lines, not cut
+    assert lines["errors"].rstrip("│ ").endswith(" 1")
+    assert ", ".join(f"{name} {count}" for name, count in model["classes"].items()) in lines["classes"]
+    assert f"{model['first'][:19]} to {model['last'][:19]}" in lines["answered"]
 
 
 def test_a_run_killed_mid_way_resumes_without_losing_or_doubling_a_file(untrained, tmp_path):

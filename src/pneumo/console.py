@@ -53,6 +53,16 @@ def progress_bar(description: str, *, on_stderr: bool = False) -> Iterator[Calla
         yield update
 
 
+def fields(title: str, pairs: list[tuple[str, object]]) -> Table:
+    """A rich table of names and their values, a line each, folded rather than cut at any width."""
+    result = Table(title=Text(title), title_justify="left", show_header=False)
+    result.add_column(no_wrap=True)
+    result.add_column(overflow="fold")
+    for name, value in pairs:
+        result.add_row(Text(name), Text(printable(str(value))))
+    return result
+
+
 def table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
     """A rich table with the first column left-aligned and the others right-aligned."""
     result = Table(title=Text(title), title_justify="left")

@@ -13,7 +13,7 @@ from rich.text import Text
 from pneumo import DISCLAIMER, paths
 from pneumo.cli.base import (AdaptOption, BackendOption, ConformalOption, ForceOption, ModelOption, ModelPinOption,
                              PhiOption, adapt_mode, app, fail)
-from pneumo.console import console, errors, progress_bar, table
+from pneumo.console import console, errors, fields, progress_bar, table
 from pneumo.labels import CLASSES
 
 PREDICT_CHUNK = 256  # files read and classified at a time when predicting many, for the progress bar
@@ -211,13 +211,16 @@ def results(
     if as_json:
         print(json.dumps(summary, indent=1))
         return
-    rows = [[model["model_id"], sha[:12], model["images"], model["rows"],
-             ", ".join(f"{name} {count}" for name, count in model["classes"].items()), model["not_classified"],
-             model["errors"], model["novelty_flagged"], f"{model['first'][:19]} - {model['last'][:19]}"]
-            for sha, model in summary["models"].items()]
-    console.print(table(f"{store}: {summary['rows']} rows in {summary['parts']} files ({summary['bytes'] / 1e6:.1f} MB)",
-                        ["model", "sha256", "images", "rows", "classes", "not classified", "errors", "flagged",
-                         "answered"], rows))
+    console.print(f"{escape(str(store))}: {summary['rows']} rows in {summary['parts']} files "
+                  f"({summary['bytes'] / 1e6:.1f} MB)")
+    # One block per model file, a line per figure: whole at any terminal width.
+    for sha, model in summary["models"].items():
+        classes = ", ".join(f"{name} {count}" for name, count in model["classes"].items()) or "none"
+        console.print(fields(model["model_id"], [
+            ("sha256", sha), ("images", model["images"]), ("rows", model["rows"]), ("classes", classes),
+            ("not classified", model["not_classified"]), ("errors", model["errors"]),
+            ("novelty flagged", model["novelty_flagged"]),
+            ("answered", f"{model['first'][:19]} to {model['last'][:19]}")]))
     console.print(f"[dim]Query it with DuckDB: SELECT * FROM '{escape(str(store))}/*.parquet'. {DISCLAIMER}[/dim]")
 
 
