@@ -44,17 +44,14 @@ MIDDLE = tuple(p for p in BATTERY if p.severity == "middle")
 BEYOND = tuple(p for p in BATTERY if p.severity == "beyond")
 
 
-def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0,
-                  perturbations: tuple = MIDDLE, clean: bool = True
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """{"clean" | perturbation name: (N, K) logits} of ``run``'s loaded bundle on validation, with the labels
-    and patients.
+def member_logits(run: Path, bundle, images, store: Path, view: float = 1.0, perturbations: tuple = MIDDLE,
+                  clean: bool = True) -> dict[str, np.ndarray]:
+    """{"clean" | perturbation name: (N, K) logits} of ``run``'s loaded bundle on ``images`` (the validation role).
 
     ``view`` != 1 gives the logits of each set zoomed by it (a test-time view, as ``pneumo ensemble --tta``).
     ``perturbations`` other than the middle severities are cached in a file of their own (``clean`` False:
     without the clean images, which the middle severities' file holds).
     """
-    images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
     suffix = ("" if view == 1.0 else f"-view{view:g}") + ("" if clean else "-no-clean")
     # The cached logits belong to these weights, these validation images (by content and order) and this battery.
     key = hashlib.sha256("|".join([bundle.metadata["weights_sha256"], *images.sha256, str(STRESS_SEED),
@@ -62,7 +59,7 @@ def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: f
     target = store / f"{run.name}-{key}{suffix}.npz"
     if target.is_file():
         saved = np.load(target)
-        return {key: saved[key] for key in saved.files}, images.labels, images.patients
+        return {key: saved[key] for key in saved.files}
 
     def logits_of(batch: np.ndarray) -> np.ndarray:
         if view != 1.0:
@@ -75,15 +72,17 @@ def member_logits(run: Path, bundle, data: str, cache: str, store: Path, view: f
         logits[perturbation.name] = logits_of(perturb(images.images, perturbation))
     store.mkdir(parents=True, exist_ok=True)
     np.savez(target, **logits)
-    return logits, images.labels, images.patients
+    return logits
 
 
 def studied_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0
                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """``member_logits`` of the clean images, the middle severities and the "beyond" zoom-in together."""
-    logits, labels, patients = member_logits(run, bundle, data, cache, store, view)
-    logits.update(member_logits(run, bundle, data, cache, store, view, BEYOND, clean=False)[0])
-    return logits, labels, patients
+    """``member_logits`` of the clean images, the middle severities and the "beyond" zoom-in together, with the
+    validation labels and patients."""
+    images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
+    logits = member_logits(run, bundle, images, store, view)
+    logits.update(member_logits(run, bundle, images, store, view, BEYOND, clean=False))
+    return logits, images.labels, images.patients
 
 
 def score(probs: dict[str, np.ndarray], labels: np.ndarray, patients: np.ndarray) -> dict:
