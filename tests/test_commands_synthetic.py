@@ -88,6 +88,7 @@ def test_calibrate_export_predict_adapt_and_ensemble(synthetic, tmp_path):
 def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path):
     import shutil
 
+    from pneumo.card import model_card
     from pneumo.models.bundle import load_bundle
 
     one = shutil.copytree(synthetic["runs"][0], tmp_path / "one")
@@ -98,6 +99,8 @@ def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path
     student = load_bundle(tmp_path / "runs" / "student")
     assert student.info.training["teacher"]["weights_sha256"] == load_bundle(one).metadata["weights_sha256"]
     assert list((synthetic["cache"] / "teacher").glob("*.npy"))
+    assert f"- Distilled from `{load_bundle(one).model_id}`" in model_card(student.metadata)
+    assert "x cross-entropy with the labels + 0.5 x T^2 x KL divergence" in model_card(student.metadata)
     # Calibration fits conformal scores; evaluate and predict give sets.
     invoke("calibrate", "--model", one, *common, "--no-stress")
     invoke("evaluate", "--model", one, *common, "--resamples", "20", "--conformal", "0.1", "--out", tmp_path / "eval")

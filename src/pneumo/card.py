@@ -45,7 +45,7 @@ def seed_lines(seeds: dict | str) -> list[str]:
     lines = ["Uncalibrated, most-probable-class decisions, per seed (test = internal test split, reported only):", "",
              "| Run | Val loss | Val accuracy | Val macro-F1 | Test accuracy | Test macro-F1 |", "|---|---|---|---|---|---|"]
     for run in runs:
-        mark = " (shipped)" if run["run"] == seeds["chosen"] else ""
+        mark = " (chosen)" if run["run"] == seeds["chosen"] else ""
         lines.append(f"| {run['run']}{mark} | {run['val']['loss']:.4f} | {run['val']['accuracy']:.4f} | "
                      f"{run['val']['macro_f1']:.4f} | {run['test']['accuracy']:.4f} | {run['test']['macro_f1']:.4f} |")
 
@@ -217,17 +217,31 @@ def _architecture(metadata: dict) -> str:
 
 
 def _training_lines(training: dict, config: dict) -> list[str]:
+    recipe = [k for k in ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights",
+                          "freeze_epochs", "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom",
+                          "brightness", "contrast", "gamma", "crop", "blur", "sharpen", "downsample", "noise", "jpeg",
+                          "mixup") if k in config]
+    if config.get("framing"):  # named only when used: recipes from before it existed have none
+        recipe.insert(recipe.index("crop") + 1 if "crop" in recipe else len(recipe), "framing")
     return [
         f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
         f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "
         f"{training.get('val_loss', float('nan')):.4f} and accuracy {training.get('val_acc', float('nan')):.4f}.",
-        "- Recipe: " + ", ".join(f"{k}={config[k]}" for k in (
-            "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
-            "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma",
-            "crop", "blur", "sharpen", "downsample", "noise", "jpeg", "mixup") if k in config) + ".",
+        "- Recipe: " + ", ".join(f"{k}={config[k]}" for k in recipe) + ".",
+        *_teacher_lines(training.get("teacher"), config),
         f"- Initial weights: {_initial_weights(config.get('pretrained'))}.",
         f"- Training time: {training.get('train_seconds_total', '?')} s{_trained_on(training.get('environment'))}.",
     ]
+
+
+def _teacher_lines(teacher: dict | None, config: dict) -> list[str]:
+    """How a distilled model learned from its teacher; nothing for a model trained on the labels alone."""
+    if not teacher:
+        return []
+    return [f"- Distilled from `{teacher['id']}` (weights sha256 {teacher['weights_sha256'][:12]}..., its "
+            f"temperature {teacher['temperature']:.3f}; its probabilities on the {teacher['images']} training "
+            f"images, unaugmented): loss = {1 - config['distill_weight']:g} x cross-entropy with the labels + "
+            f"{config['distill_weight']:g} x T^2 x KL divergence from the teacher, T = {config['distill_temperature']:g}."]
 
 
 def _member_lines(ensemble: dict) -> list[str]:
