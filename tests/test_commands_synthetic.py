@@ -85,6 +85,26 @@ def test_calibrate_export_predict_adapt_and_ensemble(synthetic, tmp_path):
     assert answer["model"] == "pneumo-ensemble-2"
 
 
+def test_export_quantize_int8_writes_a_checked_file_that_predict_uses_only_when_named(synthetic, tmp_path):
+    import hashlib
+    import shutil
+
+    from pneumo.predict import Predictor
+
+    two = shutil.copytree(synthetic["runs"][1], tmp_path / "two")  # MobileNetV3: depthwise layers stay in float
+    printed = invoke("export", "--model", two, "--quantize", "int8", "--data", synthetic["data"],
+                     "--cache-dir", synthetic["cache"])
+    written = two / "model-int8.onnx"
+    assert written.is_file() and "decisions changed" in printed and "not used unless named" in printed
+    assert Predictor(written, backend="onnx").metadata["quantization"]["check"]["images"] > 0
+    images = sorted((synthetic["data"] / "test").rglob("*.jpeg"))[:2]
+    quantized = json.loads(runner.invoke(app, ["predict", "--model", str(written), "--json", *map(str, images)]).stdout)
+    assert len(quantized["predictions"]) == 2 and quantized["backend"] == "onnx"
+    assert quantized["model_sha256"] == hashlib.sha256(written.read_bytes()).hexdigest()
+    # Beside the run's bundle and its float export, the INT8 file is not what answers unless named.
+    plain = json.loads(runner.invoke(app, ["predict", "--model", str(two), "--json", str(images[0])]).stdout)
+    assert plain["model_sha256"] != quantized["model_sha256"]
+
 def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path):
     import shutil
 

@@ -58,22 +58,26 @@ def test_depthwise_convolutions_and_the_novelty_check_stay_in_float(quantized):
 
 
 def test_int8_agrees_with_float_within_a_tolerance(tmp_path, shared_data):
-    """On a trained network (the shipped cnn) and real X-rays: an untrained network's outputs barely move with the
-    image, and synthetic images lie outside what the trained one knows."""
-    shutil.copytree(REPO / "models" / "pneumo-cnn", tmp_path / "cnn")
-    bundle = load_bundle(tmp_path / "cnn")
-    files = [path for folder in ("NORMAL", "PNEUMONIA") for path in sorted((shared_data / "train" / folder).iterdir())[:20]]
+    """On the shipped MobileNetV2, whose depthwise layers are why INT8 needs care, and real X-rays that did not
+    calibrate it: an untrained network's outputs barely move with the image, and synthetic images lie outside what
+    the trained one knows."""
+    shutil.copytree(REPO / "models" / "pneumo-mobilenet", tmp_path / "mobilenet")
+    bundle = load_bundle(tmp_path / "mobilenet")
+    files = [path for folder in ("NORMAL", "PNEUMONIA") for path in sorted((shared_data / "train" / folder).iterdir())[:40]]
     images = np.stack([load_for_model(path, bundle.size) for path in files])
     order = np.random.default_rng(0).permutation(len(images))
-    quantize_checked(bundle, tmp_path / "cnn" / "model-int8.onnx", train_images=images[order[:24]],
-                     val_images=images[order[24:]], val_labels=np.zeros(16, int), source="the shared training split")
-    float_logits = Predictor(tmp_path / "cnn", backend="onnx").logits(images)
-    int8_logits = Predictor(tmp_path / "cnn" / "model-int8.onnx", backend="onnx").logits(images)
-    # The stated tolerance: the INT8 graph follows the float one image by image (a graph that ignored its input
-    # would not correlate) and picks the same most probable class for at least 90% of the images.
+    calibration, held_out = order[:32], order[32:]
+    quantize_checked(bundle, tmp_path / "mobilenet" / "model-int8.onnx", train_images=images[calibration],
+                     val_images=images[held_out], val_labels=np.zeros(len(held_out), int),
+                     source="the shared training split")
+    float_logits = Predictor(tmp_path / "mobilenet", backend="onnx").logits(images[held_out])
+    int8_logits = Predictor(tmp_path / "mobilenet" / "model-int8.onnx", backend="onnx").logits(images[held_out])
+    # The stated tolerance (benchmarks/README.md, "INT8 export"): the INT8 graph follows the float one image by
+    # image (a graph that ignored its input would not correlate) and picks the same most probable class for at
+    # least 85% of the images; on validation 8.9% of the decisions at the cut-off changed.
     for c in range(3):
         assert np.corrcoef(float_logits[:, c], int8_logits[:, c])[0, 1] > 0.9
-    assert (float_logits.argmax(1) == int8_logits.argmax(1)).mean() >= 0.9
+    assert (float_logits.argmax(1) == int8_logits.argmax(1)).mean() >= 0.85
 
 
 def test_a_tampered_int8_file_is_refused(quantized, tmp_path):
