@@ -216,13 +216,14 @@ def _architecture(metadata: dict) -> str:
     return f"`{metadata['model_name']}` — {get_spec(metadata['model_name']).description}"
 
 
+RECIPE = ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights", "freeze_epochs",
+          "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom", "brightness", "contrast", "gamma",
+          "crop", "framing", "blur", "sharpen", "downsample", "noise", "jpeg", "mixup")  # the options a card lists
+
+
 def _training_lines(training: dict, config: dict) -> list[str]:
-    recipe = [k for k in ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "class_weights",
-                          "freeze_epochs", "backbone_lr_scale", "batch_size", "seed", "rotation", "shift", "zoom",
-                          "brightness", "contrast", "gamma", "crop", "blur", "sharpen", "downsample", "noise", "jpeg",
-                          "mixup") if k in config]
-    if config.get("framing"):  # named only when used: recipes from before it existed have none
-        recipe.insert(recipe.index("crop") + 1 if "crop" in recipe else len(recipe), "framing")
+    # Framing is named only when used, so that the cards of recipes from before it existed stay as they were.
+    recipe = [k for k in RECIPE if k in config and (k != "framing" or config[k])]
     return [
         f"- Epochs run: {training.get('epochs_run', '?')}; weights from epoch {training.get('epoch', '?')} "
         f"({'the final epoch' if training.get('weights') == 'last' else 'lowest validation loss'}), validation loss "
