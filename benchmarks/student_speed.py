@@ -2,8 +2,8 @@
 
     python benchmarks/student_speed.py [--rounds 5] [--batch 32]
 
-Each architecture is built untrained (speed does not depend on the weights), exported as ``pneumo export``
-exports (TorchScript exporter, opset 17, dynamic batch) and timed on the same random batches at its
+Each architecture is built untrained (speed does not depend on the weights), its graph written by the
+function ``pneumo export`` uses and timed on the same random batches at its
 published input size. Rounds alternate the architectures so that what else the machine does falls on all
 of them; the ratio to MobileNetV2, the architecture of the measured students, is the figure to quote on a
 noisy machine. The graph alone is timed: decoding and resizing add the same cost to every architecture.
@@ -13,7 +13,6 @@ import argparse
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ import onnxruntime as ort
 import torch
 
 from _common import malloc_mode
-from pneumo.export.onnx import OPSET
+from pneumo.export.onnx import export_graph
+from pneumo.labels import CLASSES
 from pneumo.models.efficientnet_lite import INPUT_SIZES
 from pneumo.models.registry import create_model
 
@@ -29,13 +29,8 @@ CANDIDATES = {"mobilenet_v2": 224, **{f"efficientnet_lite{v}": size for v, size 
 
 
 def session(name: str, size: int, folder: Path) -> ort.InferenceSession:
-    model = create_model(name, num_classes=3).eval()
     path = folder / f"{name}.onnx"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(model, (torch.rand(2, 1, size, size),), str(path), input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
+    export_graph(create_model(name, num_classes=len(CLASSES)).eval(), torch.rand(2, 1, size, size), path, ["logits"])
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 

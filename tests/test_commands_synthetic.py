@@ -92,6 +92,7 @@ def test_export_quantize_int8_writes_a_checked_file_that_predict_uses_only_when_
     from pneumo.predict import Predictor
 
     two = shutil.copytree(synthetic["runs"][1], tmp_path / "two")  # MobileNetV3: depthwise layers stay in float
+    invoke("export", "--model", two)  # the float export, which the auto backend answers with
     printed = invoke("export", "--model", two, "--quantize", "int8", "--data", synthetic["data"],
                      "--cache-dir", synthetic["cache"])
     written = two / "model-int8.onnx"
@@ -103,7 +104,8 @@ def test_export_quantize_int8_writes_a_checked_file_that_predict_uses_only_when_
     assert quantized["model_sha256"] == hashlib.sha256(written.read_bytes()).hexdigest()
     # Beside the run's bundle and its float export, the INT8 file is not what answers unless named.
     plain = json.loads(runner.invoke(app, ["predict", "--model", str(two), "--json", str(images[0])]).stdout)
-    assert plain["model_sha256"] != quantized["model_sha256"]
+    assert plain["backend"] == "onnx"
+    assert plain["model_sha256"] == hashlib.sha256((two / "model.onnx").read_bytes()).hexdigest()
 
 def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path):
     import shutil

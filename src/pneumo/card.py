@@ -37,7 +37,7 @@ def _metric_rows(evaluation: dict) -> list[str]:
 
 def seed_lines(seeds: dict | str) -> list[str]:
     """The seed runs a model was chosen from: each run's validation and internal-test figures (uncalibrated, most
-    probable class), which one was shipped, and mean ± sd over the runs. (Bundles written before these records
+    probable class), which one was chosen, and mean ± sd over the runs. (Bundles written before these records
     were data hold the table itself.)"""
     if isinstance(seeds, str):
         return [seeds]

@@ -43,16 +43,20 @@ def export_onnx(bundle: Bundle, out: str | Path) -> Path:
     return out
 
 
-def _export(model, example: torch.Tensor, temporary: Path, bundle: Bundle) -> None:
-    """The graph with the bundle's metadata, checked, written to ``temporary``."""
-    outputs = ["logits"] if bundle.novelty is None else ["logits", "novelty"]
+def export_graph(model, example: torch.Tensor, path: Path, outputs: list[str]) -> None:
+    """The bare graph of ``model`` at ``path``: input ``image``, the named outputs, a dynamic batch axis."""
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated but needs no onnxscript and handles these CNNs exactly.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
-            model, (example,), str(temporary), input_names=["image"], output_names=outputs,
+            model, (example,), str(path), input_names=["image"], output_names=outputs,
             dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]}, opset_version=OPSET, dynamo=False,
         )
+
+
+def _export(model, example: torch.Tensor, temporary: Path, bundle: Bundle) -> None:
+    """The graph with the bundle's metadata, checked, written to ``temporary``."""
+    export_graph(model, example, temporary, ["logits"] if bundle.novelty is None else ["logits", "novelty"])
     graph = onnx.load(str(temporary))
     entry = graph.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(dict(bundle.metadata, source_bundle_sha256=bundle.file_sha256))
