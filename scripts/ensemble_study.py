@@ -75,14 +75,11 @@ def member_logits(run: Path, bundle, images, store: Path, view: float = 1.0, per
     return logits
 
 
-def studied_logits(run: Path, bundle, data: str, cache: str, store: Path, view: float = 1.0
-                   ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """``member_logits`` of the clean images, the middle severities and the "beyond" zoom-in together, with the
-    validation labels and patients."""
-    images, _ = select_images(Path(data), size=bundle.size, cache_dir=Path(cache), role="val", split_file=SPLIT)
+def studied_logits(run: Path, bundle, images, store: Path, view: float = 1.0) -> dict[str, np.ndarray]:
+    """``member_logits`` of the clean images, the middle severities and the "beyond" zoom-in together."""
     logits = member_logits(run, bundle, images, store, view)
     logits.update(member_logits(run, bundle, images, store, view, BEYOND, clean=False))
-    return logits, images.labels, images.patients
+    return logits
 
 
 def score(probs: dict[str, np.ndarray], labels: np.ndarray, patients: np.ndarray) -> dict:
@@ -151,13 +148,15 @@ def main() -> None:
     members, views, identity, labels, patients = {}, {}, {}, None, None
     for run in [*args.runs, *args.reference]:
         bundle = load_bundle(run)
-        logits, labels, patients = studied_logits(run, bundle, args.data, args.cache_dir, store)
+        images, _ = select_images(Path(args.data), size=bundle.size, cache_dir=Path(args.cache_dir), role="val",
+                                  split_file=SPLIT)
+        logits, labels, patients = studied_logits(run, bundle, images, store), images.labels, images.patients
         temperature = fit_temperature(logits["clean"], labels)
         members[run] = {key: softmax(value, temperature) for key, value in logits.items()}
         # A reference answers as shipped, with its own views. A view gets the run's temperature: it is an input,
         # not another model.
         for view in args.tta if run in args.runs else []:
-            viewed = studied_logits(run, bundle, args.data, args.cache_dir, store, view)[0]
+            viewed = studied_logits(run, bundle, images, store, view)
             views[run, view] = {key: softmax(value, temperature) for key, value in viewed.items()}
         members[run]["megabytes"] = (run / "model.pt").stat().st_size / 1e6
         identity[run.name] = {"path": str(run.resolve().relative_to(REPO) if run.resolve().is_relative_to(REPO) else run),
