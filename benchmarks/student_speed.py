@@ -2,9 +2,9 @@
 
     python benchmarks/student_speed.py [--rounds 5] [--batch 32]
 
-Each architecture is built untrained (speed does not depend on the weights), its graph written by the
-function ``pneumo export`` uses and timed on the same random batches at its
-published input size. Rounds alternate the architectures so that what else the machine does falls on all
+Each architecture is built untrained (speed does not depend on the weights), written as an ONNX graph by
+the function ``pneumo export`` uses, and timed on the same random batches at its published input size.
+Rounds alternate the architectures so that what else the machine does falls on all
 of them; the ratio to MobileNetV2, the architecture of the measured students, is the figure to quote on a
 noisy machine. The graph alone is timed: decoding and resizing add the same cost to every architecture.
 """
