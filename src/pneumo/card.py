@@ -241,8 +241,16 @@ def _teacher_lines(teacher: dict | None, config: dict) -> list[str]:
         return []
     return [f"- Distilled from `{teacher['id']}` (weights sha256 {teacher['weights_sha256'][:12]}..., its "
             f"temperature {teacher['temperature']:.3f}; its probabilities on the {teacher['images']} training "
-            f"images, unaugmented): loss = {1 - config['distill_weight']:g} x cross-entropy with the labels + "
-            f"{config['distill_weight']:g} x T^2 x KL divergence from the teacher, T = {config['distill_temperature']:g}."]
+            f"images, unaugmented{_labels_file(teacher)}): loss = {1 - config['distill_weight']:g} x cross-entropy "
+            f"with the labels + {config['distill_weight']:g} x T^2 x KL divergence from the teacher, "
+            f"T = {config['distill_temperature']:g}."]
+
+
+def _labels_file(teacher: dict) -> str:
+    """Where the teacher's probabilities came from when not from its weights: its labels file."""
+    if "labels_file" not in teacher:
+        return ""
+    return f", read from its labels file `{teacher['labels_file']}`, sha256 {teacher['labels_sha256'][:12]}..."
 
 
 def _member_lines(ensemble: dict) -> list[str]:

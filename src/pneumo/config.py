@@ -155,11 +155,13 @@ class DistillConfig:
 
     The loss is ``(1 - weight) * CE(labels) + weight * T^2 * KL(teacher_T || student_T)``, where ``_T`` is
     the softmax at temperature T of the teacher's calibrated log-probabilities and of the student's logits.
-    The teacher sees each training image once, unaugmented; its probabilities are cached.
+    The teacher sees each training image once, unaugmented; its probabilities are cached, and can be saved
+    as a labels file (.npz) that teaches without the teacher's weights.
     """
 
     teacher: str | None = field(default=None, metadata={"help": "Distil from this model (a shipped name, run "
-                                                                "folder or bundle); none: no distillation."})
+                                                                "folder, bundle or teacher's labels file .npz); "
+                                                                "none: no distillation."})
     weight: float = field(default=0.7, metadata={"help": "Share of the loss that follows the teacher, 0-1."})
     temperature: float = field(default=2.0, metadata={"help": "Softening temperature of teacher and student."})
 
