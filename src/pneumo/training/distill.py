@@ -89,7 +89,8 @@ def read_teacher_labels(path: Path, sha256: np.ndarray) -> tuple[np.ndarray, dic
     """
     try:
         with np.load(path, allow_pickle=False) as saved:
-            probabilities, known, description = saved["probabilities"], saved["sha256"], json.loads(str(saved["teacher"]))
+            probabilities, known = saved["probabilities"], saved["sha256"]
+            description = json.loads(str(saved["teacher"]))
     except (OSError, ValueError, KeyError) as error:
         raise PneumoError(f"{path}: not a teacher's labels file ({type(error).__name__}: {error}); write one with "
                           "scripts/teacher_labels.py") from None
