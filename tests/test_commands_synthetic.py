@@ -108,13 +108,35 @@ def test_export_quantize_int8_writes_a_checked_file_that_predict_uses_only_when_
     assert plain["backend"] == "onnx"
     assert plain["model_sha256"] == hashlib.sha256((two / "model.onnx").read_bytes()).hexdigest()
 
-def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path):
-    import shutil
 
+def test_a_teachers_labels_file_teaches_without_its_weights(synthetic, tmp_path):
     from pneumo.card import model_card
     from pneumo.data.cache import prepare_folder
     from pneumo.models.bundle import load_bundle
     from pneumo.training.distill import teacher_probabilities, write_teacher_labels
+
+    teacher = load_bundle(synthetic["runs"][0])
+    prepared = prepare_folder(synthetic["data"], size=int(SIZE), cache_dir=synthetic["cache"]).data
+    probabilities, described = teacher_probabilities(synthetic["runs"][0], prepared, np.arange(len(prepared.labels)),
+                                                     data_path=synthetic["data"], cache_dir=synthetic["cache"])
+    labels_file = tmp_path / "teacher.npz"
+    write_teacher_labels(labels_file, probabilities, prepared.sha256, described)
+    invoke("train", "--model", "cnn", "--epochs", "1", "--size", SIZE, "--data", synthetic["data"], "--cache-dir",
+           tmp_path / "own-cache", "--runs-dir", tmp_path / "runs", "--name", "student", "--accelerator", "cpu",
+           "--quiet", "--teacher", labels_file)
+    student = load_bundle(tmp_path / "runs" / "student")
+    taught = student.info.training["teacher"]
+    assert (taught["id"], taught["weights_sha256"]) == (teacher.model_id, teacher.metadata["weights_sha256"])
+    assert taught["labels_sha256"] == hashlib.sha256(labels_file.read_bytes()).hexdigest()
+    assert not (tmp_path / "own-cache" / "teacher").exists()  # nothing was labelled again
+    assert "read from its labels file `teacher.npz`" in model_card(student.metadata)
+
+
+def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path):
+    import shutil
+
+    from pneumo.card import model_card
+    from pneumo.models.bundle import load_bundle
 
     one = shutil.copytree(synthetic["runs"][0], tmp_path / "one")
     common = ["--data", synthetic["data"], "--cache-dir", synthetic["cache"]]
@@ -126,19 +148,6 @@ def test_distillation_conformal_sets_and_guaranteed_cut_offs(synthetic, tmp_path
     assert list((synthetic["cache"] / "teacher").glob("*.npy"))
     assert f"- Distilled from `{load_bundle(one).model_id}`" in model_card(student.metadata)
     assert "x cross-entropy with the labels + 0.5 x T^2 x KL divergence" in model_card(student.metadata)
-    # The same teacher through its labels file, without its weights.
-    prepared = prepare_folder(synthetic["data"], size=int(SIZE), cache_dir=synthetic["cache"]).data
-    everything = np.arange(len(prepared.labels))
-    labels_file = tmp_path / "teacher.npz"
-    probabilities, described = teacher_probabilities(one, prepared, everything, data_path=synthetic["data"],
-                                                     cache_dir=synthetic["cache"])
-    write_teacher_labels(labels_file, probabilities, prepared.sha256, described)
-    invoke("train", "--model", "cnn", "--epochs", "1", "--size", SIZE, *common, "--runs-dir", tmp_path / "runs",
-           "--name", "student-of-labels", "--accelerator", "cpu", "--quiet", "--teacher", labels_file)
-    taught = load_bundle(tmp_path / "runs" / "student-of-labels")
-    assert taught.info.training["teacher"]["weights_sha256"] == student.info.training["teacher"]["weights_sha256"]
-    assert taught.info.training["teacher"]["labels_sha256"] == hashlib.sha256(labels_file.read_bytes()).hexdigest()
-    assert "read from its labels file `teacher.npz`" in model_card(taught.metadata)
     # Calibration fits conformal scores; evaluate and predict give sets.
     invoke("calibrate", "--model", one, *common, "--no-stress")
     invoke("evaluate", "--model", one, *common, "--resamples", "20", "--conformal", "0.1", "--out", tmp_path / "eval")

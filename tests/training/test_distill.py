@@ -1,5 +1,7 @@
 """The distillation loss and the teacher's cached probabilities, checked against their definitions."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 
 from pneumo.config import TrainConfig
 from pneumo.data.cache import PreparedData
-from pneumo.errors import PneumoError
+from pneumo.errors import ModelFileError
 from pneumo.training import distill
 from pneumo.training.distill import teacher_probabilities
 from pneumo.training.module import Classifier
@@ -82,33 +84,48 @@ def test_the_teacher_labels_each_image_once_and_every_later_seed_reads_its_file(
     assert len(list((tmp_path / "teacher").glob("teacher-*.npy"))) == 2
 
 
+DESCRIBED = {"id": "teacher", "weights_sha256": "ab" * 32, "temperature": 1.5, "images": 4}
+
+
+def prepared(count: int) -> PreparedData:
+    names = np.array([f"p{i}.jpeg" for i in range(count)])
+    return PreparedData(images=np.zeros((count, 8, 8), dtype=np.uint8), labels=np.arange(count) % 3,
+                        patients=names, splits=np.array(["train"] * count), paths=names,
+                        sha256=np.array([f"{i:064x}" for i in range(count)]))
+
+
 def test_a_labels_file_teaches_as_its_teacher_did_in_the_students_order(monkeypatch, tmp_path):
-    names = np.array([f"p{i}.jpeg" for i in range(4)])
-    data = PreparedData(images=np.zeros((4, 8, 8), dtype=np.uint8), labels=np.array([0, 1, 2, 0]), patients=names,
-                        splits=np.array(["train"] * 4), paths=names, sha256=np.array([f"{i:064x}" for i in range(4)]))
+    data = prepared(4)
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]], dtype=np.float32)
-    described = {"id": "teacher", "weights_sha256": "ab" * 32, "temperature": 1.5, "images": 4}
-    labels = tmp_path / "teacher.npz"
-    distill.write_teacher_labels(labels, probabilities, data.sha256, described)
+    labels = tmp_path / "teacher.NPZ"  # the suffix in any case
+    distill.write_teacher_labels(labels, probabilities, data.sha256, DESCRIBED)
     monkeypatch.setattr(distill, "load_bundle", lambda path: pytest.fail("a labels file needs no weights"))
 
     read, description = teacher_probabilities(str(labels), data, np.array([3, 1]), data_path=tmp_path,
                                               cache_dir=tmp_path)
 
     np.testing.assert_array_equal(read, probabilities[[3, 1]])
-    assert description["id"] == "teacher" and description["weights_sha256"] == "ab" * 32
-    assert description["images"] == 2 and description["labels_file"] == "teacher.npz"
-    assert len(description["labels_sha256"]) == 64
+    assert {key: description[key] for key in ("id", "weights_sha256", "temperature")} == \
+        {"id": "teacher", "weights_sha256": "ab" * 32, "temperature": 1.5}
+    assert description["images"] == 2 and description["labels_file"] == "teacher.NPZ"
+    assert description["labels_sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
 
 
-def test_a_labels_file_that_lacks_a_training_image_is_refused_by_name(tmp_path):
-    names = np.array(["a.jpeg", "b.jpeg"])
-    data = PreparedData(images=np.zeros((2, 8, 8), dtype=np.uint8), labels=np.array([0, 1]), patients=names,
-                        splits=np.array(["train"] * 2), paths=names, sha256=np.array(["1" * 64, "2" * 64]))
-    labels = tmp_path / "teacher.npz"
-    distill.write_teacher_labels(labels, np.full((1, 3), 1 / 3), data.sha256[:1], {"id": "teacher"})
-    with pytest.raises(PneumoError, match=r"teacher\.npz: lacks 1 of the 2 training images"):
-        teacher_probabilities(labels, data, np.array([0, 1]), data_path=tmp_path, cache_dir=tmp_path)
-    (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(PneumoError, match=r"broken\.npz: not a teacher's labels file"):
-        teacher_probabilities(tmp_path / "broken.npz", data, np.array([0]), data_path=tmp_path, cache_dir=tmp_path)
+@pytest.mark.parametrize(("write", "message"), [
+    (None, r"missing\.npz: no such teacher's labels file"),
+    (lambda path: path.write_bytes(b"not a zip"), r"bad\.npz: not a teacher's labels file"),
+    (lambda path: distill.write_teacher_labels(path, np.full((4, 3), 1 / 3), prepared(4).sha256, {"id": "t"}),
+     r"bad\.npz: its teacher's description lacks temperature, weights_sha256"),
+    (lambda path: distill.write_teacher_labels(path, np.full((4, 2), 0.5), prepared(4).sha256, DESCRIBED),
+     r"bad\.npz: holds \(4, 2\) probabilities"),
+    (lambda path: distill.write_teacher_labels(path, np.full((4, 3), np.nan), prepared(4).sha256, DESCRIBED),
+     r"bad\.npz: holds rows that are not probabilities"),
+    (lambda path: distill.write_teacher_labels(path, np.full((1, 3), 1 / 3), prepared(1).sha256, DESCRIBED),
+     r"bad\.npz: lacks 3 of the 4 training images"),
+])
+def test_a_labels_file_that_cannot_teach_is_refused_with_the_reason(tmp_path, write, message):
+    labels = tmp_path / ("missing.npz" if write is None else "bad.npz")
+    if write:
+        write(labels)
+    with pytest.raises(ModelFileError, match=message):
+        teacher_probabilities(labels, prepared(4), np.arange(4), data_path=tmp_path, cache_dir=tmp_path)

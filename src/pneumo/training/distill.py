@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data.cache import PreparedData, prepare_folder
-from pneumo.errors import PneumoError
+from pneumo.errors import ModelFileError, PneumoError
 from pneumo.files import atomic_path
 from pneumo.inference import predict_logits, softmax
+from pneumo.labels import CLASSES
 from pneumo.models.bundle import load_bundle
 from pneumo.paths import resolve_model
 
-__all__ = ["LABELS_SUFFIX", "read_teacher_labels", "teacher_probabilities", "write_teacher_labels"]
+__all__ = ["LABELS_SUFFIX", "is_labels_file", "read_teacher_labels", "teacher_probabilities", "write_teacher_labels"]
 
-LABELS_SUFFIX = ".npz"
+LABELS_SUFFIX = ".npz"  # how a recipe tells a teacher's labels file from a model
 
 
 def teacher_probabilities(teacher: str | Path, data: PreparedData, indices: np.ndarray, *, data_path: Path,
@@ -43,9 +44,10 @@ def teacher_probabilities(teacher: str | Path, data: PreparedData, indices: np.n
         The probabilities, and a description of the teacher (id, weights hash, temperature) for the run.
 
     Raises:
+        ModelFileError: the teacher is missing or not a pneumo model (or labels file).
         PneumoError: the teacher's data (or labels file) lacks some of the student's images.
     """
-    if Path(teacher).suffix == LABELS_SUFFIX:
+    if is_labels_file(teacher):
         return read_teacher_labels(Path(teacher), data.sha256[indices])
     bundle = load_bundle(resolve_model(teacher))
     shas = data.sha256[indices]
@@ -71,34 +73,67 @@ def teacher_probabilities(teacher: str | Path, data: PreparedData, indices: np.n
     return probabilities, description
 
 
+def is_labels_file(teacher: str | Path) -> bool:
+    """Whether ``teacher`` names a teacher's labels file (``.npz``) rather than a model."""
+    return Path(teacher).suffix.lower() == LABELS_SUFFIX and not Path(teacher).is_dir()
+
+
 def write_teacher_labels(path: Path, probabilities: np.ndarray, sha256: np.ndarray, description: dict) -> None:
-    """Save a teacher's probabilities (N, K) on the images with these content hashes, with its description."""
+    """Save a teacher's probabilities on some images, by the images' content.
+
+    Args:
+        path: the labels file to write (``.npz``); replaced whole, never left half-written.
+        probabilities: (N, K) the teacher's temperature-scaled probabilities, K = len(CLASSES).
+        sha256: (N,) the images' content hashes, in the rows' order.
+        description: the teacher's id, weights_sha256 and temperature (``teacher_probabilities`` gives it).
+    """
     with atomic_path(Path(path)) as temporary, open(temporary, "wb") as handle:
         np.savez_compressed(handle, probabilities=probabilities.astype(np.float32),
-                            sha256=np.asarray(sha256, dtype="S64"), teacher=json.dumps(description))
+                            sha256=np.asarray(sha256, dtype="S64"), classes=np.asarray(CLASSES),
+                            teacher=json.dumps(description))
 
 
 def read_teacher_labels(path: Path, sha256: np.ndarray) -> tuple[np.ndarray, dict]:
-    """The probabilities a labels file holds for the images with these content hashes, in their order.
+    """The probabilities a labels file holds for some images, in their order.
+
+    Args:
+        path: a file written by ``write_teacher_labels``.
+        sha256: the content hashes of the images to label.
 
     Returns:
-        The probabilities, and the teacher's description with the file's name and sha256 added.
+        (len(sha256), K) probabilities, and the teacher's description with the file's name and sha256 added.
 
     Raises:
-        PneumoError: the file is not a teacher's labels file, or lacks some of the images.
+        ModelFileError: the file is missing, is not a teacher's labels file for these classes, or lacks some
+            of the images.
     """
+    path = Path(path)
+    again = "write it again with scripts/teacher_labels.py"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such teacher's labels file; write one with scripts/teacher_labels.py")
     try:
         with np.load(path, allow_pickle=False) as saved:
-            probabilities, known = saved["probabilities"], saved["sha256"]
-            description = json.loads(str(saved["teacher"]))
+            probabilities, known = saved["probabilities"], saved["sha256"].astype(str)
+            classes, description = tuple(saved["classes"].astype(str)), json.loads(str(saved["teacher"]))
     except (OSError, ValueError, KeyError) as error:
-        raise PneumoError(f"{path}: not a teacher's labels file ({type(error).__name__}: {error}); write one with "
-                          "scripts/teacher_labels.py") from None
-    rows = {sha.decode(): row for row, sha in enumerate(known)}
+        raise ModelFileError(f"{path}: not a teacher's labels file ({type(error).__name__}: {error}); "
+                             f"{again}") from None
+    described = description if isinstance(description, dict) else {}
+    missing_keys = sorted({"id", "weights_sha256", "temperature"} - set(described))
+    if missing_keys:
+        raise ModelFileError(f"{path}: its teacher's description lacks {', '.join(missing_keys)}; {again}")
+    if classes != CLASSES or probabilities.shape != (len(known), len(CLASSES)):
+        raise ModelFileError(f"{path}: holds {probabilities.shape} probabilities over {classes} for {len(known)} "
+                             f"images; a student needs one row per image over {CLASSES}; {again}")
+    if not (np.isfinite(probabilities).all() and np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)
+            and (probabilities >= 0).all()):
+        raise ModelFileError(f"{path}: holds rows that are not probabilities (negative, not finite, or not "
+                             f"summing to 1); {again}")
+    rows = {sha: row for row, sha in enumerate(known)}
     missing = sum(sha not in rows for sha in sha256)
     if missing:
-        raise PneumoError(f"{path}: lacks {missing} of the {len(sha256)} training images (labelled for other data or "
-                          "another split); write it again for this data")
-    description = {**description, "images": int(len(sha256)), "labels_file": Path(path).name,
-                   "labels_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+        raise ModelFileError(f"{path}: lacks {missing} of the {len(sha256)} training images (labelled for other "
+                             f"data or another split); {again} for this data")
+    description = {**description, "images": int(len(sha256)), "labels_file": path.name,
+                   "labels_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     return probabilities[[rows[sha] for sha in sha256]], description
