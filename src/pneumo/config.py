@@ -135,8 +135,7 @@ class HardwareConfig:
     devices: str = field(default="auto", metadata={"help": "Devices per node: auto or a number."})
     strategy: str = field(default="auto", metadata={"help": "auto, or ddp for several GPUs or nodes."})
     num_nodes: int = field(default=1, metadata={"help": "Nodes for DDP."})
-    precision: str = field(default="32-true", metadata={
-        "help": f"One of {', '.join(PRECISIONS)} (bf16 on a GPU, or a CPU with AVX512-BF16)."})
+    precision: str = field(default="32-true", metadata={"help": f"One of {', '.join(PRECISIONS)} (bf16 on a GPU)."})
     compile: str = field(default="off", metadata={"help": f"torch.compile mode: {', '.join(COMPILE_MODES)} "
                                                           "(reduce-overhead adds CUDA graphs on a GPU)."})
     deterministic: bool = field(default=True, metadata={"help": "Repeatable algorithms; off lets cuDNN pick the "

@@ -87,7 +87,7 @@ def experiment_epochs(
     split_file: Annotated[Optional[str], typer.Option(help="A saved split CSV with train/val/test roles.")] = None,
     max_train_images: Annotated[int, typer.Option(help="Use only this many training images (smoke runs).")] = 0,
     accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
-    precision: Annotated[str, typer.Option(help="32-true or bf16-mixed (GPU, or CPU with AVX512-BF16).")] = "32-true",
+    precision: Annotated[str, typer.Option(help="32-true or bf16-mixed (GPU).")] = "32-true",
     root: Annotated[Optional[Path], typer.Option(help="Folder of the runs (default runs/experiments/epochs-<model>).")] = None,
     resamples: Annotated[int, typer.Option(help="Patient-bootstrap resamples per run.")] = 1000,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and stop.")] = False,
