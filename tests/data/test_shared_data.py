@@ -42,6 +42,7 @@ def test_internal_split_file_matches_the_shared_data(shared_data, tmp_path):
     from pathlib import Path
 
     from pneumo.data.splits import load_split
+    from pneumo.training.distill import read_teacher_labels
 
     prepared = prepare_folder(shared_data, size=128, cache_dir=tmp_path / "cache").data
     split = load_split(Path(__file__).resolve().parents[2] / "splits" / "internal.csv", prepared)
@@ -49,3 +50,9 @@ def test_internal_split_file_matches_the_shared_data(shared_data, tmp_path):
     assert split.patient_overlap(prepared.patients) == {"train/val": 0, "train/test": 0, "val/test": 0}
     test_patients = len(set(prepared.patients[split.roles == "test"]))
     assert test_patients / len(set(prepared.patients)) >= 0.15
+    # Every committed teacher's labels file teaches every training image of the split (by file content).
+    labels_files = sorted((Path(__file__).resolve().parents[2] / "configs" / "teachers").glob("*.npz"))
+    assert labels_files
+    for labels_file in labels_files:
+        probabilities, _ = read_teacher_labels(labels_file, prepared.sha256[split.roles == "train"])
+        assert probabilities.shape == ((split.roles == "train").sum(), 3)
